@@ -1,0 +1,15 @@
+"""keras_meta: meta-learning for Keras 3 on TensorFlow.
+
+Two pillars:
+  * `keras_meta.MAML` and its variants (first-order, Meta-SGD, MAML++, ANIL):
+    a `keras.Model` that meta-learns an initialization by differentiating
+    through an inner loop of gradient steps.
+  * `keras_meta.LearnedOptimizer`: a coordinatewise LSTM update rule as a
+    `keras.optimizers.Optimizer`, meta-trained by unrolled optimization.
+"""
+
+from keras_meta.backend import ensure_tensorflow_backend
+
+ensure_tensorflow_backend()
+
+__version__ = "0.1.0"
