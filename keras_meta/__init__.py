@@ -13,3 +13,9 @@ from keras_meta.backend import ensure_tensorflow_backend
 ensure_tensorflow_backend()
 
 __version__ = "0.1.0"
+
+from keras_meta import data
+from keras_meta.models import ANIL
+from keras_meta.models import MAML
+from keras_meta.models import MAMLPlusPlus
+from keras_meta.models import MetaSGD

@@ -1,0 +1,77 @@
+"""The episode structure that every keras_meta data source yields.
+
+An episode batch is a dict of four tensors with a leading task axis:
+
+    {
+        "support_x": [tasks, support_size, *input_shape],
+        "support_y": [tasks, support_size, *target_shape],
+        "query_x":   [tasks, query_size, *input_shape],
+        "query_y":   [tasks, query_size, *target_shape],
+    }
+
+`MAML.fit`, `MAML.evaluate` and `MAML.predict` consume it as it is. A single
+task (as `MAML.adapt` takes it) is the same without the task axis.
+"""
+
+EPISODE_KEYS = ("support_x", "support_y", "query_x", "query_y")
+
+
+def _shape(value):
+    return tuple(value.shape)
+
+
+def validate_episode(episode, where="episode"):
+    """Checks an episode dict's keys and static shapes.
+
+    Works on tensors, numpy arrays and `tf.TensorSpec`s (so a dataset's
+    `element_spec` can be checked before anything is compiled). Unknown
+    dimensions (None) are not compared.
+
+    Args:
+        episode: a dict with the keys in `EPISODE_KEYS`.
+        where: a name for the episode in error messages.
+
+    Raises:
+        ValueError: the structure or the shapes disagree; the message says
+            what was given and what was expected.
+    """
+    if not isinstance(episode, dict) or set(episode) != set(EPISODE_KEYS):
+        given = sorted(episode) if isinstance(episode, dict) else type(episode)
+        raise ValueError(
+            f"{where} must be a dict with keys {list(EPISODE_KEYS)} "
+            f"(see keras_meta.data.episode); got {given}."
+        )
+    shapes = {key: _shape(episode[key]) for key in EPISODE_KEYS}
+    for key, shape in shapes.items():
+        if len(shape) < 2:
+            raise ValueError(
+                f"{where}['{key}'] must have shape [tasks, examples, ...]; "
+                f"got shape {shape}."
+            )
+
+    def agree(a, b):
+        return len(a) == len(b) and all(
+            x is None or y is None or x == y for x, y in zip(a, b)
+        )
+
+    checks = [
+        ("support_x", "support_y", lambda s: s[:2], "[tasks, support_size]"),
+        ("query_x", "query_y", lambda s: s[:2], "[tasks, query_size]"),
+        ("support_x", "query_x", lambda s: (s[0],) + s[2:],
+         "the task axis and the input shape"),
+        ("support_y", "query_y", lambda s: (s[0],) + s[2:],
+         "the task axis and the target shape"),
+    ]
+    for a, b, part, what in checks:
+        if not agree(part(shapes[a]), part(shapes[b])):
+            raise ValueError(
+                f"{where}: '{a}' and '{b}' must agree in {what}; got shapes "
+                f"{shapes[a]} and {shapes[b]}."
+            )
+    for a, b in (("support_x", "query_x"), ("support_y", "query_y")):
+        da, db = episode[a].dtype, episode[b].dtype
+        if da != db:
+            raise ValueError(
+                f"{where}: '{a}' and '{b}' must have the same dtype; got "
+                f"{da} and {db}."
+            )

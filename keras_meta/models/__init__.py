@@ -1,0 +1,6 @@
+"""MAML and its variants as Keras models."""
+
+from keras_meta.models.anil import ANIL
+from keras_meta.models.maml import MAML
+from keras_meta.models.maml_plus_plus import MAMLPlusPlus
+from keras_meta.models.meta_sgd import MetaSGD

@@ -1,0 +1,31 @@
+"""Meta-SGD: MAML with a meta-learned inner learning rate per parameter."""
+
+import keras
+
+from keras_meta.models.maml import MAML
+
+
+@keras.saving.register_keras_serializable(package="keras_meta")
+class MetaSGD(MAML):
+    """MAML whose inner rate is a learned tensor the shape of each weight.
+
+    The inner update is `theta - alpha * grad` with `alpha` a meta-learned
+    variable per adapted weight, initialized to `inner_learning_rate`.
+
+    Example:
+
+    ```python
+    maml = keras_meta.MetaSGD(net, inner_learning_rate=0.01)
+    maml.compile(optimizer="adam", loss="mse")
+    ```
+
+    Args:
+        model: a built Keras model.
+        **kwargs: other `keras_meta.MAML` arguments.
+
+    Reference:
+        - [Li et al., 2017](https://arxiv.org/abs/1707.09835)
+    """
+
+    def __init__(self, model, learn_inner_rates="per_parameter", **kwargs):
+        super().__init__(model, learn_inner_rates=learn_inner_rates, **kwargs)

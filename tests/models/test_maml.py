@@ -1,0 +1,387 @@
+"""MAML: gradients, adaptation, variants, saving, XLA, learning."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import keras_meta
+
+
+def tiny_net(dtype="float32", hidden=4, batch_norm=False, seed=0):
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((1,), dtype=dtype)]
+    layers.append(keras.layers.Dense(hidden, activation="tanh", dtype=dtype,
+                                     name="body"))
+    if batch_norm:
+        layers.append(keras.layers.BatchNormalization(dtype=dtype, name="bn"))
+    layers.append(keras.layers.Dense(1, dtype=dtype, name="head"))
+    return keras.Sequential(layers)
+
+
+def episode(dtype="float32", tasks=3, shots=5, queries=6, seed=0):
+    data = next(iter(keras_meta.data.sinusoid(
+        shots=shots, queries=queries, meta_batch_size=tasks, seed=seed)))
+    return {k: tf.cast(v, dtype) for k, v in data.items()}
+
+
+def make_maml(variant, model, **kwargs):
+    cls, defaults = VARIANTS[variant]
+    maml = cls(model, **{**defaults, **kwargs})
+    maml.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    return maml
+
+
+VARIANTS = {
+    "maml": (keras_meta.MAML, dict(inner_learning_rate=0.1, inner_steps=2)),
+    "fomaml": (keras_meta.MAML,
+               dict(inner_learning_rate=0.1, inner_steps=2, first_order=True)),
+    "meta_sgd": (keras_meta.MetaSGD, dict(inner_learning_rate=0.1)),
+    "maml_plus_plus": (keras_meta.MAMLPlusPlus,
+                       dict(inner_learning_rate=0.1, inner_steps=2,
+                            multi_step_loss_anneal_steps=4)),
+    "anil": (keras_meta.ANIL, dict(inner_learning_rate=0.1, inner_steps=2)),
+}
+
+
+
+
+# ------------------------------------------------------------ gradients
+
+
+@pytest.mark.parametrize("variant", ["maml", "meta_sgd", "maml_plus_plus",
+                                     "anil"])
+def test_meta_gradient_matches_finite_differences(variant):
+    maml = make_maml(variant, tiny_net("float64"))
+    data = episode("float64")
+    maml.optimizer.iterations.assign(1)  # mid-anneal for the MSL weights
+    _, grads, _, _ = maml._meta_gradients(data)
+    # Compiled once; it reads the variables, which the loop below shifts.
+    meta_loss = tf.function(lambda d: maml._meta_gradients(d)[0])
+    variables = list(maml.model.trainable_variables) + list(
+        maml.inner_rate_variables)
+    eps = 1e-6
+    for variable, grad in zip(variables, grads):
+        base = variable.numpy()
+        numeric = np.zeros_like(base)
+        for index in np.ndindex(base.shape):
+            for sign in (1, -1):
+                shifted = base.copy()
+                shifted[index] += sign * eps
+                variable.assign(shifted)
+                numeric[index] += sign * float(meta_loss(data))
+            variable.assign(base)
+        numeric /= 2 * eps
+        np.testing.assert_allclose(grad.numpy(), numeric, rtol=1e-5,
+                                   atol=1e-8, err_msg=variable.path)
+
+
+def test_first_order_gradient_is_query_gradient_at_adapted_weights():
+    data = episode("float64")
+    second = make_maml("maml", tiny_net("float64"))
+    first = make_maml("fomaml", tiny_net("float64"))
+    _, g2, _, _ = second._meta_gradients(data)
+    _, g1, _, _ = first._meta_gradients(data)
+
+    # FOMAML: the mean over tasks of grad L_query(theta') at the adapted
+    # weights theta', with theta' from plain SGD steps on the support set.
+    expected = [np.zeros(v.shape) for v in first.model.trainable_variables]
+    tasks = data["support_x"].shape[0]
+    for t in range(tasks):
+        adapted = first.adapt(data["support_x"][t], data["support_y"][t],
+                              steps=2)
+        with tf.GradientTape() as tape:
+            pred = adapted(data["query_x"][t], training=True)
+            loss = tf.reduce_mean(tf.square(pred - data["query_y"][t]))
+        for e, g in zip(expected, tape.gradient(
+                loss, adapted.trainable_variables)):
+            e += g.numpy() / tasks
+    for got, want in zip(g1, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-10)
+    differences = [np.abs(a.numpy() - b.numpy()).max() for a, b in zip(g1, g2)]
+    assert max(differences) > 1e-4, differences
+
+
+# ----------------------------------------------------------- adaptation
+
+
+def test_one_adaptation_step_is_sgd_and_meta_weights_stay():
+    keras.utils.set_random_seed(1)
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    maml = keras_meta.MAML(net, inner_learning_rate=0.05)
+    maml.compile(loss="mse")
+    x = np.random.RandomState(0).randn(8, 3).astype("float32")
+    y = np.random.RandomState(1).randn(8, 1).astype("float32")
+    w, b = [v.numpy() for v in net.trainable_variables]
+    residual = x @ w + b - y
+    grad_w = 2 * x.T @ residual / len(x)
+    grad_b = 2 * residual.mean(axis=0)
+
+    adapted = maml.adapt(x, y, steps=1)
+
+    np.testing.assert_allclose(adapted.layers[-1].kernel.numpy(),
+                               w - 0.05 * grad_w, rtol=1e-5)
+    np.testing.assert_allclose(adapted.layers[-1].bias.numpy(),
+                               b - 0.05 * grad_b, rtol=1e-5)
+    np.testing.assert_array_equal(net.trainable_variables[0].numpy(), w)
+    np.testing.assert_array_equal(net.trainable_variables[1].numpy(), b)
+    assert adapted is not net
+
+
+def test_anil_adapts_only_the_head():
+    maml = make_maml("anil", tiny_net())
+    assert maml.adapted_layers == ["head"]
+    data = episode()
+    adapted = maml.adapt(data["support_x"][0], data["support_y"][0])
+    body, head = maml.model.get_layer("body"), maml.model.get_layer("head")
+    np.testing.assert_array_equal(
+        adapted.get_layer("body").kernel.numpy(), body.kernel.numpy())
+    assert not np.allclose(adapted.get_layer("head").kernel.numpy(),
+                           head.kernel.numpy())
+
+
+def test_task_losses_match_adapt_then_evaluate():
+    maml = make_maml("maml", tiny_net())
+    data = episode()
+    losses = maml.task_losses(data, steps=3).numpy()
+    assert losses.shape == (3, 4)
+    for t in range(3):
+        adapted = maml.adapt(data["support_x"][t], data["support_y"][t],
+                             steps=3)
+        pred = adapted(data["query_x"][t], training=True)
+        want = float(tf.reduce_mean(tf.square(pred - data["query_y"][t])))
+        np.testing.assert_allclose(losses[t, -1], want, rtol=1e-5)
+
+
+def test_predict_and_evaluate_on_episodes():
+    maml = make_maml("maml", tiny_net())
+    maml.compile(loss="mse", metrics=["mae"])
+    data = episode()
+    preds = maml.predict(tf.data.Dataset.from_tensors(data), verbose=0)
+    assert preds.shape == (3, 6, 1)
+    logs = maml.evaluate(tf.data.Dataset.from_tensors(data), verbose=0,
+                         return_dict=True)
+    for key in ("loss", "pre_adapt_loss", "post_adapt_loss",
+                "pre_adapt_mean_absolute_error",
+                "post_adapt_mean_absolute_error"):
+        assert key in logs, logs
+    losses = maml.task_losses(data, steps=2).numpy()
+    np.testing.assert_allclose(logs["pre_adapt_loss"], losses[:, 0].mean(),
+                               rtol=1e-5)
+    np.testing.assert_allclose(logs["post_adapt_loss"], losses[:, -1].mean(),
+                               rtol=1e-5)
+    # Plain inputs: the meta-model itself.
+    x = np.linspace(-1, 1, 5, dtype="float32")[:, None]
+    np.testing.assert_allclose(maml.predict(x, verbose=0),
+                               maml.model.predict(x, verbose=0))
+
+
+# --------------------------------------------------------------- variants
+
+
+def test_learned_rate_shapes():
+    net = tiny_net()
+    meta_sgd = keras_meta.MetaSGD(net)
+    assert [tuple(r.shape) for r in meta_sgd.inner_rate_variables] == [
+        tuple(v.shape) for v in net.trainable_variables]
+    plus = keras_meta.MAMLPlusPlus(tiny_net(), inner_steps=3)
+    assert [tuple(r.shape) for r in plus.inner_rate_variables] == [(3,)] * 4
+    assert keras_meta.MAML(tiny_net()).inner_rate_variables == []
+
+
+@pytest.mark.parametrize("progress, expected", [
+    (0.0, [1 / 3, 1 / 3, 1 / 3]),
+    (0.5, [1 / 6, 1 / 6, 2 / 3]),
+    (1.0, [0.0, 0.0, 1.0]),
+    (7.0, [0.0, 0.0, 1.0]),
+])
+def test_multi_step_loss_weights(progress, expected):
+    from keras_meta.models.inner_rates import multi_step_loss_weights
+    np.testing.assert_allclose(multi_step_loss_weights(3, progress), expected,
+                               atol=1e-7)
+
+
+def test_meta_sgd_learns_its_rates():
+    maml = make_maml("meta_sgd", tiny_net())
+    before = [r.numpy().copy() for r in maml.inner_rate_variables]
+    maml.fit(keras_meta.data.sinusoid(shots=5, meta_batch_size=4, seed=0),
+             steps_per_epoch=5, verbose=0)
+    after = [r.numpy() for r in maml.inner_rate_variables]
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+# ----------------------------------------------------------- save / load
+
+
+@pytest.mark.parametrize("variant", ["maml", "meta_sgd", "maml_plus_plus",
+                                     "anil"])
+def test_save_load_round_trip(variant, tmp_path):
+    maml = make_maml(variant, tiny_net(batch_norm=True))
+    maml.fit(keras_meta.data.sinusoid(shots=5, meta_batch_size=4, seed=0),
+             steps_per_epoch=3, verbose=0)
+    path = str(tmp_path / "maml.keras")
+    maml.save(path)
+    loaded = keras.models.load_model(path)
+
+    assert type(loaded) is type(maml)
+    # JSON, as in the file: tuples and lists are the same thing there.
+    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(
+        maml.get_config(), sort_keys=True)
+    for a, b in zip(maml.weights, loaded.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    data = episode()
+    sx, sy, qx = data["support_x"][0], data["support_y"][0], data["query_x"][0]
+    np.testing.assert_array_equal(
+        maml.adapt(sx, sy).predict(qx, verbose=0),
+        loaded.adapt(sx, sy).predict(qx, verbose=0))
+    # Training continues identically: the optimizer state came along too.
+    more = keras_meta.data.sinusoid(shots=5, meta_batch_size=4, seed=1)
+    maml.fit(more, steps_per_epoch=2, verbose=0)
+    loaded.fit(more, steps_per_epoch=2, verbose=0)
+    for a, b in zip(maml.weights, loaded.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6,
+                                   err_msg=a.path)
+
+
+# ------------------------------------------------------------------- XLA
+
+
+def test_xla_and_graph_steps_agree():
+    results = []
+    for jit in (False, True):
+        maml = keras_meta.MAML(tiny_net(seed=3), inner_learning_rate=0.1,
+                               inner_steps=2)
+        maml.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse",
+                     jit_compile=jit)
+        maml.fit(keras_meta.data.sinusoid(shots=5, meta_batch_size=4, seed=0),
+                 steps_per_epoch=3, verbose=0)
+        assert maml._parallelism() == ("sequential" if jit else "vectorized")
+        results.append([w.numpy() for w in maml.model.weights])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------ batch norm
+
+
+def test_batch_norm_transductive_and_moving_statistics():
+    data = episode(queries=6)
+    modes = {}
+    for transductive in (True, False):
+        maml = keras_meta.MAML(tiny_net(batch_norm=True, seed=4),
+                               transductive=transductive)
+        maml.compile(loss="mse")
+        moving = maml.model.get_layer("bn").moving_mean.numpy().copy()
+        maml.fit(tf.data.Dataset.from_tensors(data).repeat(), steps_per_epoch=2,
+                 verbose=0)
+        assert not np.allclose(moving,
+                               maml.model.get_layer("bn").moving_mean.numpy())
+        full = maml.predict(tf.data.Dataset.from_tensors(data), verbose=0)
+        half = {**data, "query_x": data["query_x"][:, :3],
+                "query_y": data["query_y"][:, :3]}
+        part = maml.predict(tf.data.Dataset.from_tensors(half), verbose=0)
+        modes[transductive] = np.abs(full[:, :3] - part).max()
+    # With batch statistics a query prediction depends on the other queries.
+    assert modes[True] > 1e-4
+    assert modes[False] < 1e-6
+
+
+# ------------------------------------------------------------- learning
+
+
+def test_sinusoid_meta_training_learns_to_adapt():
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([
+        keras.Input((1,)),
+        keras.layers.Dense(40, activation="relu"),
+        keras.layers.Dense(40, activation="relu"),
+        keras.layers.Dense(1),
+    ])
+    maml = keras_meta.MAML(net, inner_learning_rate=0.01, inner_steps=1)
+    maml.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse",
+                 steps_per_execution=50)
+    held_out = next(iter(keras_meta.data.sinusoid(
+        shots=10, meta_batch_size=200, seed=123)))
+    untrained = maml.task_losses(held_out, steps=10).numpy().mean(axis=0)
+    history = maml.fit(keras_meta.data.sinusoid(shots=10, seed=0),
+                       steps_per_epoch=500, epochs=4, verbose=0)
+    trained = maml.task_losses(held_out, steps=10).numpy().mean(axis=0)
+
+    curve = history.history["post_adapt_loss"]
+    assert curve[-1] < 0.6 * curve[0], curve
+    # After meta-training, 10 steps on 10 points fit a new sinusoid far
+    # better than the meta-model does before adapting, and far better than
+    # the same adaptation from the untrained initialization.
+    assert trained[10] < 0.3 * trained[0], trained
+    assert trained[10] < 0.5 * untrained[10], (trained, untrained)
+
+
+# ------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(inner_steps=0), "`inner_steps` must be an int >= 1; got 0"),
+    (dict(inner_steps=1.5), "`inner_steps` must be an int >= 1; got 1.5"),
+    (dict(eval_inner_steps=-2), "`eval_inner_steps` must be an int >= 1"),
+    (dict(inner_learning_rate=-0.1), "`inner_learning_rate` must be a float"),
+    (dict(learn_inner_rates="per_layer"), "got 'per_layer'"),
+    (dict(adapted_layers=["nope"]), "'nope', which is not a layer"),
+    (dict(task_parallelism="threads"), "got 'threads'"),
+])
+def test_bad_constructor_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")
+                       .replace("(", r"\(")):
+        keras_meta.MAML(tiny_net(), **kwargs)
+
+
+def test_model_without_trainable_variables():
+    net = tiny_net()
+    net.trainable = False
+    with pytest.raises(ValueError, match="has no trainable variables"):
+        keras_meta.MAML(net)
+
+
+def test_unbuilt_model():
+    with pytest.raises(ValueError, match="must be built"):
+        keras_meta.MAML(keras.Sequential([keras.layers.Dense(1)]))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(query_x=tf.zeros([3, 6, 2])), "'support_x' and 'query_x' must agree"),
+    (dict(support_y=tf.zeros([3, 4, 1])), "'support_x' and 'support_y' must"),
+    (dict(query_y=tf.zeros([3, 6, 1], tf.float64)), "same dtype"),
+])
+def test_mismatched_episode_shapes(change, message):
+    maml = make_maml("maml", tiny_net())
+    data = {**episode(), **change}
+    with pytest.raises(ValueError, match=message):
+        maml.fit(tf.data.Dataset.from_tensors(data), verbose=0)
+
+
+def test_missing_episode_key():
+    maml = make_maml("maml", tiny_net())
+    data = episode()
+    del data["query_y"]
+    with pytest.raises(ValueError, match="must be a dict with keys"):
+        maml.fit(tf.data.Dataset.from_tensors(data), verbose=0)
+
+
+def test_adapt_rejects_a_task_axis():
+    maml = make_maml("maml", tiny_net())
+    data = episode()
+    with pytest.raises(ValueError, match=r"support_x should have shape \[n, 1\]"):
+        maml.adapt(data["support_x"], data["support_y"])
+
+
+def test_non_finite_meta_gradient_skips_the_step():
+    maml = make_maml("maml", tiny_net())
+    data = episode()
+    data["query_y"] = tf.tensor_scatter_nd_update(
+        data["query_y"], [[0, 0, 0]], [np.nan])
+    before = [w.numpy() for w in maml.model.weights]
+    logs = maml.fit(tf.data.Dataset.from_tensors(data), verbose=0).history
+    assert logs["skipped_steps"] == [1]
+    for a, b in zip(before, maml.model.weights):
+        np.testing.assert_array_equal(a, b.numpy())
