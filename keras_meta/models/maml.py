@@ -8,7 +8,7 @@ from keras_meta.data.episode import EPISODE_KEYS
 from keras_meta.data.episode import validate_episode
 from keras_meta.models import inner_rates
 
-TASK_PARALLELISM = ("auto", "vectorized", "sequential")
+TASK_PARALLELISM = ("auto", "vectorized", "sequential", "unrolled")
 
 
 def _resolve_loss(loss):
@@ -139,9 +139,11 @@ class MAML(keras.Model):
             meta-learned values in the inner loop, as in ANIL).
         transductive: bool, use batch statistics at evaluation (above).
         task_parallelism: "auto", "vectorized" (`tf.vectorized_map` over
-            tasks) or "sequential" (`tf.map_fn`, one compiled loop body).
-            "auto" picks "sequential" under XLA, whose compile time for
-            `vectorized_map` is minutes on CPU, and "vectorized" otherwise.
+            tasks), "sequential" (`tf.map_fn`, one compiled loop body) or
+            "unrolled" (a Python loop over tasks: slow to compile, kept for
+            comparison). "auto" picks "sequential" under XLA, whose compile
+            time for `vectorized_map` is minutes on CPU, and "vectorized"
+            otherwise (see BUILD_NOTES.md for the measurements).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Reference:
@@ -448,8 +450,21 @@ class MAML(keras.Model):
         return "sequential" if self.jit_compile else "vectorized"
 
     def _map_tasks(self, fn, episode, record_steps):
-        if self._parallelism() == "vectorized":
+        mode = self._parallelism()
+        if mode == "vectorized":
             return tf.vectorized_map(fn, episode)
+        if mode == "unrolled":
+            tasks = episode["query_x"].shape[0]
+            if tasks is None:
+                raise ValueError(
+                    "task_parallelism='unrolled' needs a static number of "
+                    "tasks per batch (use drop_remainder=True)."
+                )
+            outputs = [
+                fn(tf.nest.map_structure(lambda t: t[i], episode))
+                for i in range(tasks)
+            ]
+            return tf.nest.map_structure(lambda *t: tf.stack(t), *outputs)
         query_x = episode["query_x"]
         pred_spec = self.model.compute_output_spec(
             keras.KerasTensor(query_x.shape[1:], query_x.dtype)
@@ -574,7 +589,7 @@ class MAML(keras.Model):
         tf.cond(finite, apply, skip)
         self._meta_loss_tracker.update_state(meta_loss)
         self._update_query_metrics(episode, outputs, record_steps)
-        return self._logs()
+        return self._logs(training=True)
 
     def _assign_state(self, stacked_state):
         """Moving statistics after a meta-step: the mean over tasks."""
@@ -586,9 +601,10 @@ class MAML(keras.Model):
             else:  # e.g. a dropout seed: any task's value will do.
                 variable.assign(value[0])
 
-    def _logs(self):
+    def _logs(self, training=False):
         logs = {m.name: m.result() for m in self.metrics}
-        logs["skipped_steps"] = self.skipped_steps.value
+        if training:
+            logs["skipped_steps"] = self.skipped_steps.value
         return logs
 
     def test_step(self, data):

@@ -1,0 +1,1 @@
+"""Importable logic behind the scripts in examples/."""
