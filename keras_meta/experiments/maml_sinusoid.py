@@ -32,7 +32,7 @@ class Config:
     inner_lr: float = 0.01
     meta_lr: float = 1e-3
     first_order: bool = False
-    jit_compile: bool = False
+    jit_compile: bool = True
     steps_per_execution: int = 100
     seed: int = 0
     eval_tasks: int = 1000

@@ -504,6 +504,12 @@ class MAML(keras.Model):
 
     # ------------------------------------------------------------ Keras steps
 
+    def fit(self, *args, **kwargs):
+        # Episodes come from tf.data, which Keras never shuffles; its default
+        # shuffle=True would only print a warning on every call.
+        kwargs.setdefault("shuffle", False)
+        return super().fit(*args, **kwargs)
+
     def _check_episode(self, data):
         # train_on_batch and friends pack x as (x,) or (x, None, None).
         if isinstance(data, tuple) and all(d is None for d in data[1:]):
