@@ -34,10 +34,10 @@ def child(mode, jit, inner_steps, steps, repeats):
     import numpy as np
     import keras
     import keras_meta
-    from keras_meta.experiments.maml_sinusoid import sinusoid_regressor
+    from keras_meta.experiments.maml_training import SinusoidTask, resolve, Config
 
     keras.utils.set_random_seed(0)
-    maml = keras_meta.MAML(sinusoid_regressor(), inner_learning_rate=0.01,
+    maml = keras_meta.MAML(SinusoidTask(resolve(Config())).model(), inner_learning_rate=0.01,
                            inner_steps=inner_steps, task_parallelism=mode)
     maml.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse",
                  jit_compile=jit, steps_per_execution=steps)

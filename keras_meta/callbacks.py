@@ -1,5 +1,8 @@
 """Keras callbacks for meta-learning runs."""
 
+import os
+import time
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -50,3 +53,142 @@ class InnerRateSummary(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class EpisodeImageSummary(keras.callbacks.Callback):
+    """Writes the support and query images of one episode to TensorBoard.
+
+    Once, when training begins: a look at what the model is trained on.
+
+    Args:
+        log_dir: directory for the event files.
+        episode: an episode dict of images (uint8 or float in [0, 1]).
+        max_images: images per grid.
+    """
+
+    def __init__(self, log_dir, episode, max_images=10):
+        super().__init__()
+        self.log_dir = log_dir
+        self.episode = episode
+        self.max_images = max_images
+
+    def on_train_begin(self, logs=None):
+        writer = tf.summary.create_file_writer(self.log_dir)
+        with writer.as_default(step=0):
+            for key in ("support_x", "query_x"):
+                images = tf.convert_to_tensor(self.episode[key][0])
+                if images.shape.rank != 4:
+                    return
+                if images.dtype != tf.uint8:
+                    images = tf.image.convert_image_dtype(images, tf.uint8,
+                                                          saturate=True)
+                tf.summary.image(f"episode/{key}", images,
+                                 max_outputs=self.max_images)
+        writer.close()
+
+
+class TrainingTimeLimit(keras.callbacks.Callback):
+    """Stops training once `seconds` of wall time have passed.
+
+    Args:
+        seconds: the budget, counted from the start of `fit`.
+    """
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+        self._start = None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.monotonic() - self._start > self.seconds:
+            self.model.stop_training = True
+
+
+CHECKPOINT_PREFIX = "ckpt-"
+
+
+def checkpoint_path(directory, step):
+    return os.path.join(directory, f"{CHECKPOINT_PREFIX}{step:09d}.keras")
+
+
+def latest_checkpoint(directory):
+    """The newest complete checkpoint in `directory`, or None.
+
+    Only files renamed into place by `PeriodicCheckpoint` count; a temporary
+    file left by a crash in the middle of a write is never picked up.
+    """
+    if not os.path.isdir(directory):
+        return None
+    names = sorted(
+        n for n in os.listdir(directory)
+        if n.startswith(CHECKPOINT_PREFIX) and n.endswith(".keras")
+    )
+    return os.path.join(directory, names[-1]) if names else None
+
+
+class PeriodicCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (optimizer included) every N steps, atomically.
+
+    Each checkpoint is a `.keras` file named by the optimizer's step count,
+    written to a temporary name and renamed into place, so a crash never
+    leaves a half-written checkpoint under a checkpoint's name. The newest
+    `keep` are kept. Resume with `keras.models.load_model(latest_checkpoint(
+    directory))`: the step count is `model.optimizer.iterations`.
+
+    Example:
+
+    ```python
+    maml.fit(episodes, epochs=10, steps_per_epoch=500, callbacks=[
+        keras_meta.callbacks.PeriodicCheckpoint("runs/x/checkpoints", 500)])
+    ```
+
+    Args:
+        directory: where checkpoints go.
+        every_n_steps: save when the step count crosses a multiple of this.
+        keep: how many checkpoints to keep.
+    """
+
+    def __init__(self, directory, every_n_steps=1000, keep=3):
+        super().__init__()
+        if every_n_steps < 1 or keep < 1:
+            raise ValueError(
+                "`every_n_steps` and `keep` must be >= 1; got "
+                f"{every_n_steps} and {keep}."
+            )
+        self.directory = directory
+        self.every_n_steps = every_n_steps
+        self.keep = keep
+        self._last_saved = None
+
+    def _step(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_begin(self, logs=None):
+        self._last_saved = self._step()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        if step // self.every_n_steps > self._last_saved // self.every_n_steps:
+            self.save(step)
+
+    def on_train_end(self, logs=None):
+        step = self._step()
+        if step != self._last_saved:
+            self.save(step)
+
+    def save(self, step):
+        os.makedirs(self.directory, exist_ok=True)
+        final = checkpoint_path(self.directory, step)
+        temporary = os.path.join(self.directory, f".tmp-{step}.keras")
+        self.model.save(temporary)
+        os.replace(temporary, final)
+        self._last_saved = step
+        names = sorted(
+            n for n in os.listdir(self.directory)
+            if n.startswith(CHECKPOINT_PREFIX) and n.endswith(".keras")
+        )
+        for name in names[:-self.keep]:
+            os.remove(os.path.join(self.directory, name))

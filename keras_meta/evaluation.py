@@ -31,30 +31,45 @@ def mean_confidence_interval(values, confidence=0.95):
     return float(values.mean()), float(half)
 
 
-def adaptation_losses(maml, episodes, num_tasks, steps):
-    """Per-task query losses after 0..steps inner steps on new tasks.
+def adaptation_results(maml, episodes, num_tasks, steps):
+    """Per-task results of adapting to new tasks.
 
     Args:
         maml: a compiled `keras_meta.MAML`.
         episodes: an iterable (e.g. a `tf.data.Dataset`) of episode batches.
         num_tasks: how many tasks to evaluate.
-        steps: the largest number of inner steps.
+        steps: the number of inner steps.
 
     Returns:
-        A numpy array [num_tasks, steps + 1].
+        A dict of numpy arrays: `losses` [num_tasks, steps + 1], the query
+        loss after 0..steps inner steps; `accuracy` [num_tasks], the query
+        accuracy after `steps` steps (argmax of the predictions; only for
+        integer class targets).
     """
-    rows, seen = [], 0
+    losses, accuracy, seen = [], [], 0
     for batch in episodes:
-        losses = maml.task_losses(batch, steps=steps).numpy()
-        rows.append(losses)
-        seen += len(losses)
+        results = maml.task_results(batch, steps=steps)
+        losses.append(results["losses"].numpy())
+        labels = np.asarray(batch["query_y"])
+        if np.issubdtype(labels.dtype, np.integer):
+            predicted = np.argmax(results["predictions"].numpy(), axis=-1)
+            accuracy.append((predicted == labels).mean(axis=1))
+        seen += len(losses[-1])
         if seen >= num_tasks:
             break
     if seen < num_tasks:
         raise ValueError(
             f"The episodes ran out after {seen} tasks; {num_tasks} were asked."
         )
-    return np.concatenate(rows)[:num_tasks]
+    out = {"losses": np.concatenate(losses)[:num_tasks]}
+    if accuracy:
+        out["accuracy"] = np.concatenate(accuracy)[:num_tasks]
+    return out
+
+
+def adaptation_losses(maml, episodes, num_tasks, steps):
+    """The `losses` of `adaptation_results`: [num_tasks, steps + 1]."""
+    return adaptation_results(maml, episodes, num_tasks, steps)["losses"]
 
 
 def few_shot_table(maml, make_episodes, shots=(5, 10, 20), steps=(1, 10),
@@ -83,11 +98,21 @@ def few_shot_table(maml, make_episodes, shots=(5, 10, 20), steps=(1, 10),
     return table
 
 
-def format_table(table, metric="query MSE"):
-    """Formats `few_shot_table` rows as a Markdown table."""
-    lines = [f"| K | steps | {metric} (mean +- 95% CI) | tasks |",
-             "| --- | --- | --- | --- |"]
+def format_table(table, metric="query MSE", scale=1.0, digits=3):
+    """Formats table rows (dicts with the keys below) as Markdown.
+
+    Rows carry `mean`, `ci` and `tasks`, and may carry `ways`, `shots` and
+    `steps`, which become columns when present.
+    """
+    keys = [k for k in ("ways", "shots", "steps") if k in table[0]]
+    titles = {"ways": "N", "shots": "K", "steps": "steps"}
+    lines = ["| " + " | ".join(titles[k] for k in keys)
+             + f" | {metric} (mean +- 95% CI) | tasks |",
+             "|" + " --- |" * (len(keys) + 2)]
     for row in table:
-        lines.append(f"| {row['shots']} | {row['steps']} | "
-                     f"{row['mean']:.3f} +- {row['ci']:.3f} | {row['tasks']} |")
+        cells = [str(row[k]) for k in keys]
+        cells.append(f"{scale * row['mean']:.{digits}f} +- "
+                     f"{scale * row['ci']:.{digits}f}")
+        cells.append(str(row["tasks"]))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

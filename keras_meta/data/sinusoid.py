@@ -62,6 +62,7 @@ def sinusoid(
     amplitude_range=(0.1, 5.0),
     phase_range=(0.0, math.pi),
     input_range=(-5.0, 5.0),
+    skip_batches=0,
 ):
     """An endless dataset of sinusoid regression episodes.
 
@@ -82,6 +83,8 @@ def sinusoid(
         seed: int for a reproducible stream; None for a fresh one each time.
         amplitude_range, phase_range, input_range: (low, high) of the
             uniform distributions above.
+        skip_batches: start the stream this many batches in (to resume a
+            run exactly where it stopped).
 
     Returns:
         A `tf.data.Dataset` of episode dicts (see `keras_meta.data.episode`)
@@ -100,6 +103,10 @@ def sinusoid(
         phase_range=_check_range("phase_range", phase_range),
         input_range=_check_range("input_range", input_range),
     )
+    if isinstance(skip_batches, bool) or not isinstance(skip_batches, int) or (
+            skip_batches < 0):
+        raise ValueError(
+            f"`skip_batches` must be an int >= 0; got {skip_batches!r}.")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"`seed` must be an int or None; got {seed!r}.")
 
@@ -117,6 +124,8 @@ def sinusoid(
     # Dataset.random gives one int64 per batch; split it into a stateless
     # seed, so batch i is the same for a given seed however it is consumed.
     seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+    # Skipping happens before the episodes are made, so it costs nothing.
+    seeds = seeds.skip(skip_batches)
     seeds = seeds.map(lambda s: tf.cast(s % (2**31 - 1), tf.int32))
     return seeds.map(
         make_episode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True

@@ -4,3 +4,4 @@ from keras_meta.models.anil import ANIL
 from keras_meta.models.maml import MAML
 from keras_meta.models.maml_plus_plus import MAMLPlusPlus
 from keras_meta.models.meta_sgd import MetaSGD
+from keras_meta.models.conv4 import conv4_classifier

@@ -2,6 +2,7 @@
 
 import keras
 import tensorflow as tf
+from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.saving import serialization_lib
 
 from keras_meta.data.episode import EPISODE_KEYS
@@ -142,8 +143,9 @@ class MAML(keras.Model):
             tasks), "sequential" (`tf.map_fn`, one compiled loop body) or
             "unrolled" (a Python loop over tasks: slow to compile, kept for
             comparison). "auto" picks "sequential" under XLA, whose compile
-            time for `vectorized_map` is minutes on CPU, and "vectorized"
-            otherwise (see BUILD_NOTES.md for the measurements).
+            time for `vectorized_map` is minutes on CPU, and for
+            convolutional models, where `vectorized_map` ran 3x slower;
+            "vectorized" otherwise (see BUILD_NOTES.md for measurements).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Reference:
@@ -447,7 +449,11 @@ class MAML(keras.Model):
     def _parallelism(self):
         if self.task_parallelism != "auto":
             return self.task_parallelism
-        return "sequential" if self.jit_compile else "vectorized"
+        if self.jit_compile or any(
+            isinstance(layer, BaseConv) for layer in self.model._flatten_layers()
+        ):
+            return "sequential"
+        return "vectorized"
 
     def _map_tasks(self, fn, episode, record_steps):
         mode = self._parallelism()
@@ -651,21 +657,23 @@ class MAML(keras.Model):
 
     # ------------------------------------------------------------ adaptation
 
-    def task_losses(self, episode, steps=None):
-        """Query losses of each task after 0..steps inner steps.
+    def task_results(self, episode, steps=None):
+        """Per-task query losses after 0..steps inner steps, and predictions.
 
         Args:
             episode: an episode dict with a task axis.
             steps: inner steps; defaults to `eval_inner_steps`.
 
         Returns:
-            A float32 tensor [tasks, steps + 1]: column k is the query loss
-            after k inner steps (column 0 before adaptation).
+            A dict: `losses`, float [tasks, steps + 1], column k the query
+            loss after k inner steps (column 0 before adaptation);
+            `predictions`, the query predictions after `steps` steps,
+            [tasks, queries, ...].
         """
-        self._require_compiled("task_losses")
+        self._require_compiled("task_results")
         episode = self._check_episode(episode)
         steps = self._eval_steps(steps)
-        key = ("task_losses", steps)
+        key = ("task_results", steps)
         fn = self._compiled_fns().get(key)
         if fn is None:
 
@@ -674,11 +682,16 @@ class MAML(keras.Model):
                     episode, steps, training=self.transductive,
                     second_order=False, record_steps=range(steps + 1),
                 )
-                return outputs["losses"]
+                return {"losses": outputs["losses"],
+                        "predictions": outputs["post_pred"]}
 
             fn = tf.function(run, jit_compile=bool(self.jit_compile))
             self._compiled_fns()[key] = fn
         return fn(episode)
+
+    def task_losses(self, episode, steps=None):
+        """The `losses` of `task_results`: [tasks, steps + 1]."""
+        return self.task_results(episode, steps)["losses"]
 
     def adapt(self, support_x, support_y, steps=None):
         """Adapts to one task and returns a plain, adapted `keras.Model`.

@@ -32,7 +32,7 @@ def test_script_trains_saves_logs_and_reports(tmp_path):
         f"--model_dir={model_dir}", "--variant=meta_sgd", "--train_steps=40",
         "--steps_per_epoch=20", "--steps_per_execution=10",
         "--eval_tasks=20", "--eval_shots=5,10", "--eval_steps=1,3",
-        "--meta_batch_size=5", "--verbose=2",
+        "--meta_batch_size=5", "--verbose=2", "--nojit_compile",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))

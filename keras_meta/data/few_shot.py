@@ -1,0 +1,179 @@
+"""N-way K-shot classification episodes as an endless `tf.data.Dataset`."""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_meta.data.image_classes import ImageClasses
+from keras_meta.data.image_classes import load_image_classes
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+
+
+def _rotate_each(images, quarter_turns):
+    """Rotates image i by quarter_turns[i] * 90 degrees.
+
+    Args:
+        images: [n, h, h, c] (square).
+        quarter_turns: int32 [n] in 0..3.
+    """
+    turns = [images]
+    for _ in range(3):
+        turns.append(tf.image.rot90(turns[-1]))
+    stacked = tf.stack(turns)  # [4, n, h, w, c]
+    return tf.gather(tf.transpose(stacked, [1, 0, 2, 3, 4]), quarter_turns,
+                     axis=1, batch_dims=1)
+
+
+def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
+                    rotations):
+    """Samples a batch of episodes, stateless and deterministic in `seed`.
+
+    Args:
+        classes: `(images, starts, counts, largest_count)` from
+            `_class_tensors`.
+        seed: int32 [2] stateless seed.
+        ways, shots, queries, meta_batch_size, rotations: as `episodes`.
+
+    Returns:
+        An episode dict (see `keras_meta.data.episode`).
+    """
+    images, starts, counts, width = classes
+    num_base = int(starts.shape[0])
+    num_classes = num_base * (4 if rotations else 1)
+    per_class = shots + queries
+    s_class, s_example = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2))
+    # Classes without replacement: the first `ways` of a random permutation,
+    # whose order is also the random label order.
+    chosen = tf.argsort(tf.random.stateless_uniform(
+        [meta_batch_size, num_classes], s_class), axis=1)[:, :ways]
+    base = chosen // 4 if rotations else chosen
+    count = tf.gather(counts, base)  # [B, ways]
+    # Examples without replacement within each class: random keys, with the
+    # slots past the class's count pushed to the end.
+    keys = tf.random.stateless_uniform(
+        [meta_batch_size, ways, width], s_example)
+    keys = tf.where(tf.range(width) < count[..., None], keys, 2.0)
+    pick = tf.argsort(keys, axis=-1)[..., :per_class]  # [B, ways, n]
+    index = tf.gather(starts, base)[..., None] + pick
+    batch = tf.gather(images, index)  # [B, ways, n, h, w, c]
+    if rotations:
+        shape = tf.shape(batch)
+        flat = tf.reshape(batch, tf.concat([[-1], shape[3:]], 0))
+        turns = tf.reshape(
+            tf.broadcast_to((chosen % 4)[..., None], index.shape), [-1])
+        batch = tf.reshape(_rotate_each(flat, turns), shape)
+    labels = tf.broadcast_to(
+        tf.range(ways, dtype=tf.int32)[None, :, None],
+        [meta_batch_size, ways, per_class])
+
+    def split(t, lo, hi):
+        part = t[:, :, lo:hi]
+        return tf.reshape(part, tf.concat(
+            [[meta_batch_size, ways * (hi - lo)], tf.shape(part)[3:]], 0))
+
+    return {
+        "support_x": split(batch, 0, shots),
+        "support_y": split(labels, 0, shots),
+        "query_x": split(batch, shots, per_class),
+        "query_y": split(labels, shots, per_class),
+    }
+
+
+def _class_tensors(classes):
+    counts = classes.class_counts()
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return (tf.constant(classes.images), tf.constant(starts, tf.int32),
+            tf.constant(counts, tf.int32), int(counts.max()))
+
+
+def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
+             seed=None, split="train", data_dir=None, rotations=False,
+             image_size=(28, 28), skip_batches=0):
+    """An endless dataset of N-way K-shot image-classification episodes.
+
+    Classes are drawn without replacement within an episode and labelled
+    0..ways-1 in a random order; each class gives `shots` support and
+    `queries` query images, disjoint. With `rotations=True` each class of the
+    source is four classes, rotated by 0, 90, 180 and 270 degrees (the MAML
+    Omniglot protocol), so a task's class gets one random rotation.
+
+    Images are decoded and resized once and kept in memory as uint8; the
+    episodes are sampled by stateless random ops in a parallel `map`, so a
+    seed fixes the whole stream.
+
+    Example:
+
+    ```python
+    omniglot = keras_meta.data.load_omniglot("../shared/data/omniglot")
+    train = omniglot.subset(groups=omniglot.groups[:6])
+    maml.fit(keras_meta.data.episodes(train, ways=5, shots=1, seed=0),
+             steps_per_epoch=100)
+    ```
+
+    Args:
+        source: a TFDS name ("omniglot", "mnist", ...), a path to Omniglot
+            zips or folders, a `tf.data.Dataset` of (image, label), or an
+            `ImageClasses` (e.g. one class split of a loaded source).
+        ways: classes per episode (N).
+        shots: support images per class (K).
+        queries: query images per class.
+        meta_batch_size: episodes per batch.
+        seed: int for a reproducible stream, or None.
+        split: TFDS split, for TFDS names.
+        data_dir: TFDS data directory, for TFDS names.
+        rotations: augment with 90-degree rotations as new classes.
+        image_size: (height, width) images are resized to when loaded.
+        skip_batches: start the stream this many batches in (to resume a
+            run exactly where it stopped).
+
+    Returns:
+        A `tf.data.Dataset` of episode dicts: `support_x` uint8
+        [meta_batch_size, ways * shots, h, w, c], `support_y` int32
+        [meta_batch_size, ways * shots], and `query_x`, `query_y` likewise
+        with `ways * queries`. Examples are grouped by class.
+    """
+    for name, value in (("ways", ways), ("shots", shots),
+                        ("queries", queries),
+                        ("meta_batch_size", meta_batch_size)):
+        _positive_int(name, value)
+    if isinstance(skip_batches, bool) or not isinstance(skip_batches, int) or (
+            skip_batches < 0):
+        raise ValueError(
+            f"`skip_batches` must be an int >= 0; got {skip_batches!r}.")
+    classes = load_image_classes(source, split=split, data_dir=data_dir,
+                                 image_size=image_size)
+    available = classes.num_classes * (4 if rotations else 1)
+    if ways > available:
+        raise ValueError(
+            f"ways={ways} needs at least {ways} classes; the source has "
+            f"{available}{' with rotations' if rotations else ''}."
+        )
+    counts = classes.class_counts()
+    if counts.min() < shots + queries:
+        short = int(np.sum(counts < shots + queries))
+        raise ValueError(
+            f"shots + queries = {shots + queries} images per class are "
+            f"needed, but {short} classes have fewer (the smallest has "
+            f"{counts.min()}). Lower shots/queries or drop those classes "
+            "with ImageClasses.subset."
+        )
+    if rotations and classes.images.shape[1] != classes.images.shape[2]:
+        raise ValueError(
+            "rotations need square images; got "
+            f"{classes.images.shape[1]}x{classes.images.shape[2]}."
+        )
+    tensors = _class_tensors(classes)
+    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+    # Skipping happens before the episodes are made, so it costs nothing.
+    seeds = seeds.skip(skip_batches)
+    seeds = seeds.map(lambda s: tf.cast(s % (2**31 - 1), tf.int32))
+    return seeds.map(
+        lambda s: sample_episodes(tensors, s, ways, shots, queries,
+                                  meta_batch_size, rotations),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    ).prefetch(tf.data.AUTOTUNE)
