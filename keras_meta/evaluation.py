@@ -67,11 +67,6 @@ def adaptation_results(maml, episodes, num_tasks, steps):
     return out
 
 
-def adaptation_losses(maml, episodes, num_tasks, steps):
-    """The `losses` of `adaptation_results`: [num_tasks, steps + 1]."""
-    return adaptation_results(maml, episodes, num_tasks, steps)["losses"]
-
-
 def few_shot_table(maml, make_episodes, shots=(5, 10, 20), steps=(1, 10),
                    num_tasks=1000, confidence=0.95):
     """Query loss after adaptation for several support sizes and step counts.
@@ -85,17 +80,34 @@ def few_shot_table(maml, make_episodes, shots=(5, 10, 20), steps=(1, 10),
         confidence: confidence level of the intervals.
 
     Returns:
-        A list of dicts with keys shots, steps, mean, ci, tasks.
+        A list of dicts with keys shots, steps, mean, ci, tasks, and the
+        `divergence_counts` keys non_finite, above_1e3 and median.
     """
     table = []
     for k in shots:
-        losses = adaptation_losses(maml, make_episodes(k), num_tasks,
-                                   max(steps))
+        losses = adaptation_results(maml, make_episodes(k), num_tasks,
+                                    max(steps))["losses"]
         for s in steps:
             mean, ci = mean_confidence_interval(losses[:, s], confidence)
             table.append(dict(shots=k, steps=s, mean=mean, ci=ci,
-                              tasks=num_tasks))
+                              tasks=num_tasks,
+                              **divergence_counts(losses[:, s])))
     return table
+
+
+def divergence_counts(values, large=1e3):
+    """How many per-task results are not finite or implausibly large.
+
+    A diverged inner loop turns a mean into inf/NaN or a huge number; these
+    counts (and the median) say whether a few tasks or all of them did.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    return dict(
+        non_finite=int(values.size - finite.size),
+        above_1e3=int((finite > large).sum()),
+        median=float(np.median(finite)) if finite.size else float("nan"),
+    )
 
 
 def format_table(table, metric="query MSE", scale=1.0, digits=3):
@@ -106,13 +118,18 @@ def format_table(table, metric="query MSE", scale=1.0, digits=3):
     """
     keys = [k for k in ("ways", "shots", "steps") if k in table[0]]
     titles = {"ways": "N", "shots": "K", "steps": "steps"}
+    diverged = "non_finite" in table[0]
+    extra = " median | diverged (non-finite / > 1e3) |" if diverged else ""
     lines = ["| " + " | ".join(titles[k] for k in keys)
-             + f" | {metric} (mean +- 95% CI) | tasks |",
-             "|" + " --- |" * (len(keys) + 2)]
+             + f" | {metric} (mean +- 95% CI) |{extra} tasks |",
+             "|" + " --- |" * (len(keys) + 2 + 2 * diverged)]
     for row in table:
         cells = [str(row[k]) for k in keys]
         cells.append(f"{scale * row['mean']:.{digits}f} +- "
                      f"{scale * row['ci']:.{digits}f}")
+        if diverged:
+            cells.append(f"{scale * row['median']:.{digits}f}")
+            cells.append(f"{row['non_finite']} / {row['above_1e3']}")
         cells.append(str(row["tasks"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -143,16 +143,9 @@ class SinusoidTask:
 
     def table(self, maml):
         c = self.config
-        rows = []
-        for k in c.eval_shots:
-            losses = evaluation.adaptation_results(
-                maml, self.test_episodes(k), c.eval_tasks,
-                max(c.eval_steps))["losses"]
-            for s in c.eval_steps:
-                mean, ci = evaluation.mean_confidence_interval(losses[:, s])
-                rows.append(dict(shots=k, steps=s, mean=mean, ci=ci,
-                                 tasks=c.eval_tasks))
-        return rows
+        return evaluation.few_shot_table(
+            maml, self.test_episodes, shots=c.eval_shots, steps=c.eval_steps,
+            num_tasks=c.eval_tasks)
 
     def format(self, rows):
         return evaluation.format_table(rows, "query MSE")
