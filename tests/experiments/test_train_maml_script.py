@@ -37,7 +37,7 @@ def test_script_trains_saves_logs_and_reports(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| K | steps | query MSE (mean +- 95% CI) | tasks |" in result.stdout
+    assert "| K | steps | query MSE (mean +- 95% CI) | median |" in result.stdout
     assert "| 10 | 3 |" in result.stdout
 
     with open(os.path.join(model_dir, "results.json")) as f:
