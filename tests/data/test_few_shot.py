@@ -12,15 +12,6 @@ import tensorflow_datasets as tfds
 import keras_meta
 from keras_meta.data import ImageClasses
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-OMNIGLOT_DIR = os.path.join(ROOT, "..", "shared", "data", "omniglot")
-
-needs_omniglot = pytest.mark.skipif(
-    not os.path.exists(os.path.join(OMNIGLOT_DIR,
-                                    "images_background_small1.zip")),
-    reason=f"Omniglot archives not found in {OMNIGLOT_DIR}",
-)
-
 
 def marked_classes(num_classes=12, per_class=(6,), size=4, groups=None):
     """Images that say what they are: pixel (0,0) = 1 + class, (0,1) =
@@ -213,9 +204,8 @@ def test_unknown_tfds_name():
         keras_meta.data.load_tfds("no_such_ds")
 
 
-@needs_omniglot
-def test_offline_omniglot_archives():
-    data = keras_meta.data.load_omniglot(OMNIGLOT_DIR)
+def test_offline_omniglot_archives(omniglot_dir):
+    data = keras_meta.data.load_omniglot(omniglot_dir)
     # Greek and Latin are in both archives and are read once.
     assert data.num_classes == 242 and len(data.groups) == 8
     assert data.images.shape == (4840, 28, 28, 1)

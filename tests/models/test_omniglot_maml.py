@@ -10,18 +10,9 @@ import tensorflow as tf
 import keras
 import keras_meta
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-OMNIGLOT_DIR = os.path.join(ROOT, "..", "shared", "data", "omniglot")
-needs_omniglot = pytest.mark.skipif(
-    not os.path.exists(os.path.join(OMNIGLOT_DIR,
-                                    "images_background_small1.zip")),
-    reason=f"Omniglot archives not found in {OMNIGLOT_DIR}",
-)
-
-
 @pytest.fixture(scope="module")
-def omniglot():
-    return keras_meta.data.load_omniglot(OMNIGLOT_DIR)
+def omniglot(omniglot_dir):
+    return keras_meta.data.load_omniglot(omniglot_dir)
 
 
 def make_maml(ways, filters=16):
@@ -36,10 +27,10 @@ def make_maml(ways, filters=16):
     return maml
 
 
-@needs_omniglot
-def test_saved_model_classifies_raw_pngs_like_the_pipeline(tmp_path):
+def test_saved_model_classifies_raw_pngs_like_the_pipeline(tmp_path,
+                                                          omniglot_dir):
     # One character's 20 drawings, as files and through the cached pipeline.
-    with zipfile.ZipFile(os.path.join(OMNIGLOT_DIR,
+    with zipfile.ZipFile(os.path.join(omniglot_dir,
                                       "images_background_small1.zip")) as z:
         names = sorted(n for n in z.namelist()
                        if "/Greek/character01/" in n and n.endswith(".png"))
@@ -66,7 +57,6 @@ def test_saved_model_classifies_raw_pngs_like_the_pipeline(tmp_path):
                                from_raw, rtol=1e-5, atol=1e-5)
 
 
-@needs_omniglot
 def test_short_meta_training_beats_chance_on_held_out_alphabets(omniglot):
     train = omniglot.subset(groups=omniglot.groups[:6])
     test = omniglot.subset(groups=omniglot.groups[6:])
