@@ -303,6 +303,11 @@ class MAML(keras.Model):
         self._meta_loss_tracker = keras.metrics.Mean(name="loss")
         self._pre_loss_tracker = keras.metrics.Mean(name="pre_adapt_loss")
         self._post_loss_tracker = keras.metrics.Mean(name="post_adapt_loss")
+        # Evaluation also logs the query loss after each inner step.
+        self._step_loss_trackers = [
+            keras.metrics.Mean(name=f"query_loss_after_step_{k}")
+            for k in range(1, self._eval_steps(None) + 1)
+        ]
         # The loss and metrics are handled here, per task; Keras's own
         # CompileLoss would try to build itself from the episode dict.
         super().compile(
@@ -337,6 +342,7 @@ class MAML(keras.Model):
             self._post_loss_tracker,
             *self._pre_metrics,
             *self._post_metrics,
+            *self._step_loss_trackers,
         ]
 
     # ------------------------------------------------------------- inner loop
@@ -614,23 +620,28 @@ class MAML(keras.Model):
                 variable.assign(value[0])
 
     def _logs(self, training=False):
-        logs = {m.name: m.result() for m in self.metrics}
+        per_step = {id(m) for m in self._step_loss_trackers}
+        logs = {m.name: m.result() for m in self.metrics
+                if not (training and id(m) in per_step)}
         if training:
             logs["skipped_steps"] = self.skipped_steps.value
         return logs
 
     def test_step(self, data):
         episode = self._check_episode(data)
+        steps = self._eval_steps(None)
         _, _, outputs, record_steps = self._run_episode(
             episode,
-            self._eval_steps(None),
+            steps,
             training=self.transductive,
             second_order=False,
-            record_steps=(),
+            record_steps=range(steps + 1),
         )
         self._meta_loss_tracker.update_state(
             tf.reduce_mean(outputs["losses"][:, -1])
         )
+        for k, tracker in enumerate(self._step_loss_trackers, start=1):
+            tracker.update_state(tf.reduce_mean(outputs["losses"][:, k]))
         self._update_query_metrics(episode, outputs, record_steps)
         return self._logs()
 

@@ -172,6 +172,11 @@ def test_predict_and_evaluate_on_episodes():
                                rtol=1e-5)
     np.testing.assert_allclose(logs["post_adapt_loss"], losses[:, -1].mean(),
                                rtol=1e-5)
+    for k in (1, 2):
+        np.testing.assert_allclose(logs[f"query_loss_after_step_{k}"],
+                                   losses[:, k].mean(), rtol=1e-5)
+    train_logs = maml.fit(tf.data.Dataset.from_tensors(data), verbose=0)
+    assert "query_loss_after_step_1" not in train_logs.history
     # Plain inputs: the meta-model itself.
     x = np.linspace(-1, 1, 5, dtype="float32")[:, None]
     np.testing.assert_allclose(maml.predict(x, verbose=0),
