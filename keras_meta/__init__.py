@@ -13,3 +13,4 @@ from keras_meta.backend import ensure_tensorflow_backend
 ensure_tensorflow_backend()
 
 __version__ = "0.1.0"
+from keras_meta.optimizers.learned_optimizer import LearnedOptimizer  # noqa: E402,F401
