@@ -55,7 +55,7 @@ class RMSProp(UpdateRule):
         ups, new = [], []
         for g, s in zip(grads, state):
             s = self.rho * s + (1 - self.rho) * tf.square(g)
-            ups.append(-self.lr * g / (tf.sqrt(s) + self.epsilon))
+            ups.append(-self.lr * g / tf.sqrt(s + self.epsilon))  # as Keras
             new.append(s)
         return ups, new
 

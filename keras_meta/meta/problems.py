@@ -229,7 +229,7 @@ def load_omniglot(directory=None, size=28):
             img = tf.io.decode_png(files[key][fname], channels=1)
             img = tf.image.resize(tf.cast(img, tf.float32) / 255.0,
                                   (size, size), antialias=True)
-            imgs.append(1.0 - img.numpy())
+            imgs.append(np.clip(1.0 - img.numpy(), 0.0, 1.0))
         chars[key] = np.stack(imgs).astype("float32")
     return chars
 
