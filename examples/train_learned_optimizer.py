@@ -22,6 +22,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("problems", ["quadratic", "mlp_teacher", "mlp_omniglot"],
                   "Problem families of the meta-training mixture (see "
                   "keras_meta.meta.problems.FAMILIES).")
+flags.DEFINE_list("problem_weights", None,
+                  "Sampling weights of --problems (default uniform).")
 flags.DEFINE_integer("unroll", 20, "Optimizee steps per truncation.")
 flags.DEFINE_integer("horizon", 100, "Optimizee steps per run.")
 flags.DEFINE_integer("meta_steps", 1000, "Meta-updates (truncations).")
@@ -53,7 +55,9 @@ def main(argv):
               "num_layers": FLAGS.num_layers},
         second_order=FLAGS.second_order, meta_loss=FLAGS.meta_loss,
         clip_norm=FLAGS.clip_norm, jit_compile=FLAGS.jit_compile,
-        eval_every=FLAGS.eval_every, init_weights=FLAGS.init_weights)
+        eval_every=FLAGS.eval_every, init_weights=FLAGS.init_weights,
+        problem_weights=(None if FLAGS.problem_weights is None else
+                         [float(w) for w in FLAGS.problem_weights]))
     print(json.dumps(summary, indent=2))
 
 

@@ -64,7 +64,7 @@ def evaluate(rule, problems, steps, num_instances=2):
 def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
         model_dir="runs/learned_optimizer", seed=0, rule=None,
         second_order=False, meta_loss="log", clip_norm=1.0, jit_compile=False,
-        eval_every=200, init_weights=None, verbose=1):
+        eval_every=200, init_weights=None, problem_weights=None, verbose=1):
     """Meta-trains the LSTM rule and writes phi files and summaries.
 
     Returns:
@@ -79,10 +79,14 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
         if rule is None:
             config = file_cfg
     problems = build_problems(problem_names)
+    if problem_weights is not None:
+        by_name = dict(zip(problem_names, problem_weights))
+        problem_weights = [float(by_name[p.name]) for p in problems]
     mt = trainer_lib.MetaTrainer(
         problems, config=config, phi=phi0, unroll=unroll, horizon=horizon,
         meta_lr=meta_lr, clip_norm=clip_norm, second_order=second_order,
-        meta_loss=meta_loss, jit_compile=jit_compile, seed=seed)
+        meta_loss=meta_loss, jit_compile=jit_compile, seed=seed,
+        problem_weights=problem_weights)
     writer = tf.summary.create_file_writer(model_dir)
     adam_rules = {p.name: baselines.Adam(trainer_lib.adam_reference_lr(p))
                   for p in problems}
@@ -154,7 +158,8 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
     summary = {
         "problems": [p.name for p in problems], "meta_steps": meta_steps,
         "unroll": unroll, "horizon": horizon, "meta_lr": meta_lr,
-        "seed": seed, "rule": config.to_dict(), "second_order": second_order,
+        "seed": seed, "rule": config.to_dict(),
+        "problem_weights": problem_weights, "init_weights": init_weights, "second_order": second_order,
         "meta_loss": meta_loss, "jit_compile": jit_compile,
         "final_eval_score": final, "best_eval_score": best,
         "skipped_meta_steps": mt.skipped_meta_steps, "wall_seconds": wall,

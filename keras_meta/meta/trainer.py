@@ -95,17 +95,28 @@ class MetaTrainer:
         jit_compile: compile each truncation with XLA.
         seed: seeds problem sampling.
         dtype: float dtype of phi and the unroll.
+        problem_weights: sampling probabilities of `problems` for each new
+            run (default uniform).
     """
 
     def __init__(self, problems, config=lstm_rule.RuleConfig(), phi=None,
                  unroll=20, horizon=100, meta_lr=1e-3, clip_norm=1.0,
                  second_order=False, meta_loss="log", jit_compile=False,
-                 seed=0, dtype="float32"):
+                 seed=0, dtype="float32", problem_weights=None):
         if horizon % unroll:
             raise ValueError(
                 f"horizon ({horizon}) must be a multiple of unroll ({unroll})."
             )
         self.problems = list(problems)
+        if problem_weights is None:
+            problem_weights = [1.0] * len(self.problems)
+        if len(problem_weights) != len(self.problems):
+            raise ValueError(
+                f"Got {len(problem_weights)} problem_weights for "
+                f"{len(self.problems)} problems."
+            )
+        w = np.asarray(problem_weights, dtype=np.float64)
+        self.problem_probs = w / w.sum()
         self.config = config
         self.unroll, self.horizon = unroll, horizon
         self.clip_norm = clip_norm
@@ -154,7 +165,8 @@ class MetaTrainer:
         return self._fns[key]
 
     def _new_run(self):
-        problem = self.problems[self.rng.integers(len(self.problems))]
+        problem = self.problems[
+            self.rng.choice(len(self.problems), p=self.problem_probs)]
         seed = int(self.rng.integers(2**31))
         instance = problem.sample(seed)
         params = [tf.cast(p, self.dtype) for p in instance.params]
