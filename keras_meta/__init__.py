@@ -14,8 +14,9 @@ ensure_tensorflow_backend()
 
 __version__ = "0.1.0"
 
-from keras_meta import data
-from keras_meta.models import ANIL
-from keras_meta.models import MAML
-from keras_meta.models import MAMLPlusPlus
-from keras_meta.models import MetaSGD
+from keras_meta import data  # noqa: E402
+from keras_meta.models import ANIL  # noqa: E402
+from keras_meta.models import MAML  # noqa: E402
+from keras_meta.models import MAMLPlusPlus  # noqa: E402
+from keras_meta.models import MetaSGD  # noqa: E402
+from keras_meta.optimizers import LearnedOptimizer  # noqa: E402

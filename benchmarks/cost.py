@@ -1,0 +1,96 @@
+"""Cost of one `fit` step and optimizer memory: LearnedOptimizer vs Adam.
+
+On a ~1M-parameter MLP (784-1024-256-10) and the small convnet, batch 128,
+both optimizers measured in the same process: each `train_on_batch` call
+(the same compiled train function `fit` runs) is timed after warm-up, and the
+median over `--reps` repetitions of `--steps` steps is reported.
+
+    python -m benchmarks.cost --reps=7
+"""
+
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app
+from absl import flags
+
+import keras_meta
+from keras_meta.meta import problems
+
+from benchmarks import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("reps", 7, "Repetitions (median reported).")
+flags.DEFINE_integer("steps", 10, "Steps per repetition.")
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_string("out", "cost.json", "JSON file in results/.")
+
+MODELS = {
+    "mlp_1m": lambda: problems.mlp_model(hidden=(1024, 256), activation="relu"),
+    "conv": problems.conv_model,
+}
+
+
+def build(name, opt):
+    keras.utils.set_random_seed(0)
+    model = MODELS[name]()
+    model.compile(optimizer=opt, jit_compile=FLAGS.jit_compile,
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+    return model
+
+
+def opt_bytes(opt, model):
+    n = model.count_params()
+    total = 0
+    for v in opt.variables:
+        total += int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+    return total, total / n
+
+
+def main(argv):
+    del argv
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(FLAGS.batch_size, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, FLAGS.batch_size).astype("int32")
+    results = {"batch_size": FLAGS.batch_size, "jit_compile": FLAGS.jit_compile,
+               "models": {}}
+    rows = []
+    for name in MODELS:
+        models = {"learned": build(name, keras_meta.LearnedOptimizer()),
+                  "adam": build(name, keras.optimizers.Adam(1e-3))}
+        for m in models.values():
+            for _ in range(3):
+                m.train_on_batch(x, y)
+        times = {k: [] for k in models}
+        for _ in range(FLAGS.reps):
+            for k, m in models.items():  # interleaved: same load for both
+                start = time.perf_counter()
+                for _ in range(FLAGS.steps):
+                    m.train_on_batch(x, y)
+                times[k].append((time.perf_counter() - start) / FLAGS.steps)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        mem = {k: opt_bytes(m.optimizer, m) for k, m in models.items()}
+        entry = {
+            "params": models["adam"].count_params(),
+            "step_seconds_median": med, "step_seconds_all": times,
+            "cost_ratio": med["learned"] / med["adam"],
+            "optimizer_bytes": {k: v[0] for k, v in mem.items()},
+            "optimizer_bytes_per_param": {k: v[1] for k, v in mem.items()},
+            "memory_ratio": mem["learned"][1] / mem["adam"][1],
+        }
+        results["models"][name] = entry
+        rows.append([name, entry["params"],
+                     f"{med['learned'] * 1e3:.2f}", f"{med['adam'] * 1e3:.2f}",
+                     f"{entry['cost_ratio']:.2f}",
+                     f"{mem['learned'][1]:.1f}", f"{mem['adam'][1]:.1f}"])
+    common.print_table(["model", "params", "learned ms/step", "Adam ms/step",
+                        "ratio", "learned B/param", "Adam B/param"], rows)
+    common.write_json(FLAGS.out, results)
+
+
+if __name__ == "__main__":
+    app.run(main)

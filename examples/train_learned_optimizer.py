@@ -1,0 +1,65 @@
+"""Meta-trains keras_meta's LSTM learned optimizer and writes its phi file.
+
+Example (the shipped weights; see BUILD_NOTES.md for the exact command):
+
+    python examples/train_learned_optimizer.py \
+        --problems=quadratic,mlp_teacher,mlp_omniglot \
+        --unroll=20 --horizon=100 --meta_steps=3000 --meta_lr=3e-3 \
+        --model_dir=runs/lopt --seed=0
+
+TensorBoard: `tensorboard --logdir runs/lopt`. Copy `runs/lopt/phi_best.npz`
+to keras_meta/optimizers/pretrained/lstm_phi.npz to ship it.
+"""
+
+import json
+
+from absl import app
+from absl import flags
+
+from keras_meta.meta import train_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("problems", ["quadratic", "mlp_teacher", "mlp_omniglot"],
+                  "Problem families of the meta-training mixture (see "
+                  "keras_meta.meta.problems.FAMILIES).")
+flags.DEFINE_list("problem_weights", None,
+                  "Sampling weights of --problems (default uniform).")
+flags.DEFINE_integer("unroll", 20, "Optimizee steps per truncation.")
+flags.DEFINE_integer("horizon", 100, "Optimizee steps per run.")
+flags.DEFINE_integer("meta_steps", 1000, "Meta-updates (truncations).")
+flags.DEFINE_float("meta_lr", 1e-3, "Adam learning rate on phi.")
+flags.DEFINE_string("model_dir", "runs/learned_optimizer",
+                    "Where phi files and TensorBoard summaries go.")
+flags.DEFINE_integer("seed", 0, "Seed of phi init and problem sampling.")
+flags.DEFINE_enum("descent", "adam", ["adam", "none"],
+                  "Rule variant: LSTM-modulated Adam direction, or the "
+                  "paper's pure LSTM output.")
+flags.DEFINE_integer("hidden_size", 20, "LSTM units per layer.")
+flags.DEFINE_integer("num_layers", 2, "LSTM layers.")
+flags.DEFINE_bool("second_order", False, "Keep second derivatives.")
+flags.DEFINE_enum("meta_loss", "log", ["log", "mean"],
+                  "Meta-objective: mean of log losses or of losses.")
+flags.DEFINE_float("clip_norm", 1.0, "Global-norm clip of meta-gradients.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile each truncation.")
+flags.DEFINE_integer("eval_every", 200, "Evaluate (and keep best) every N.")
+flags.DEFINE_string("init_weights", None, "Start from this phi file.")
+
+
+def main(argv):
+    del argv
+    summary = train_lib.run(
+        FLAGS.problems, unroll=FLAGS.unroll, horizon=FLAGS.horizon,
+        meta_steps=FLAGS.meta_steps, meta_lr=FLAGS.meta_lr,
+        model_dir=FLAGS.model_dir, seed=FLAGS.seed,
+        rule={"descent": FLAGS.descent, "hidden_size": FLAGS.hidden_size,
+              "num_layers": FLAGS.num_layers},
+        second_order=FLAGS.second_order, meta_loss=FLAGS.meta_loss,
+        clip_norm=FLAGS.clip_norm, jit_compile=FLAGS.jit_compile,
+        eval_every=FLAGS.eval_every, init_weights=FLAGS.init_weights,
+        problem_weights=(None if FLAGS.problem_weights is None else
+                         [float(w) for w in FLAGS.problem_weights]))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

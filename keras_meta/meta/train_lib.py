@@ -1,0 +1,172 @@
+"""The meta-training driver behind examples/train_learned_optimizer.py.
+
+`run(...)` builds the problem mixture, meta-trains with `MetaTrainer`, shows a
+`keras.utils.Progbar`, writes TensorBoard summaries (meta-loss, optimizee
+loss curves of the learned rule against Adam on fixed evaluation problems,
+histograms of the proposed updates) and saves phi files in `model_dir`:
+`phi_last.npz` and `phi_best.npz` (best evaluation score so far).
+"""
+
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_meta.meta import baselines
+from keras_meta.meta import problems as problems_lib
+from keras_meta.meta import trainer as trainer_lib
+from keras_meta.optimizers import lstm_rule
+from keras_meta.optimizers import weights_io
+
+EVAL_SEED = 10**6
+
+
+def build_problems(names):
+    """Problem families for `names`, skipping Omniglot ones without data."""
+    out = []
+    for name in names:
+        try:
+            out.append(problems_lib.make_problem(name))
+        except FileNotFoundError as e:
+            print(f"Skipping problem {name!r}: {e}")
+    if not out:
+        raise ValueError(f"No usable problem among {names}.")
+    return out
+
+
+def evaluate(rule, problems, steps, num_instances=2):
+    """Mean log optimizee loss of `rule` on fixed evaluation instances.
+
+    Returns:
+        `(score, curves)`: score is the mean over problems and instances of
+        mean_t log f(theta_t); curves maps problem name to the mean loss
+        curve (numpy array of `steps + 1`).
+    """
+    scores, curves = [], {}
+    for problem in problems:
+        runs = []
+        for i in range(num_instances):
+            inst = problem.sample(EVAL_SEED + i)
+            runs.append(trainer_lib.run_rule(rule, problem, inst, steps,
+                                             seed=EVAL_SEED + i))
+        runs = np.stack(runs)
+        curves[problem.name] = runs.mean(0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.mean(np.log(runs[:, 1:] + 1e-12))
+        scores.append(s if np.isfinite(s) else float("inf"))
+    return float(np.mean(scores)), curves
+
+
+def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
+        model_dir="runs/learned_optimizer", seed=0, rule=None,
+        second_order=False, meta_loss="log", clip_norm=1.0, jit_compile=False,
+        eval_every=200, init_weights=None, problem_weights=None, verbose=1):
+    """Meta-trains the LSTM rule and writes phi files and summaries.
+
+    Returns:
+        dict with the paths written, the final and best evaluation scores,
+        and the wall time in seconds.
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    config = lstm_rule.RuleConfig.from_dict(rule or {})
+    phi0 = None
+    if init_weights:
+        phi0, file_cfg = weights_io.load_phi(init_weights)
+        if rule is None:
+            config = file_cfg
+    problems = build_problems(problem_names)
+    if problem_weights is not None:
+        by_name = dict(zip(problem_names, problem_weights))
+        problem_weights = [float(by_name[p.name]) for p in problems]
+    mt = trainer_lib.MetaTrainer(
+        problems, config=config, phi=phi0, unroll=unroll, horizon=horizon,
+        meta_lr=meta_lr, clip_norm=clip_norm, second_order=second_order,
+        meta_loss=meta_loss, jit_compile=jit_compile, seed=seed,
+        problem_weights=problem_weights)
+    writer = tf.summary.create_file_writer(model_dir)
+    adam_rules = {p.name: baselines.Adam(trainer_lib.adam_reference_lr(p))
+                  for p in problems}
+
+    def eval_and_log(step):
+        learned = baselines.Learned(mt.phi_numpy(), config)
+        score, curves = evaluate(learned, problems, horizon)
+        with writer.as_default():
+            tf.summary.scalar("eval/score_learned", score, step=step)
+            for name, curve in curves.items():
+                tf.summary.scalar(f"eval/final_loss/{name}/learned",
+                                  curve[-1], step=step)
+        return score, curves
+
+    # Adam curves once (they do not change).
+    adam_curves = {}
+    for p in problems:
+        _, c = evaluate(adam_rules[p.name], [p], horizon)
+        adam_curves.update(c)
+
+    best = float("inf")
+    paths = {"last": os.path.join(model_dir, "phi_last.npz"),
+             "best": os.path.join(model_dir, "phi_best.npz")}
+    progbar = keras.utils.Progbar(meta_steps, verbose=verbose,
+                                  stateful_metrics=["objective", "loss",
+                                                    "eval"])
+    start = time.time()
+    score, _ = eval_and_log(0)
+    best = score
+    weights_io.save_phi(paths["best"], mt.phi_numpy(), config)
+
+    def callback(i, logs):
+        nonlocal best
+        step = i + 1
+        with writer.as_default():
+            tf.summary.scalar("meta/objective", logs["objective"], step=step)
+            tf.summary.scalar(f"meta/mean_loss/{logs['problem']}",
+                              logs["mean_loss"], step=step)
+            tf.summary.scalar("meta/grad_norm", logs["grad_norm"], step=step)
+            if step % 50 == 0 and logs["updates"] is not None:
+                tf.summary.histogram(
+                    f"updates/{logs['problem']}",
+                    tf.concat([tf.reshape(u, [-1]) for u in logs["updates"]],
+                              0), step=step)
+        values = [("objective", logs["objective"]),
+                  ("loss", logs["mean_loss"])]
+        if eval_every and step % eval_every == 0:
+            s, _ = eval_and_log(step)
+            values.append(("eval", s))
+            if s < best:
+                best = s
+                weights_io.save_phi(paths["best"], mt.phi_numpy(), config)
+            weights_io.save_phi(paths["last"], mt.phi_numpy(), config)
+        progbar.update(step, values=values)
+
+    mt.train(meta_steps, callback=callback)
+    weights_io.save_phi(paths["last"], mt.phi_numpy(), config)
+    final, curves = eval_and_log(meta_steps)
+    if final < best:
+        best = final
+        weights_io.save_phi(paths["best"], mt.phi_numpy(), config)
+    with writer.as_default():
+        for name, curve in curves.items():
+            for t, (lv, av) in enumerate(zip(curve, adam_curves[name])):
+                tf.summary.scalar(f"curves/{name}/learned", lv, step=t)
+                tf.summary.scalar(f"curves/{name}/adam", av, step=t)
+    writer.flush()
+    wall = time.time() - start
+    summary = {
+        "problems": [p.name for p in problems], "meta_steps": meta_steps,
+        "unroll": unroll, "horizon": horizon, "meta_lr": meta_lr,
+        "seed": seed, "rule": config.to_dict(),
+        "problem_weights": problem_weights, "init_weights": init_weights, "second_order": second_order,
+        "meta_loss": meta_loss, "jit_compile": jit_compile,
+        "final_eval_score": final, "best_eval_score": best,
+        "skipped_meta_steps": mt.skipped_meta_steps, "wall_seconds": wall,
+        "final_loss_learned": {k: float(v[-1]) for k, v in curves.items()},
+        "final_loss_adam": {k: float(v[-1]) for k, v in adam_curves.items()},
+        "paths": paths,
+    }
+    with open(os.path.join(model_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary

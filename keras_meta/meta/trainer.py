@@ -1,0 +1,287 @@
+"""Unrolled meta-training of the LSTM update rule (truncated BPTT).
+
+`MetaTrainer` optimizes phi, the meta-parameters of `lstm_rule`, by gradient
+descent on the optimizee losses along unrolled optimization runs:
+
+  * a run samples a problem (from a mixture of `problems.Problem` families)
+    and optimizes it for `horizon` steps with the rule;
+  * the run is cut into truncations of `unroll` steps; each truncation is one
+    compiled `tf.function` that unrolls the steps functionally (the optimizee
+    is a pure function of its parameter list: `model.stateless_call` for
+    Keras models, nothing is assigned), returns the meta-loss, its gradient
+    with respect to phi, and the final parameters and rule state, which are
+    carried (without gradient) into the next truncation;
+  * meta-loss = mean over the truncation's steps t = 1..T of f(theta_t)
+    (`meta_loss="mean"`, the paper's sum divided by T), or of log f(theta_t)
+    (`meta_loss="log"`, default, which weights problems of different scales
+    alike);
+  * `second_order=False` (default, as the paper) stops gradients through the
+    optimizee gradients; meta-gradients are clipped by global norm and
+    applied with Adam; a non-finite meta-gradient is skipped and counted.
+
+`run_rule` evaluates any `baselines.UpdateRule` (learned or hand-designed) on
+a problem instance for many steps, for benchmarks and TensorBoard curves.
+"""
+
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_meta.meta import problems as problems_lib
+from keras_meta.optimizers import lstm_rule
+
+
+def _objective(losses, kind):
+    if kind == "log":
+        return tf.reduce_mean(tf.math.log(losses + 1e-12))
+    if kind == "mean":
+        return tf.reduce_mean(losses)
+    raise ValueError(f"meta_loss must be 'log' or 'mean', got {kind!r}")
+
+
+def unrolled_meta_loss(phi, problem, params, state, task, batches, unroll,
+                       config, second_order=False, meta_loss="log"):
+    """Unrolls `unroll` rule steps from `params`; returns losses and outputs.
+
+    Pure function (traceable). `batches` has `unroll + 1` entries on its
+    leading axis: the last one evaluates the final parameters.
+
+    Returns:
+        dict with `objective` (the meta-loss), `losses` (f(theta_t) for
+        t = 1..unroll), `params`, `state` and `updates` (of the last step).
+    """
+    losses = []
+    updates = None
+    for t in range(unroll):
+        batch = tf.nest.map_structure(lambda b: b[t], batches)
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss = problem.loss(params, task, batch)
+        grads = tape.gradient(loss, params)
+        if not second_order:
+            grads = [tf.stop_gradient(g) for g in grads]
+        if t > 0:
+            losses.append(loss)
+        updates, state = lstm_rule.apply(phi, grads, state, config)
+        params = [p + u for p, u in zip(params, updates)]
+    batch = tf.nest.map_structure(lambda b: b[unroll], batches)
+    losses.append(problem.loss(params, task, batch))
+    losses = tf.stack(losses)
+    return {
+        "objective": _objective(losses, meta_loss),
+        "losses": losses,
+        "params": params,
+        "state": state,
+        "updates": updates,
+    }
+
+
+class MetaTrainer:
+    """Meta-trains phi of the LSTM rule on a mixture of problem families.
+
+    Args:
+        problems: list of `problems.Problem` (the meta-training mixture).
+        config: `lstm_rule.RuleConfig`.
+        phi: initial phi (dict of arrays); default `lstm_rule.init_phi`.
+        unroll: steps per truncation (paper: 20).
+        horizon: steps per optimization run (paper: 100).
+        meta_lr: Adam learning rate for phi.
+        clip_norm: global-norm clip of the meta-gradient.
+        second_order: keep second derivatives (default False, as the paper).
+        meta_loss: `"log"` or `"mean"` (see module docstring).
+        jit_compile: compile each truncation with XLA.
+        seed: seeds problem sampling.
+        dtype: float dtype of phi and the unroll.
+        problem_weights: sampling probabilities of `problems` for each new
+            run (default uniform).
+    """
+
+    def __init__(self, problems, config=lstm_rule.RuleConfig(), phi=None,
+                 unroll=20, horizon=100, meta_lr=1e-3, clip_norm=1.0,
+                 second_order=False, meta_loss="log", jit_compile=False,
+                 seed=0, dtype="float32", problem_weights=None):
+        if horizon % unroll:
+            raise ValueError(
+                f"horizon ({horizon}) must be a multiple of unroll ({unroll})."
+            )
+        self.problems = list(problems)
+        if problem_weights is None:
+            problem_weights = [1.0] * len(self.problems)
+        if len(problem_weights) != len(self.problems):
+            raise ValueError(
+                f"Got {len(problem_weights)} problem_weights for "
+                f"{len(self.problems)} problems."
+            )
+        w = np.asarray(problem_weights, dtype=np.float64)
+        self.problem_probs = w / w.sum()
+        self.config = config
+        self.unroll, self.horizon = unroll, horizon
+        self.clip_norm = clip_norm
+        self.second_order = second_order
+        self.meta_loss = meta_loss
+        self.jit_compile = jit_compile
+        self.dtype = dtype
+        phi = phi if phi is not None else lstm_rule.init_phi(config, seed)
+        self.phi = {
+            k: keras.Variable(np.asarray(v, dtype), dtype=dtype,
+                              name="phi_" + k.replace("/", "_"))
+            for k, v in sorted(phi.items())
+        }
+        self.meta_optimizer = keras.optimizers.Adam(meta_lr)
+        self.meta_optimizer.build(list(self.phi.values()))
+        self.rng = np.random.default_rng(seed)
+        self.skipped_meta_steps = 0
+        self.meta_steps_done = 0
+        self._fns = {}
+        self._run = None
+
+    def phi_numpy(self):
+        """Current phi as a dict of numpy arrays."""
+        return {k: v.numpy() for k, v in self.phi.items()}
+
+    def _truncation_fn(self, problem):
+        key = id(problem)
+        if key not in self._fns:
+            keys = sorted(self.phi)
+
+            def truncation(phi_values, params, state, task, batches):
+                with tf.GradientTape() as tape:
+                    tape.watch(phi_values)
+                    phi = dict(zip(keys, phi_values))
+                    out = unrolled_meta_loss(
+                        phi, problem, params, state, task, batches,
+                        self.unroll, self.config, self.second_order,
+                        self.meta_loss)
+                grads = tape.gradient(out["objective"], phi_values)
+                out["meta_grads"] = grads
+                return out
+
+            self._fns[key] = tf.function(
+                truncation, jit_compile=self.jit_compile,
+                reduce_retracing=True)
+        return self._fns[key]
+
+    def _new_run(self):
+        problem = self.problems[
+            self.rng.choice(len(self.problems), p=self.problem_probs)]
+        seed = int(self.rng.integers(2**31))
+        instance = problem.sample(seed)
+        params = [tf.cast(p, self.dtype) for p in instance.params]
+        state = [lstm_rule.init_state(p, self.config) for p in params]
+        return {"problem": problem, "instance": instance, "params": params,
+                "state": state, "step": 0, "seed": seed}
+
+    def meta_step(self):
+        """Runs one truncation and applies one meta-update.
+
+        Returns:
+            dict: `problem` (name), `objective`, `mean_loss` (mean optimizee
+            loss over the truncation), `grad_norm`, `applied` (False when
+            the meta-gradient was not finite), `run_step`, `seconds` and
+            `updates` (last proposed updates, for histograms).
+        """
+        if self._run is None or self._run["step"] >= self.horizon:
+            self._run = self._new_run()
+        run = self._run
+        problem = run["problem"]
+        batches = problem.batches(
+            run["instance"], self.unroll + 1,
+            run["seed"] + 7919 * (run["step"] + 1))
+        fn = self._truncation_fn(problem)
+        start = time.perf_counter()
+        out = fn([self.phi[k].value for k in sorted(self.phi)], run["params"],
+                 run["state"], problem.task_tensors(run["instance"]), batches)
+        grads = out["meta_grads"]
+        norm = tf.linalg.global_norm(grads)
+        finite = bool(tf.math.is_finite(norm)) and bool(
+            tf.reduce_all(tf.math.is_finite(out["losses"])))
+        if finite:
+            clipped, _ = tf.clip_by_global_norm(grads, self.clip_norm)
+            self.meta_optimizer.apply(clipped, [self.phi[k] for k in
+                                                sorted(self.phi)])
+            run["params"], run["state"] = out["params"], out["state"]
+            run["step"] += self.unroll
+        else:
+            self.skipped_meta_steps += 1
+            self._run = None  # start a fresh run
+        self.meta_steps_done += 1
+        return {
+            "problem": problem.name,
+            "objective": float(out["objective"]),
+            "mean_loss": float(tf.reduce_mean(out["losses"])),
+            "grad_norm": float(norm),
+            "applied": finite,
+            "run_step": run["step"],
+            "seconds": time.perf_counter() - start,
+            "updates": out["updates"],
+        }
+
+    def train(self, meta_steps, callback=None):
+        """Runs `meta_steps` meta-steps; `callback(i, logs)` after each."""
+        history = []
+        for i in range(meta_steps):
+            logs = self.meta_step()
+            history.append({k: v for k, v in logs.items() if k != "updates"})
+            if callback is not None:
+                callback(i, logs)
+        return history
+
+
+def run_rule(rule, problem, instance, steps, seed=0, chunk=50):
+    """Optimizes `instance` for `steps` steps with an `UpdateRule`.
+
+    Args:
+        rule: a `baselines.UpdateRule` (learned or hand-designed).
+        problem: its `problems.Problem`.
+        instance: from `problem.sample`.
+        steps: number of updates.
+        seed: seeds the minibatches.
+        chunk: minibatches drawn at a time.
+
+    Returns:
+        numpy array of `steps + 1` losses: f(theta_0) .. f(theta_steps),
+        each on the minibatch of its step (non-finite values kept).
+    """
+    task = problem.task_tensors(instance)
+
+    @tf.function(reduce_retracing=True)
+    def step(params, state, batch):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss = problem.loss(params, task, batch)
+        grads = tape.gradient(loss, params)
+        updates, state = rule.apply(grads, state)
+        return loss, [p + u for p, u in zip(params, updates)], state
+
+    @tf.function(reduce_retracing=True)
+    def final_loss(params, batch):
+        return problem.loss(params, task, batch)
+
+    params = list(instance.params)
+    state = rule.init_state(params)
+    losses = []
+    done = 0
+    while done < steps:
+        n = min(chunk, steps - done)
+        batches = problem.batches(instance, n + 1, seed + done)
+        for i in range(n):
+            batch = tf.nest.map_structure(lambda b: b[i], batches)
+            loss, params, state = step(params, state, batch)
+            losses.append(float(loss))
+        done += n
+    last = tf.nest.map_structure(lambda b: b[n], batches)
+    losses.append(float(final_loss(params, last)))
+    return np.asarray(losses)
+
+
+def adam_reference_lr(problem):
+    """A reasonable untuned Adam learning rate for TensorBoard comparisons."""
+    return 0.1 if isinstance(problem, problems_lib.QuadraticProblem) else 1e-2
+
+
+def log10_mean(x):
+    x = np.asarray(x, dtype=np.float64)
+    return math.log10(float(np.mean(x))) if np.all(np.isfinite(x)) else float("nan")

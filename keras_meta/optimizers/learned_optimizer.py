@@ -1,0 +1,273 @@
+"""`LearnedOptimizer`: the meta-trained LSTM update rule as a Keras optimizer."""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+from tensorflow.python.ops import control_flow_util
+
+from keras_meta.optimizers import lstm_rule
+from keras_meta.optimizers import weights_io
+
+
+def _in_xla_context():
+    graph = tf.compat.v1.get_default_graph()
+    return control_flow_util.GraphOrParentsInXlaContext(graph)
+
+
+@keras.saving.register_keras_serializable(package="keras_meta")
+class LearnedOptimizer(keras.optimizers.Optimizer):
+    """Optimizer whose update rule is a meta-trained coordinatewise LSTM.
+
+    Each coordinate of each variable is updated by the same small LSTM
+    (2 layers of 20 units, weights shared across coordinates, each coordinate
+    keeping its own hidden state), fed with the log-magnitude and sign of its
+    gradient and with Adam-like moment features; its outputs scale a nominal
+    Adam direction per coordinate and add a learned direction. The LSTM's
+    weights ("phi") were meta-trained by unrolled optimization
+    (`keras_meta.meta`) and ship with the package, so the optimizer needs no
+    tuning. phi are optimizer variables: they are saved in `.keras` files,
+    together with the per-variable LSTM states, and are never changed by
+    `fit`.
+
+    A gradient or update that is not finite never reaches the weights: the
+    step is skipped for that variable (its state is left unchanged too),
+    `nonfinite_count` is incremented, and, outside XLA, a message is printed
+    the first time it happens.
+
+    Args:
+        learning_rate: A float, a
+            `keras.optimizers.schedules.LearningRateSchedule` instance, or a
+            callable that takes no arguments. A multiplier on the learned
+            update; the learned rule sets its own step size, so the default
+            `1.0` uses it unchanged.
+        weights: `None` (default) for the shipped pretrained phi; a path to an
+            `.npz` file written by `keras_meta.optimizers.weights_io.save_phi`
+            or `examples/train_learned_optimizer.py`; a dict of arrays
+            (`{name: array}` matching `lstm_rule.phi_shapes(rule)`, then
+            `rule` is required); or `"init"` for an untrained rule drawn with
+            `seed` (for meta-training and tests).
+        rule: Optional dict of `lstm_rule.RuleConfig` fields. Taken from the
+            weights file when `weights` is a path or `None`; if also given it
+            must agree with the file.
+        seed: Seed of the random phi when `weights="init"`.
+        {{base_optimizer_keyword_args}}
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer=keras_meta.LearnedOptimizer(), loss="mse")
+    >>> x = np.random.rand(64, 4); y = x.sum(axis=1, keepdims=True)
+    >>> history = model.fit(x, y, epochs=2, verbose=0)
+
+    Reference:
+        - [Andrychowicz et al., 2016](https://arxiv.org/abs/1606.04474),
+          "Learning to learn by gradient descent by gradient descent".
+    """
+
+    def __init__(
+        self,
+        learning_rate=1.0,
+        weights=None,
+        rule=None,
+        seed=0,
+        weight_decay=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        name="learned_optimizer",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            name=name,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            **kwargs,
+        )
+        self.weights = weights
+        self.rule = dict(rule) if rule is not None else None
+        self.seed = seed
+        phi_values, self._rule_config = self._resolve_weights(
+            weights, rule, seed
+        )
+        self._phi_keys = sorted(phi_values)
+        self._phi = {}
+        for key in self._phi_keys:
+            var = self.add_variable(
+                shape=phi_values[key].shape,
+                initializer="zeros",
+                dtype="float32",
+                name="phi_" + key.replace("/", "_"),
+            )
+            var.assign(phi_values[key])
+            self._phi[key] = var
+        self._nonfinite_count = self.add_variable(
+            shape=(), initializer="zeros", dtype="int64",
+            name="nonfinite_count",
+        )
+
+    @staticmethod
+    def _resolve_weights(weights, rule, seed):
+        rule_cfg = (
+            lstm_rule.RuleConfig.from_dict(rule) if rule is not None else None
+        )
+        if isinstance(weights, str) and weights == "init":
+            cfg = rule_cfg or lstm_rule.RuleConfig()
+            return lstm_rule.init_phi(cfg, seed=seed), cfg
+        if isinstance(weights, dict):
+            if rule_cfg is None:
+                raise ValueError(
+                    "LearnedOptimizer(weights=<dict>) needs `rule` (a dict of "
+                    "RuleConfig fields) to check the arrays against."
+                )
+            phi = {k: np.asarray(v, dtype=np.float32) for k, v in
+                   weights.items()}
+            weights_io.validate_phi(phi, rule_cfg, source="the weights dict")
+            return phi, rule_cfg
+        if weights is None:
+            path = weights_io.PRETRAINED_PATH
+        elif isinstance(weights, (str, os.PathLike)):
+            path = os.fspath(weights)
+        else:
+            raise ValueError(
+                "LearnedOptimizer `weights` must be None (shipped pretrained "
+                "weights), a path to an .npz file, a dict of arrays or "
+                f"'init'; got {type(weights).__name__}: {weights!r}."
+            )
+        phi, file_cfg = weights_io.load_phi(path)
+        if rule_cfg is not None and rule_cfg != file_cfg:
+            raise ValueError(
+                f"LearnedOptimizer: rule={rule_cfg} was given but the weights "
+                f"file {path!r} was trained for rule={file_cfg}."
+            )
+        return phi, file_cfg
+
+    @property
+    def rule_config(self):
+        """The `lstm_rule.RuleConfig` of this optimizer's phi."""
+        return self._rule_config
+
+    @property
+    def phi(self):
+        """Dict of the meta-parameter variables (name -> variable)."""
+        return dict(self._phi)
+
+    @property
+    def nonfinite_count(self):
+        """Number of per-variable steps skipped for non-finite values."""
+        return self._nonfinite_count
+
+    def build(self, var_list):
+        """Creates the per-variable state slots.
+
+        For a variable of shape `S`: LSTM hidden and cell states of shape
+        `S + (num_layers * hidden_size,)`, first and second moments of shape
+        `S`, and a scalar step count.
+
+        Args:
+            var_list: list of model variables to build state slots for.
+        """
+        if self.built:
+            return
+        super().build(var_list)
+        self._slots = {k: [] for k in lstm_rule.STATE_KEYS}
+        for var in var_list:
+            shapes = lstm_rule.state_shapes(var.shape, self._rule_config)
+            prefix = (
+                var.path.replace("/", "_") if hasattr(var, "path")
+                else str(var.name).replace("/", "_").replace(":", "_")
+            )
+            for key in lstm_rule.STATE_KEYS:
+                self._slots[key].append(
+                    self.add_variable(
+                        shape=shapes[key],
+                        initializer="zeros",
+                        dtype=var.dtype,
+                        name=f"{prefix}_lstm_{key}",
+                    )
+                )
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Update step given gradient and the associated model variable."""
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        lr = ops.cast(learning_rate, dtype)
+        gradient = ops.cast(ops.convert_to_tensor(gradient), dtype)
+        state = {
+            key: ops.convert_to_tensor(self._slots[key][index])
+            for key in lstm_rule.STATE_KEYS
+        }
+        phi = {k: ops.convert_to_tensor(v) for k, v in self._phi.items()}
+        update, new_state = lstm_rule.apply(
+            phi, gradient, state, self._rule_config
+        )
+        update = update * lr
+        ok = ops.logical_and(
+            ops.all(ops.isfinite(update)),
+            ops.logical_and(
+                ops.all(ops.isfinite(new_state["m"])),
+                ops.all(ops.isfinite(new_state["v"])),
+            ),
+        )
+        self.assign_add(variable, ops.where(ok, update, ops.zeros_like(update)))
+        for key in lstm_rule.STATE_KEYS:
+            self.assign(
+                self._slots[key][index],
+                ops.where(ok, new_state[key], state[key]),
+            )
+        bad = ops.cast(ops.logical_not(ok), "int64")
+        if not _in_xla_context():
+            first = ops.logical_and(
+                ops.logical_not(ok), ops.equal(self._nonfinite_count, 0)
+            )
+            tf.cond(
+                first,
+                lambda: tf.print(
+                    "WARNING: LearnedOptimizer skipped an update of variable",
+                    variable.name,
+                    "because its gradient or update was not finite (NaN or "
+                    "inf). Skipped steps are counted in "
+                    "optimizer.nonfinite_count; this message is shown once.",
+                ),
+                lambda: tf.no_op(),
+            )
+        self.assign_add(self._nonfinite_count, bad)
+
+    def get_config(self):
+        config = super().get_config()
+        weights = self.weights
+        if isinstance(weights, os.PathLike):
+            weights = os.fspath(weights)
+        if isinstance(weights, dict):
+            # The values are restored from the saved optimizer variables.
+            weights = "init"
+        config.update(
+            {
+                "weights": weights,
+                "rule": self._rule_config.to_dict(),
+                "seed": self.seed,
+            }
+        )
+        return config
+
+
+if LearnedOptimizer.__doc__ is not None:
+    LearnedOptimizer.__doc__ = LearnedOptimizer.__doc__.replace(
+        "{{base_optimizer_keyword_args}}",
+        keras.src.optimizers.optimizer.base_optimizer_keyword_args,
+    )

@@ -1,0 +1,220 @@
+"""Tests of `keras_meta.LearnedOptimizer` in Keras training."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_meta
+from keras_meta.optimizers import lstm_rule
+from keras_meta.optimizers import weights_io
+
+
+def _data(n=128, seed=0):
+    rng = np.random.RandomState(seed)
+    x = rng.rand(n, 6, 6, 1).astype("float32")
+    y = (x.reshape(n, -1)[:, :8].sum(1) > 4).astype("int32")
+    return x, y
+
+
+def _model(seed=0):
+    # Mixed variable shapes: 4-D conv kernel, 1-D biases, 2-D dense kernel.
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((6, 6, 1)),
+        keras.layers.Conv2D(3, 3, activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(2),
+    ])
+
+
+def _compile(model, jit, **opt_kwargs):
+    model.compile(
+        optimizer=keras_meta.LearnedOptimizer(**opt_kwargs),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit,
+    )
+    return model
+
+
+def test_default_loads_shipped_weights():
+    opt = keras_meta.LearnedOptimizer()
+    phi, cfg = weights_io.load_phi(weights_io.PRETRAINED_PATH)
+    assert opt.rule_config == cfg
+    for k, v in phi.items():
+        np.testing.assert_array_equal(opt.phi[k].numpy(), v)
+
+
+def test_fit_lowers_loss():
+    rng = np.random.RandomState(0)
+    x = rng.randn(256, 8).astype("float32")
+    y = (x @ rng.randn(8, 1) + 0.5).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)),
+                              keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(1)])
+    model.compile(optimizer=keras_meta.LearnedOptimizer(), loss="mse")
+    hist = model.fit(x, y, batch_size=32, epochs=8, shuffle=False, verbose=0)
+    losses = hist.history["loss"]
+    assert losses[-1] < 0.3 * losses[0], losses
+    assert int(model.optimizer.nonfinite_count.numpy()) == 0
+
+
+def test_state_slots_match_variable_shapes():
+    model = _compile(_model(), jit=False)
+    model.optimizer.build(model.trainable_variables)
+    cfg = model.optimizer.rule_config
+    for i, var in enumerate(model.trainable_variables):
+        expected = lstm_rule.state_shapes(var.shape, cfg)
+        for key, shape in expected.items():
+            assert tuple(model.optimizer._slots[key][i].shape) == shape
+
+
+def test_xla_and_graph_agree():
+    x, y = _data()
+    weights = []
+    for jit in (False, True):
+        model = _compile(_model(seed=3), jit=jit)
+        model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+        weights.append([v.numpy() for v in model.trainable_variables])
+        weights.append([v.numpy() for v in model.optimizer.variables])
+    for a, b in zip(weights[0], weights[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(weights[1], weights[3]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_keras_save_load_round_trip_continues_identically(tmp_path):
+    x, y = _data()
+    model = _compile(_model(seed=1), jit=False, learning_rate=0.5)
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.optimizer, keras_meta.LearnedOptimizer)
+    assert loaded.optimizer.learning_rate.numpy() == pytest.approx(0.5)
+    opt_a, opt_b = model.optimizer, loaded.optimizer
+    assert len(opt_a.variables) == len(opt_b.variables)
+    for a, b in zip(opt_a.variables, opt_b.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # The LSTM state is non-trivial after a step.
+    assert np.abs(opt_b._slots["h"][0].numpy()).max() > 0
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    loaded.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"learning_rate": 0.3, "clipnorm": 1.0},
+    {"weights": "init", "rule": {"hidden_size": 4, "num_layers": 1}, "seed": 5},
+])
+def test_get_config_from_config_round_trip(kwargs):
+    opt = keras_meta.LearnedOptimizer(**kwargs)
+    config = opt.get_config()
+    restored = keras_meta.LearnedOptimizer.from_config(config)
+    assert restored.get_config() == config
+    for k, v in opt.phi.items():
+        np.testing.assert_array_equal(v.numpy(), restored.phi[k].numpy())
+    serialized = keras.optimizers.serialize(opt)
+    assert serialized["module"] is None or "keras_meta" in str(serialized)
+    again = keras.optimizers.deserialize(serialized)
+    assert isinstance(again, keras_meta.LearnedOptimizer)
+
+
+def test_weights_from_path_and_dict(tmp_path):
+    cfg = lstm_rule.RuleConfig(hidden_size=3, num_layers=1)
+    phi = lstm_rule.init_phi(cfg, seed=7)
+    path = os.path.join(tmp_path, "phi.npz")
+    weights_io.save_phi(path, phi, cfg)
+    for opt in (keras_meta.LearnedOptimizer(weights=path),
+                keras_meta.LearnedOptimizer(weights=phi, rule=cfg.to_dict())):
+        assert opt.rule_config == cfg
+        for k, v in phi.items():
+            np.testing.assert_array_equal(opt.phi[k].numpy(), v)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_nonfinite_gradient_is_skipped_and_counted(jit):
+    a = keras.Variable(np.ones((2, 3), "float32"))
+    b = keras.Variable(np.ones((4,), "float32"))
+    opt = keras_meta.LearnedOptimizer()
+    opt.build([a, b])
+
+    @tf.function(jit_compile=jit)
+    def step(ga, gb):
+        opt.apply([ga, gb], [a, b])
+
+    good = tf.ones((4,))
+    step(tf.constant([[1.0, np.nan, 0.0], [0.0, 0.0, 0.0]]), good)
+    np.testing.assert_array_equal(a.numpy(), np.ones((2, 3)))
+    assert np.all(b.numpy() != 1.0)  # the other variable is updated
+    assert np.all(np.isfinite(opt._slots["m"][0].numpy()))
+    assert float(opt._slots["t"][0].numpy()) == 0.0
+    assert float(opt._slots["t"][1].numpy()) == 1.0
+    assert int(opt.nonfinite_count.numpy()) == 1
+    step(tf.fill((2, 3), np.inf), tf.constant([1.0, -np.inf, 0.0, 0.0]))
+    np.testing.assert_array_equal(a.numpy(), np.ones((2, 3)))
+    assert int(opt.nonfinite_count.numpy()) == 3
+    assert np.all(np.isfinite(b.numpy()))
+    # A finite gradient afterwards updates again.
+    step(tf.ones((2, 3)), good)
+    assert np.all(a.numpy() < 1.0)
+    assert int(opt.nonfinite_count.numpy()) == 3
+
+
+def test_nan_loss_model_keeps_finite_weights():
+    x, y = _data(32)
+    x[0, 0, 0, 0] = np.nan
+    model = _compile(_model(), jit=False)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.trainable_variables)
+    assert int(model.optimizer.nonfinite_count.numpy()) > 0
+
+
+def _write(path, content):
+    with open(path, "wb") as f:
+        f.write(content)
+    return path
+
+
+def _npz(path, arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda d: os.path.join(d, "absent.npz"), FileNotFoundError, "not found"),
+    (lambda d: _write(os.path.join(d, "junk.npz"), b"not a zip"), ValueError,
+     "not a valid .npz"),
+    (lambda d: _npz(os.path.join(d, "nocfg.npz"), {"a": np.ones(2)}),
+     ValueError, "no '__config__'"),
+    (lambda d: _npz(os.path.join(d, "badcfg.npz"),
+                    {"__config__": np.array('{"hidden": 3}')}),
+     ValueError, "malformed"),
+    (lambda d: _npz(os.path.join(d, "shape.npz"), {
+        **{k: np.zeros((1,) + tuple(v.shape)) if k == "out/bias" else v
+           for k, v in lstm_rule.init_phi().items()},
+        "__config__": np.array('{}')}), ValueError, r"'out/bias' has shape \(1, 2\), expected \(2,\)"),
+    (lambda d: _npz(os.path.join(d, "missing.npz"), {
+        **{k: v for k, v in lstm_rule.init_phi().items() if k != "log_lr"},
+        "__config__": np.array('{}')}), ValueError, r"missing arrays \['log_lr'\]"),
+])
+def test_bad_weights_file_errors(tmp_path, make, error, match):
+    path = make(str(tmp_path))
+    with pytest.raises(error, match=match):
+        keras_meta.LearnedOptimizer(weights=path)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"weights": 3}, "must be None"),
+    ({"weights": {"a": np.ones(2)}}, "needs `rule`"),
+    ({"weights": {"a": np.ones(2)}, "rule": {}}, "missing arrays"),
+    ({"rule": {"hidden_size": 7}}, "was trained for rule"),
+])
+def test_bad_weights_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        keras_meta.LearnedOptimizer(**kwargs)

@@ -1,0 +1,143 @@
+"""Tests of the functional LSTM update rule."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_meta.optimizers import lstm_rule
+
+
+def _sig(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_hand_checked_step_paper_rule():
+    # One layer, one unit, paper rule: inputs (f1, f2, h) -> gates (i, f, g, o).
+    cfg = lstm_rule.RuleConfig(hidden_size=1, num_layers=1, descent="none",
+                               output_scale=0.1)
+    kernel = np.array([[0.5, -0.2, 0.3, 0.1],
+                       [0.4, 0.6, -0.5, 0.2],
+                       [0.7, 0.1, 0.2, -0.3]], np.float64)
+    bias = np.array([0.1, 0.0, -0.1, 0.05])
+    phi = {"lstm0/kernel": kernel, "lstm0/bias": bias,
+           "out/kernel": np.array([[2.0, -1.0]]), "out/bias": np.array([0.5, 0.3]),
+           "log_lr": np.array(0.0)}
+    grads = np.array([0.5, 0.0, -1e-6])
+    state = lstm_rule.init_state(grads.shape, cfg, dtype="float64")
+    state["h"] = tf.constant([[0.2], [0.0], [-0.1]], tf.float64)
+    state["c"] = tf.constant([[0.3], [0.0], [0.4]], tf.float64)
+    phi_t = {k: tf.constant(v, tf.float64) for k, v in phi.items()}
+    upd, new = lstm_rule.apply(phi_t, tf.constant(grads), state, cfg)
+
+    # By hand: preprocessing with p = 10.
+    feats = [(math.log(0.5) / 10, 1.0), (-1.0, 0.0), (-1.0, math.exp(10) * -1e-6)]
+    for j, ((f1, f2), h, c) in enumerate(zip(feats, [0.2, 0.0, -0.1], [0.3, 0.0, 0.4])):
+        z = [f1 * kernel[0, k] + f2 * kernel[1, k] + h * kernel[2, k] + bias[k]
+             for k in range(4)]
+        c_new = _sig(z[1] + 1.0) * c + _sig(z[0]) * math.tanh(z[2])
+        h_new = _sig(z[3]) * math.tanh(c_new)
+        expected_update = 0.1 * (2.0 * h_new + 0.5)
+        np.testing.assert_allclose(upd.numpy()[j], expected_update, rtol=1e-12)
+        np.testing.assert_allclose(new["h"].numpy()[j, 0], h_new, rtol=1e-12)
+        np.testing.assert_allclose(new["c"].numpy()[j, 0], c_new, rtol=1e-12)
+    assert float(new["t"]) == 1.0
+
+
+def test_hand_checked_step_adam_rule():
+    # With a zero LSTM output layer the "adam" rule is bias-corrected Adam
+    # with step size exp(log_lr): the first step is -lr * sign(g).
+    cfg = lstm_rule.RuleConfig(hidden_size=3, num_layers=2, descent="adam")
+    phi = {k: tf.constant(v, tf.float64)
+           for k, v in lstm_rule.init_phi(cfg, seed=1, dtype="float64").items()}
+    phi["out/kernel"] = tf.zeros_like(phi["out/kernel"])
+    phi["log_lr"] = tf.constant(math.log(0.05), tf.float64)
+    g = tf.constant([[0.3, -2.0], [1e-3, 7.0]], tf.float64)
+    state = lstm_rule.init_state(g, cfg)
+    upd, state = lstm_rule.apply(phi, g, state, cfg)
+    eps = cfg.epsilon
+    np.testing.assert_allclose(
+        upd.numpy(), -0.05 * g.numpy() / (np.abs(g.numpy()) + eps), rtol=1e-9)
+    # Second step, by hand: m = 0.9 m + 0.1 g, v = 0.999 v + 0.001 g^2.
+    g2 = tf.constant([[-0.1, 1.0], [2e-3, 7.0]], tf.float64)
+    upd2, state2 = lstm_rule.apply(phi, g2, state, cfg)
+    m = 0.9 * 0.1 * g.numpy() + 0.1 * g2.numpy()
+    v = 0.999 * 0.001 * g.numpy() ** 2 + 0.001 * g2.numpy() ** 2
+    m_hat, v_hat = m / (1 - 0.9 ** 2), v / (1 - 0.999 ** 2)
+    np.testing.assert_allclose(upd2.numpy(), -0.05 * m_hat / (np.sqrt(v_hat) + eps),
+                               rtol=1e-9)
+    np.testing.assert_allclose(state2["m"].numpy(), m, rtol=1e-12)
+    np.testing.assert_allclose(state2["v"].numpy(), v, rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(), (3,), (2, 5), (2, 3, 4), (1, 1, 3, 8)])
+@pytest.mark.parametrize("hidden,layers,descent",
+                         [(20, 2, "adam"), (20, 2, "none"), (5, 1, "adam")])
+def test_state_shapes_per_variable(shape, hidden, layers, descent):
+    cfg = lstm_rule.RuleConfig(hidden_size=hidden, num_layers=layers,
+                               descent=descent)
+    phi = {k: tf.constant(v) for k, v in lstm_rule.init_phi(cfg).items()}
+    g = tf.random.normal(shape)
+    state = lstm_rule.init_state(g, cfg)
+    expected = lstm_rule.state_shapes(shape, cfg)
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected
+    assert expected["h"] == shape + (hidden * layers,)
+    upd, new = lstm_rule.apply(phi, g, state, cfg)
+    assert tuple(upd.shape) == shape
+    assert {k: tuple(v.shape) for k, v in new.items()} == expected
+    assert np.all(np.isfinite(upd.numpy()))
+
+
+@pytest.mark.parametrize("x,expected", [
+    (0.0, (-1.0, 0.0)),
+    (1e-6, (-1.0, math.exp(10) * 1e-6)),
+    (-1e-6, (-1.0, -math.exp(10) * 1e-6)),
+    (1.0, (0.0, 1.0)),
+    (-0.5, (math.log(0.5) / 10, -1.0)),
+    (1e30, (math.log(1e30) / 10, 1.0)),
+    (-3e38, (math.log(3e38) / 10, -1.0)),
+])
+def test_preprocess_values(x, expected):
+    out = lstm_rule.preprocess(tf.constant([x], tf.float32), 10.0).numpy()[0]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_preprocess_gradient_finite_at_zero_and_huge():
+    x = tf.constant([0.0, 1e-30, 1e30, -3e38])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reduce_sum(lstm_rule.preprocess(x))
+    assert np.all(np.isfinite(tape.gradient(y, x).numpy()))
+
+
+@pytest.mark.parametrize("descent", ["adam", "none"])
+def test_update_at_zero_and_huge_gradients_is_finite(descent):
+    cfg = lstm_rule.RuleConfig(descent=descent)
+    phi = {k: tf.constant(v) for k, v in lstm_rule.init_phi(cfg).items()}
+    g = tf.constant([0.0, 1e-20, 1e20, -1e30])
+    upd, new = lstm_rule.apply(phi, g, lstm_rule.init_state(g, cfg), cfg)
+    assert np.all(np.isfinite(upd.numpy()))
+    assert np.all(np.abs(upd.numpy()) < 1.0)
+
+
+def test_list_apply_matches_single_and_bad_lengths():
+    cfg = lstm_rule.RuleConfig()
+    phi = {k: tf.constant(v) for k, v in lstm_rule.init_phi(cfg).items()}
+    gs = [tf.random.normal((3, 2)), tf.random.normal((4,))]
+    states = [lstm_rule.init_state(g, cfg) for g in gs]
+    ups, _ = lstm_rule.apply(phi, gs, states, cfg)
+    for g, s, u in zip(gs, states, ups):
+        np.testing.assert_allclose(lstm_rule.apply(phi, g, s, cfg)[0].numpy(),
+                                   u.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="2 gradients but 1 states"):
+        lstm_rule.apply(phi, gs, states[:1], cfg)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"descent": "sgd"}, "descent must be one of"),
+    ({"hidden_size": 0}, "must be positive"),
+])
+def test_bad_rule_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        lstm_rule.RuleConfig(**kwargs)
