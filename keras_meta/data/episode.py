@@ -13,7 +13,28 @@ An episode batch is a dict of four tensors with a leading task axis:
 task (as `MAML.adapt` takes it) is the same without the task axis.
 """
 
+import tensorflow as tf
+
 EPISODE_KEYS = ("support_x", "support_y", "query_x", "query_y")
+
+
+def seed_stream(seed, skip_batches=0):
+    """One stateless int32 [2] seed per episode batch.
+
+    `tf.data.Dataset.random(seed)` gives the stream, so batch i depends only
+    on `seed` and i however the dataset is consumed; skipping happens here,
+    before any episode is made, so resuming at batch i costs nothing.
+    """
+    if seed is not None and (isinstance(seed, bool)
+                             or not isinstance(seed, int)):
+        raise ValueError(f"`seed` must be an int or None; got {seed!r}.")
+    if (isinstance(skip_batches, bool) or not isinstance(skip_batches, int)
+            or skip_batches < 0):
+        raise ValueError(
+            f"`skip_batches` must be an int >= 0; got {skip_batches!r}.")
+    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+    seeds = seeds.skip(skip_batches)
+    return seeds.map(lambda s: tf.cast(s % (2**31 - 1), tf.int32))
 
 
 def _shape(value):

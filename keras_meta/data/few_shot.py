@@ -3,6 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
+from keras_meta.data.episode import seed_stream
+
 from keras_meta.data.image_classes import ImageClasses
 from keras_meta.data.image_classes import load_image_classes
 
@@ -140,10 +142,7 @@ def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
                         ("queries", queries),
                         ("meta_batch_size", meta_batch_size)):
         _positive_int(name, value)
-    if isinstance(skip_batches, bool) or not isinstance(skip_batches, int) or (
-            skip_batches < 0):
-        raise ValueError(
-            f"`skip_batches` must be an int >= 0; got {skip_batches!r}.")
+    seeds = seed_stream(seed, skip_batches)
     classes = load_image_classes(source, split=split, data_dir=data_dir,
                                  image_size=image_size)
     available = classes.num_classes * (4 if rotations else 1)
@@ -167,10 +166,6 @@ def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
             f"{classes.images.shape[1]}x{classes.images.shape[2]}."
         )
     tensors = _class_tensors(classes)
-    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-    # Skipping happens before the episodes are made, so it costs nothing.
-    seeds = seeds.skip(skip_batches)
-    seeds = seeds.map(lambda s: tf.cast(s % (2**31 - 1), tf.int32))
     return seeds.map(
         lambda s: sample_episodes(tensors, s, ways, shots, queries,
                                   meta_batch_size, rotations),

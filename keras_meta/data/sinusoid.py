@@ -4,6 +4,8 @@ import math
 
 import tensorflow as tf
 
+from keras_meta.data.episode import seed_stream
+
 
 def _check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -103,12 +105,7 @@ def sinusoid(
         phase_range=_check_range("phase_range", phase_range),
         input_range=_check_range("input_range", input_range),
     )
-    if isinstance(skip_batches, bool) or not isinstance(skip_batches, int) or (
-            skip_batches < 0):
-        raise ValueError(
-            f"`skip_batches` must be an int >= 0; got {skip_batches!r}.")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"`seed` must be an int or None; got {seed!r}.")
+    seeds = seed_stream(seed, skip_batches)
 
     def make_episode(batch_seed):
         x, y = sample_sinusoid_tasks(
@@ -121,12 +118,6 @@ def sinusoid(
             "query_y": y[:, shots:],
         }
 
-    # Dataset.random gives one int64 per batch; split it into a stateless
-    # seed, so batch i is the same for a given seed however it is consumed.
-    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-    # Skipping happens before the episodes are made, so it costs nothing.
-    seeds = seeds.skip(skip_batches)
-    seeds = seeds.map(lambda s: tf.cast(s % (2**31 - 1), tf.int32))
     return seeds.map(
         make_episode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     ).prefetch(tf.data.AUTOTUNE)

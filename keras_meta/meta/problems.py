@@ -28,11 +28,12 @@ import collections
 import functools
 import math
 import os
-import zipfile
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from keras_meta.data import image_classes
 
 Instance = collections.namedtuple("Instance", ["params", "task"])
 
@@ -213,24 +214,14 @@ def load_omniglot(directory=None, size=28):
             "Omniglot problems need ../shared/data/omniglot (or set "
             "KERAS_META_OMNIGLOT_DIR)."
         )
-    files = collections.defaultdict(dict)
-    for zname in OMNIGLOT_ZIPS:
-        with zipfile.ZipFile(os.path.join(directory, zname)) as zf:
-            for member in zf.namelist():
-                if not member.endswith(".png"):
-                    continue
-                parts = member.split("/")
-                key = (parts[-3], parts[-2])
-                files[key].setdefault(parts[-1], zf.read(member))
+    # The one Omniglot reader of the package (decode, de-duplicate, resize
+    # with the models' resize layer), here as floats with ink = 1.
+    data = image_classes.load_omniglot(directory, image_size=(size, size))
+    images = 1.0 - data.images.astype("float32") / 255.0
     chars = {}
-    for key in sorted(files):
-        imgs = []
-        for fname in sorted(files[key]):
-            img = tf.io.decode_png(files[key][fname], channels=1)
-            img = tf.image.resize(tf.cast(img, tf.float32) / 255.0,
-                                  (size, size), antialias=True)
-            imgs.append(np.clip(1.0 - img.numpy(), 0.0, 1.0))
-        chars[key] = np.stack(imgs).astype("float32")
+    for index, name in enumerate(data.class_names):
+        alphabet, character = name.split("/")
+        chars[(alphabet, character)] = images[data.labels == index]
     return chars
 
 
