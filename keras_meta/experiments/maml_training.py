@@ -191,9 +191,8 @@ class OmniglotTask:
             cut = int(round(0.15 * rest.num_classes))
             return (rest.subset(classes=order[cut:]),
                     rest.subset(classes=order[:cut]), test)
-        import tensorflow as tf  # noqa: F401  (TFDS path)
-
-        parts = [keras_meta.data.load_tfds("omniglot", split=s)
+        parts = [keras_meta.data.load_tfds("omniglot", split=s,
+                                           image_size=(28, 28))
                  for s in ("train", "test")]
         images = np.concatenate([p.images for p in parts])
         offset = parts[0].num_classes

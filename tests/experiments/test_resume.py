@@ -44,3 +44,4 @@ def test_latest_checkpoint_ignores_partial_writes(tmp_path):
     (tmp_path / ".tmp-20.keras").write_bytes(b"half")
     assert callbacks.latest_checkpoint(str(tmp_path)).endswith(
         "ckpt-000000010.keras")
+
