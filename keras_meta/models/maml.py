@@ -772,7 +772,7 @@ class MAML(keras.Model):
                 f"support_x should have shape [n, {', '.join(map(str, input_shape[1:]))}]"
                 f" for this model; got shape {tuple(support_x.shape)}."
             )
-        if support_x.shape[0] != support_y.shape[0] or len(support_y.shape) < 1:
+        if len(support_y.shape) < 1 or support_x.shape[0] != support_y.shape[0]:
             raise ValueError(
                 "support_x and support_y must have the same number of "
                 f"examples; got shapes {tuple(support_x.shape)} and "
