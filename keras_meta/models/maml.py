@@ -529,7 +529,7 @@ class MAML(keras.Model):
         validate_episode(data)
         return {key: data[key] for key in EPISODE_KEYS}
 
-    def _update_query_metrics(self, episode, outputs, record_steps):
+    def _update_query_metrics(self, episode, outputs):
         losses = outputs["losses"]
         self._pre_loss_tracker.update_state(tf.reduce_mean(losses[:, 0]))
         self._post_loss_tracker.update_state(tf.reduce_mean(losses[:, -1]))
@@ -543,7 +543,7 @@ class MAML(keras.Model):
         for metric in self._post_metrics:
             metric.update_state(y, flat(outputs["post_pred"]))
 
-    def _meta_loss(self, losses, record_steps):
+    def _meta_loss(self, losses):
         """Mean over tasks of the query loss the outer loop minimizes."""
         if not self.multi_step_loss:
             return tf.reduce_mean(losses[:, -1])
@@ -574,7 +574,7 @@ class MAML(keras.Model):
                 second_order=not self.first_order,
                 record_steps=record,
             )
-            meta_loss = self._meta_loss(outputs["losses"], record_steps)
+            meta_loss = self._meta_loss(outputs["losses"])
             # Gradients are summed over replicas, so each replica's share of
             # the mean is divided by their number.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -586,7 +586,7 @@ class MAML(keras.Model):
 
     def train_step(self, data):
         episode = self._check_episode(data)
-        meta_loss, grads, outputs, record_steps = self._meta_gradients(episode)
+        meta_loss, grads, outputs, _ = self._meta_gradients(episode)
         variables = list(self.model.trainable_variables) + list(
             self.inner_rate_variables
         )
@@ -606,7 +606,7 @@ class MAML(keras.Model):
 
         tf.cond(finite, apply, skip)
         self._meta_loss_tracker.update_state(meta_loss)
-        self._update_query_metrics(episode, outputs, record_steps)
+        self._update_query_metrics(episode, outputs)
         return self._logs(training=True)
 
     def _assign_state(self, stacked_state):
@@ -630,7 +630,7 @@ class MAML(keras.Model):
     def test_step(self, data):
         episode = self._check_episode(data)
         steps = self._eval_steps(None)
-        _, _, outputs, record_steps = self._run_episode(
+        _, _, outputs, _ = self._run_episode(
             episode,
             steps,
             training=self.transductive,
@@ -642,7 +642,7 @@ class MAML(keras.Model):
         )
         for k, tracker in enumerate(self._step_loss_trackers, start=1):
             tracker.update_state(tf.reduce_mean(outputs["losses"][:, k]))
-        self._update_query_metrics(episode, outputs, record_steps)
+        self._update_query_metrics(episode, outputs)
         return self._logs()
 
     def _eval_steps(self, steps):
