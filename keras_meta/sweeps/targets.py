@@ -1,0 +1,274 @@
+"""The scripts a sweep can run, their flags, and how to read their results.
+
+A `Target` says which flag is the step budget, where the script writes its
+final results and intermediate (progress) metric, and which metric to rank
+trials by unless the user names another.
+"""
+
+import ast
+import dataclasses
+import glob
+import json
+import math
+import os
+
+import numpy as np
+
+from keras_meta.sweeps import spec as spec_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+_KINDS = {"DEFINE_integer": int, "DEFINE_float": float, "DEFINE_bool": bool,
+          "DEFINE_boolean": bool, "DEFINE_string": str, "DEFINE_enum": str,
+          "DEFINE_list": list, "DEFINE_multi_string": list,
+          "DEFINE_multi_integer": list, "DEFINE_multi_float": list,
+          "DEFINE_multi_enum": list}
+
+
+def script_flags(path):
+    """The absl flags a script defines, read from its source without running
+    it: `{name: (kind, choices)}`, choices a tuple for literal enums.
+
+    Example:
+        >>> flags = script_flags("examples/train_maml.py")
+        >>> flags["inner_lr"][0]
+        <class 'float'>
+    """
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    found = {}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in _KINDS and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)):
+            continue
+        choices = None
+        if node.func.attr == "DEFINE_enum" and len(node.args) > 2:
+            try:
+                choices = tuple(ast.literal_eval(node.args[2]))
+            except ValueError:
+                choices = None  # e.g. a module constant: not checked here.
+        found[node.args[0].value] = (_KINDS[node.func.attr], choices)
+    return found
+
+
+def check_value(name, value, kind, choices=None):
+    """`value` converted to what flag `name` of type `kind` accepts.
+
+    Raises:
+        ValueError: the value cannot be that flag's.
+    """
+    if kind is float and isinstance(value, (int, float)) and \
+            not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind in (str, list):
+        if choices and str(value) not in choices:
+            raise ValueError(f"--{name} must be one of {list(choices)}; the "
+                             f"sweep gives {value!r}.")
+        return value if kind is list else spec_lib.format_value(value)
+    raise ValueError(f"--{name} takes a {kind.__name__}; the sweep gives "
+                     f"{value!r}.")
+
+
+def parse_passthrough(args):
+    """`--name=value` / `--name` / `--noname` arguments as `{name: text}`.
+
+    Raises:
+        ValueError: an argument that is not of those forms.
+    """
+    out = {}
+    for arg in args:
+        if not arg.startswith("--") or len(arg) < 3:
+            raise ValueError(f"Pass-through arguments must be --name=value; "
+                             f"got {arg!r}.")
+        name, eq, value = arg[2:].partition("=")
+        out[name] = value if eq else None
+    return out
+
+
+def _table_metrics(results):
+    """train_maml's results.json as flat metrics: k<shots>_s<steps> -> mean."""
+    out = {f"k{row['shots']}_s{row['steps']}": row["mean"]
+           for row in results.get("table", [])}
+    for key in ("train_seconds", "eval_seconds", "meta_steps"):
+        if key in results:
+            out[key] = results[key]
+    return out
+
+
+def _flat_metrics(results, prefix=""):
+    """Numeric leaves of a JSON dict, nested keys joined with '/'."""
+    out = {}
+    for key, value in results.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_metrics(value, name + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
+    return out
+
+
+def read_scalars(log_dir, tag):
+    """`[(step, value)]` of scalar `tag` in the event files under `log_dir`
+    (TF2 tensor summaries or TF1 simple values), sorted by step, last value
+    per step. Files still being written are read as far as they go.
+
+    Example:
+        >>> read_scalars("runs/maml/logs/validation",
+        ...              "epoch_query_loss_after_step_1")  # doctest: +SKIP
+        [(0, 1.9), (1, 0.9)]
+    """
+    from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.util import tensor_util
+
+    values = {}
+    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.*"))):
+        # Stops quietly at a record cut short by a writer still running.
+        for event in event_file_loader.EventFileLoader(path).Load():
+            for v in event.summary.value:
+                if v.tag != tag:
+                    continue
+                if v.HasField("tensor"):
+                    value = float(tensor_util.make_ndarray(v.tensor))
+                else:
+                    value = float(v.simple_value)
+                values[int(event.step)] = value
+    return sorted(values.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A script the sweep can run.
+
+    Attributes:
+        name: short name (`--target`).
+        script: path of the absl script.
+        budget_flag: the flag that sets the number of (meta-)steps.
+        result_file: JSON file the script writes in its model_dir at the end.
+        default_args: flags passed unless the user passes them.
+        progress_dir: where the progress metric's event files are, relative
+            to model_dir.
+        progress_tag: the TensorBoard tag of the progress metric.
+        progress_goal: "minimize" or "maximize" for the progress metric.
+        epoch_flag: if set, progress events are numbered by epoch (Keras)
+            and this flag gives steps per epoch (default `epoch_default`, an
+            int or a callable of the pass-through flags).
+        metrics_fn: `results dict -> {name: value}`.
+        default_metric: metric to rank by, or a callable of the
+            pass-through flags returning `(metric, goal)`.
+        default_goal: "minimize" or "maximize".
+    """
+
+    name: str
+    script: str
+    budget_flag: str
+    result_file: str
+    default_args: tuple
+    progress_dir: str
+    progress_tag: str
+    metrics_fn: object
+    default_metric: object
+    default_goal: str = "minimize"
+    progress_goal: str = "minimize"
+    epoch_flag: str = None
+    epoch_default: object = 1
+
+    def flags(self):
+        return script_flags(self.script)
+
+    def metric_and_goal(self, passthrough):
+        """(metric, goal) unless the user overrides them."""
+        if callable(self.default_metric):
+            return self.default_metric(passthrough)
+        return self.default_metric, self.default_goal
+
+    def progress(self, model_dir, passthrough, tag=None):
+        """`[(meta_step, value)]` of the progress metric so far."""
+        points = read_scalars(os.path.join(model_dir, self.progress_dir),
+                              tag or self.progress_tag)
+        if not self.epoch_flag:
+            return points
+        default = self.epoch_default
+        if callable(default):
+            default = default(passthrough)
+        per_epoch = int(passthrough.get(self.epoch_flag) or default)
+        # Keras numbers epochs from 0: epoch e ends at step (e + 1) * N.
+        return [((s + 1) * per_epoch, v) for s, v in points]
+
+    def final_metrics(self, model_dir):
+        """The script's final metrics, or None if its result file is absent."""
+        path = os.path.join(model_dir, self.result_file)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return self.metrics_fn(json.load(f))
+
+
+def _maml_metric(passthrough):
+    if passthrough.get("task") == "omniglot":
+        return "first_row", "maximize"
+    return "k10_s1", "minimize"
+
+
+def _maml_metrics(results):
+    out = _table_metrics(results)
+    if results.get("table"):
+        row = results["table"][0]
+        out["first_row"] = row["mean"]
+    return out
+
+
+TARGETS = {
+    "train_maml": Target(
+        name="train_maml",
+        script=os.path.join(ROOT, "examples", "train_maml.py"),
+        budget_flag="train_steps",
+        result_file="results.json",
+        default_args=(("verbose", "2"),),
+        progress_dir=os.path.join("logs", "validation"),
+        progress_tag="epoch_query_loss_after_step_1",
+        metrics_fn=_maml_metrics,
+        default_metric=_maml_metric,
+        epoch_flag="steps_per_epoch",
+        # maml_training's steps_per_epoch defaults.
+        epoch_default=lambda p: 100 if p.get("task") == "omniglot" else 1000,
+    ),
+    "train_learned_optimizer": Target(
+        name="train_learned_optimizer",
+        script=os.path.join(ROOT, "examples", "train_learned_optimizer.py"),
+        budget_flag="meta_steps",
+        result_file="summary.json",
+        default_args=(),
+        progress_dir="",
+        progress_tag="eval/score_learned",
+        metrics_fn=_flat_metrics,
+        default_metric="final_eval_score",
+    ),
+}
+
+
+def is_finite(value):
+    """True for a finite real number."""
+    try:
+        return bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False
+
+
+def is_better(a, b, goal):
+    """True if `a` beats `b` under goal "minimize" or "maximize"."""
+    return a < b if goal == "minimize" else a > b
+
+
+def sort_key(value, goal):
+    """Key that sorts values best first (non-finite last)."""
+    if not is_finite(value):
+        return math.inf
+    return float(value) if goal == "minimize" else -float(value)
