@@ -76,7 +76,12 @@ def config_from_flags(passthrough):
 
 
 def main(argv):
-    summary = sweeps.run_sweep(config_from_flags(argv[1:]))
+    config = config_from_flags(argv[1:])
+    try:
+        sweeps.make_plan(config)  # Checks everything; launches nothing.
+    except ValueError as e:
+        raise app.UsageError(str(e))
+    summary = sweeps.run_sweep(config)
     stop = summary["early_stopping"]
     print(f"\n{len(summary['trials'])} trials ({summary['counts']}); "
           f"{stop['trials_stopped']} stopped early, saving "

@@ -38,17 +38,18 @@ def _domain(axis):
     return hp.RealInterval(float(axis.low), float(axis.high))
 
 
-def write_hparams_config(sweep_dir, axes, metric, goal, progress_tag,
+def write_hparams_config(sweep_dir, axes, seeds, metric, goal, progress_tag,
                          progress_group):
-    """Declares the hparams (plus `seed`) and the metrics at the sweep root,
-    for the HParams dashboard's table, parallel-coordinates and scatter
-    views. Metrics: the final held-out metric, the best progress value (both
-    written by the sweep) and the trial's own progress curve."""
+    """Declares the hparams (plus `seed`, one of `seeds`) and the metrics at
+    the sweep root, for the HParams dashboard's table, parallel-coordinates
+    and scatter views. Metrics: the final held-out metric, the best progress
+    value and the steps trained (written by the sweep), and the trial's own
+    progress curve (written by the trial)."""
     import tensorflow as tf
 
     hp = _hp()
     hparams = [hp.HParam(a.name, _domain(a)) for a in axes]
-    hparams.append(hp.HParam("seed", hp.IntInterval(0, 2**31 - 1)))
+    hparams.append(hp.HParam("seed", hp.Discrete(sorted(set(seeds)))))
     metrics = [
         hp.Metric(FINAL_TAG, display_name=f"{metric} ({goal})"),
         hp.Metric(PROGRESS_TAG, display_name=f"best {progress_tag}"),

@@ -444,7 +444,8 @@ def run_sweep(config, log=print):
     with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
         json.dump(dataclasses.asdict(config), f, indent=2)
     if not any(n.startswith("events.out") for n in os.listdir(sweep_dir)):
-        report.write_hparams_config(sweep_dir, plan.axes, plan.metric,
+        report.write_hparams_config(sweep_dir, plan.axes,
+                                    [t.seed for t in plan.trials], plan.metric,
                                     plan.goal, plan.progress_tag,
                                     _progress_group(plan))
     records, pending = {}, []

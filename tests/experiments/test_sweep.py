@@ -8,6 +8,8 @@ import glob
 import json
 import math
 import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -151,6 +153,21 @@ def test_plan_checks_names_and_values_against_the_script():
                        "--model_dir=/m", "--meta_steps=7"]
 
 
+def test_script_rejects_an_unknown_flag_before_launching(tmp_path):
+    sweep_dir = tmp_path / "s"
+    result = subprocess.run(
+        [sys.executable, os.path.join(targets.ROOT, "examples", "sweep.py"),
+         "--sweep=inner_lr=0.1;inner_stepz=1,2", f"--sweep_dir={sweep_dir}",
+         "--", "--nojit_compile"],
+        capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode != 0
+    assert "--inner_stepz is not a flag" in result.stderr
+    assert "Did you mean ['inner_steps'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not sweep_dir.exists()
+
+
 # --- the runner, with a fast fake target (no TensorFlow in children) ------
 
 FAKE_SCRIPT = textwrap.dedent("""
@@ -282,6 +299,7 @@ def test_two_trial_train_maml_sweep_writes_hparams_and_summaries(tmp_path):
     (experiment,) = [d.experiment for d in _hparams_data(
         _events(sweep_dir)) if d.HasField("experiment")]
     assert [h.name for h in experiment.hparam_infos] == ["inner_lr", "seed"]
+    assert list(experiment.hparam_infos[1].domain_discrete) == [0]
     assert {m.name.tag for m in experiment.metric_infos} >= {
         report.FINAL_TAG, "epoch_query_loss_after_step_1"}
 
