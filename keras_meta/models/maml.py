@@ -5,11 +5,22 @@ import tensorflow as tf
 from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.saving import serialization_lib
 
+from keras_meta import callbacks as km_callbacks
+from keras_meta import saving
 from keras_meta.data.episode import EPISODE_KEYS
 from keras_meta.data.episode import validate_episode
 from keras_meta.models import inner_rates
 
 TASK_PARALLELISM = ("auto", "vectorized", "sequential", "unrolled")
+# What a skipped meta-step found non-finite, checked in this order; the
+# index is stored in `MAML.nonfinite_quantity`.
+NONFINITE_QUANTITIES = (
+    "nothing",
+    "query loss before adaptation (the model's outputs or the data)",
+    "query loss after adaptation (the inner loop diverged; a lower "
+    "inner_learning_rate or fewer inner_steps may help)",
+    "meta-gradient",
+)
 
 
 def _resolve_loss(loss):
@@ -60,6 +71,22 @@ def _resolve_metric(metric, loss_name, prefix):
         return _resolve_metric(fn, loss_name, prefix)
     name = metric if isinstance(metric, str) else fn.__name__
     return keras.metrics.MeanMetricWrapper(fn, name=prefix + name)
+
+
+def _first_nonfinite(pre_losses, post_losses, meta_values):
+    """0 if all finite, else the index in NONFINITE_QUANTITIES of the first
+    non-finite group (an int32 scalar tensor, usable inside XLA)."""
+
+    def bad(tensors):
+        return tf.logical_not(tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))
+
+    quantity = tf.constant(0, tf.int32)
+    # Reversed, so that the earliest group that fails wins.
+    for index, tensors in reversed(list(enumerate(
+            [[pre_losses], [post_losses], meta_values], start=1))):
+        quantity = tf.where(bad(tensors), index, quantity)
+    return quantity
 
 
 def _check_positive_int(name, value, allow_none=False):
@@ -146,6 +173,11 @@ class MAML(keras.Model):
             time for `vectorized_map` is minutes on CPU, and for
             convolutional models, where `vectorized_map` ran 3x slower;
             "vectorized" otherwise (see BUILD_NOTES.md for measurements).
+        max_consecutive_skips: int >= 1 or None. A meta-step whose losses
+            or meta-gradients are not finite is skipped (weights untouched)
+            and counted in `skipped_steps`; `fit` stops with a
+            `keras_meta.errors.NonFiniteError` naming the step and the
+            quantity after this many skipped steps in a row (None: never).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Reference:
@@ -168,6 +200,7 @@ class MAML(keras.Model):
         adapted_layers=None,
         transductive=True,
         task_parallelism="auto",
+        max_consecutive_skips=20,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -200,6 +233,9 @@ class MAML(keras.Model):
         _check_positive_int(
             "multi_step_loss_anneal_steps", multi_step_loss_anneal_steps
         )
+        _check_positive_int(
+            "max_consecutive_skips", max_consecutive_skips, True
+        )
         inner_rates.validate_rate_kind(learn_inner_rates)
         if task_parallelism not in TASK_PARALLELISM:
             raise ValueError(
@@ -219,6 +255,7 @@ class MAML(keras.Model):
         )
         self.transductive = bool(transductive)
         self.task_parallelism = task_parallelism
+        self.max_consecutive_skips = max_consecutive_skips
 
         self._adapted_indices = self._find_adapted_indices(self.adapted_layers)
         adapted = [model.trainable_variables[i] for i in self._adapted_indices]
@@ -232,6 +269,18 @@ class MAML(keras.Model):
             trainable=False,
             name="skipped_steps",
         )
+        # Runtime counters as plain tf.Variables, not Keras weights: they
+        # need not be saved, and new weights would stop `.keras` files from
+        # earlier releases loading (weights load by position).
+        # `nonfinite_quantity` indexes NONFINITE_QUANTITIES.
+        self.consecutive_skipped_steps = tf.Variable(
+            tf.constant(0, tf.int64), trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            name="consecutive_skipped_steps")
+        self.nonfinite_quantity = tf.Variable(
+            tf.constant(0, tf.int32), trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            name="nonfinite_quantity")
         self._query_metrics = []
         self.built = True
 
@@ -520,6 +569,15 @@ class MAML(keras.Model):
         # Episodes come from tf.data, which Keras never shuffles; its default
         # shuffle=True would only print a warning on every call.
         kwargs.setdefault("shuffle", False)
+        callbacks = list(kwargs.get("callbacks") or [])
+        if self.max_consecutive_skips is not None and not any(
+            isinstance(c, km_callbacks.NonFiniteGuard) for c in callbacks
+        ):
+            # First, so that callbacks after it (TensorBoard) log its count.
+            callbacks.insert(
+                0, km_callbacks.NonFiniteGuard(self.max_consecutive_skips)
+            )
+        kwargs["callbacks"] = callbacks
         return super().fit(*args, **kwargs)
 
     def _check_episode(self, data):
@@ -590,21 +648,24 @@ class MAML(keras.Model):
         variables = list(self.model.trainable_variables) + list(
             self.inner_rate_variables
         )
-        finite = tf.reduce_all(
-            [tf.reduce_all(tf.math.is_finite(g)) for g in grads]
+        quantity = _first_nonfinite(
+            outputs["losses"][:, 0], outputs["losses"][:, 1:],
+            [meta_loss, *grads],
         )
-        finite = tf.logical_and(finite, tf.math.is_finite(meta_loss))
 
         def apply():
             self.optimizer.apply(grads, variables)
             self._assign_state(outputs["non_trainable"])
+            self.consecutive_skipped_steps.assign(0)
             return tf.constant(True)
 
         def skip():
             self.skipped_steps.assign_add(1)
+            self.consecutive_skipped_steps.assign_add(1)
+            self.nonfinite_quantity.assign(quantity)
             return tf.constant(False)
 
-        tf.cond(finite, apply, skip)
+        tf.cond(tf.equal(quantity, 0), apply, skip)
         self._meta_loss_tracker.update_state(meta_loss)
         self._update_query_metrics(episode, outputs)
         return self._logs(training=True)
@@ -625,6 +686,9 @@ class MAML(keras.Model):
                 if not (training and id(m) in per_step)}
         if training:
             logs["skipped_steps"] = self.skipped_steps.value
+            logs["consecutive_skipped_steps"] = (
+                self.consecutive_skipped_steps.read_value()
+            )
         return logs
 
     def test_step(self, data):
@@ -813,9 +877,10 @@ class MAML(keras.Model):
                 "adapted_layers": self.adapted_layers,
                 "transductive": self.transductive,
                 "task_parallelism": self.task_parallelism,
+                "max_consecutive_skips": self.max_consecutive_skips,
             }
         )
-        return config
+        return saving.stamp(config)
 
     @classmethod
     def from_config(cls, config):
@@ -823,4 +888,4 @@ class MAML(keras.Model):
         config["model"] = serialization_lib.deserialize_keras_object(
             config["model"]
         )
-        return cls(**config)
+        return saving.build(cls, config)

@@ -6,8 +6,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+from keras.src.saving import serialization_lib
 from tensorflow.python.ops import control_flow_util
 
+from keras_meta import saving
 from keras_meta.optimizers import lstm_rule
 from keras_meta.optimizers import weights_io
 
@@ -172,6 +174,20 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         """Number of per-variable steps skipped for non-finite values."""
         return self._nonfinite_count
 
+    @property
+    def consecutive_nonfinite_steps(self):
+        """Steps in a row, up to the last one, that skipped some variable.
+
+        A runtime count (not saved): `keras_meta.callbacks.NonFiniteGuard`
+        stops training when it grows too large.
+        """
+        if not self.built:
+            return 0
+        last = int(self._last_nonfinite_step.numpy())
+        if last < int(self.iterations.numpy()) - 1:
+            return 0
+        return int(self._consecutive_nonfinite.numpy())
+
     def build(self, var_list):
         """Creates the per-variable state slots.
 
@@ -185,6 +201,17 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(var_list)
+        # Plain tf.Variables, not optimizer variables: they are runtime
+        # counters, and adding optimizer variables would break loading
+        # `.keras` files saved by earlier releases (variables load by order).
+        self._last_nonfinite_step = tf.Variable(
+            tf.constant(-2, tf.int64), trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            name="last_nonfinite_step")
+        self._consecutive_nonfinite = tf.Variable(
+            tf.constant(0, tf.int64), trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            name="consecutive_nonfinite")
         self._slots = {k: [] for k in lstm_rule.STATE_KEYS}
         for var in var_list:
             shapes = lstm_rule.state_shapes(var.shape, self._rule_config)
@@ -247,6 +274,21 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                 lambda: tf.no_op(),
             )
         self.assign_add(self._nonfinite_count, bad)
+        self._count_nonfinite_step(ops.logical_not(ok))
+
+    def _count_nonfinite_step(self, bad):
+        """Tracks how many steps in a row had a skipped variable."""
+        step = ops.cast(self.iterations, "int64")
+        last = self._last_nonfinite_step
+        counted = ops.where(
+            ops.equal(last, step),
+            self._consecutive_nonfinite,
+            ops.where(ops.equal(last, step - 1),
+                      self._consecutive_nonfinite + 1, 1),
+        )
+        self._consecutive_nonfinite.assign(
+            ops.where(bad, counted, self._consecutive_nonfinite))
+        last.assign(ops.where(bad, step, last))
 
     def get_config(self):
         config = super().get_config()
@@ -263,7 +305,18 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                 "seed": self.seed,
             }
         )
-        return config
+        return saving.stamp(config)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if "learning_rate" in config and isinstance(
+            config["learning_rate"], dict
+        ):
+            config["learning_rate"] = serialization_lib.deserialize_keras_object(
+                config["learning_rate"], custom_objects=custom_objects
+            )
+        return saving.build(cls, config)
 
 
 if LearnedOptimizer.__doc__ is not None:

@@ -1,0 +1,72 @@
+"""Version stamps in saved configs, checked when a `.keras` file is loaded.
+
+Every serializable keras_meta object writes the package version and a file
+format number into its config. Loading a file from an older release works
+as long as its format is one this release reads; a newer format, or a
+config this release cannot build, fails with a message that names both
+versions. Keras's safe mode is left as it is: nothing here runs code from a
+file.
+"""
+
+VERSION_KEY = "keras_meta_version"
+FORMAT_KEY = "keras_meta_format"
+# Bump when a saved config changes so that older releases cannot read it.
+FORMAT = 1
+# Files written before version stamps existed (keras_meta 0.1.0).
+UNSTAMPED_VERSION = "0.1.0"
+
+
+def _version():
+    import keras_meta
+
+    return keras_meta.__version__
+
+
+def stamp(config):
+    """Adds the package version and format to a `get_config` dict."""
+    config[VERSION_KEY] = _version()
+    config[FORMAT_KEY] = FORMAT
+    return config
+
+
+def check(config, class_name):
+    """Pops the stamp from `config`; raises if this release cannot read it.
+
+    Args:
+        config: a config dict from a saved file (modified in place).
+        class_name: the class being loaded, for the message.
+
+    Returns:
+        The version that wrote the file.
+
+    Raises:
+        ValueError: the file's format is newer than this release reads.
+    """
+    saved = config.pop(VERSION_KEY, UNSTAMPED_VERSION)
+    saved_format = config.pop(FORMAT_KEY, 1)
+    if not isinstance(saved_format, int) or saved_format > FORMAT:
+        raise ValueError(
+            f"This {class_name} was saved by keras_meta {saved} (file "
+            f"format {saved_format}); this is keras_meta {_version()}, which "
+            f"reads formats up to {FORMAT}. Upgrade keras_meta to load it."
+        )
+    return saved
+
+
+def build(cls, config, class_name=None):
+    """`cls(**config)` with the stamp checked and a clear error on failure.
+
+    A config from another release that this one cannot build (an argument
+    renamed or removed) raises a `ValueError` naming both versions instead
+    of a bare `TypeError` or an unrelated-looking `ValueError`.
+    """
+    class_name = class_name or cls.__name__
+    saved = check(config, class_name)
+    try:
+        return cls(**config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"Cannot load this {class_name}: it was saved by keras_meta "
+            f"{saved} and this is keras_meta {_version()}; its config does "
+            f"not fit this release ({e})."
+        ) from e

@@ -1,0 +1,108 @@
+"""Saved files: version stamps, files from older releases, safe mode."""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import keras
+import keras_meta
+from keras_meta import saving
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def tiny_maml():
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2),
+                            keras.layers.Dense(1)])
+    maml = keras_meta.MAML(net)
+    maml.compile(optimizer="sgd", loss="mse")
+    return maml
+
+
+def rewrite_config(src, dst, change):
+    """Copies a .keras zip, applying `change` to its config.json dict."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                change(config)
+                data = json.dumps(config).encode()
+            zout.writestr(item, data)
+
+
+def test_saved_config_carries_the_version():
+    config = tiny_maml().get_config()
+    assert config[saving.VERSION_KEY] == keras_meta.__version__
+    assert config[saving.FORMAT_KEY] == saving.FORMAT
+    optimizer = keras_meta.LearnedOptimizer(weights="init")
+    assert optimizer.get_config()[saving.VERSION_KEY] == keras_meta.__version__
+
+
+@pytest.mark.parametrize("name", ["meta_sgd.keras", "learned_optimizer.keras"])
+def test_files_saved_by_release_0_1_0_load(name):
+    # Written by keras_meta 0.1.0 (commit e0d0c6a) before stamps existed;
+    # each had been trained for 2 steps.
+    model = keras.models.load_model(os.path.join(FIXTURES, name))
+    assert int(model.optimizer.iterations.numpy()) == 2
+    with zipfile.ZipFile(os.path.join(FIXTURES, name)) as z:
+        assert saving.VERSION_KEY not in z.read("config.json").decode()
+    if isinstance(model, keras_meta.MAML):
+        assert model.learn_inner_rates == "per_parameter"
+        adapted = model.adapt(np.ones((5, 1), "float32"),
+                              np.ones((5, 1), "float32"))
+        assert np.all(np.isfinite(adapted.predict(np.ones((3, 1)),
+                                                  verbose=0)))
+    else:
+        assert isinstance(model.optimizer, keras_meta.LearnedOptimizer)
+        model.fit(np.ones((4, 3)), np.ones((4, 2)), verbose=0)
+        assert int(model.optimizer.iterations.numpy()) == 3
+
+
+def test_a_newer_file_format_names_both_versions(tmp_path):
+    path = str(tmp_path / "m.keras")
+    tiny_maml().save(path)
+    newer = str(tmp_path / "newer.keras")
+
+    def from_the_future(config):
+        config["config"][saving.VERSION_KEY] = "9.0.0"
+        config["config"][saving.FORMAT_KEY] = saving.FORMAT + 1
+
+    rewrite_config(path, newer, from_the_future)
+    with pytest.raises(ValueError, match=(
+            rf"saved by keras_meta 9.0.0 \(file format {saving.FORMAT + 1}\);"
+            rf" this is keras_meta {keras_meta.__version__}")):
+        keras.models.load_model(newer)
+
+
+def test_a_config_this_release_cannot_build_names_both_versions(tmp_path):
+    path = str(tmp_path / "m.keras")
+    tiny_maml().save(path)
+    renamed = str(tmp_path / "renamed.keras")
+
+    def rename_argument(config):
+        config["config"][saving.VERSION_KEY] = "0.0.9"
+        config["config"]["inner_lr"] = config["config"].pop(
+            "inner_learning_rate")
+
+    rewrite_config(path, renamed, rename_argument)
+    with pytest.raises(ValueError, match=(
+            "saved by keras_meta 0.0.9 and this is keras_meta "
+            f"{keras_meta.__version__}")):
+        keras.models.load_model(renamed)
+
+
+def test_loading_never_runs_code_from_the_file(tmp_path):
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1),
+                            keras.layers.Lambda(lambda x: x * 2.0)])
+    maml = keras_meta.MAML(net)
+    maml.compile(optimizer="sgd", loss="mse")
+    path = str(tmp_path / "lambda.keras")
+    maml.save(path)
+    with pytest.raises(ValueError, match="safe_mode"):
+        keras.models.load_model(path)
