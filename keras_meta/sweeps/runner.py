@@ -405,6 +405,23 @@ def _check(running, config, plan, rule, peers):
     return None
 
 
+def rescore(record, plan, sweep_dir):
+    """A finished record ranked by `plan.metric`: when an earlier run of the
+    sweep ranked by another metric, it is read again from the trial's result
+    file, so re-ranking needs no re-training. Stopped trials have none."""
+    if record.get("metric_name") == plan.metric or \
+            record["status"] == "stopped" or record.get("stopped_by"):
+        return record
+    model_dir = os.path.join(sweep_dir, "trials", record["trial"], "model")
+    status, value, note = classify(
+        record.get("returncode"), plan.target.final_metrics(model_dir),
+        plan.metric, plan.target.result_file)
+    if record["status"] == "failed" and status == "failed":
+        note = record.get("note", note)
+    return dict(record, status=status, metric=value, note=note,
+                metric_name=plan.metric)
+
+
 def _progress_group(plan):
     return os.path.join("model", plan.target.progress_dir).rstrip(os.sep)
 
@@ -453,7 +470,7 @@ def run_sweep(config, log=print):
         record = load_record(sweep_dir, trial.trial)
         if record and not (config.retry_failed
                            and record["status"] == "failed"):
-            records[trial.trial] = record
+            records[trial.trial] = rescore(record, plan, sweep_dir)
         else:
             pending.append(trial)
     skipped = len(records)

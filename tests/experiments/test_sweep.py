@@ -190,7 +190,7 @@ FAKE_SCRIPT = textwrap.dedent("""
                 f.write(json.dumps([step, loss]) + "\\n")
             time.sleep(F.sleep)
         with open(os.path.join(F.model_dir, "result.json"), "w") as f:
-            json.dump({"loss": loss}, f)
+            json.dump({"loss": loss, "first": F.x}, f)
 
     app.run(main)
 """)
@@ -253,6 +253,15 @@ def test_failed_and_diverged_trials_are_recorded_and_restart_skips(
     again, _ = _fake_sweep(tmp_path / "s", "x=2,-1,13,1", parallel=2,
                            early_stopping="none", retry_failed=True)
     assert again["skipped_finished"] == 3  # Only the failed one re-ran.
+
+    # Ranking by another metric re-reads the results; nothing re-runs.
+    again, logs = _fake_sweep(tmp_path / "s", "x=2,-1,13,1", parallel=2,
+                              early_stopping="none", metric="first",
+                              goal="maximize")
+    assert not any("start" in line for line in logs)
+    assert [(r["x"], r["status"], r["metric"]) for r in again["trials"]] == [
+        (13.0, "completed", 13.0), (2.0, "completed", 2.0),
+        (1.0, "completed", 1.0), (-1.0, "failed", None)]
 
 
 def test_median_rule_stops_a_bad_trial(fake_target, tmp_path):
