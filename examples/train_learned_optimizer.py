@@ -8,14 +8,19 @@ Example (the shipped weights; see BUILD_NOTES.md for the exact command):
         --model_dir=runs/lopt --seed=0
 
 TensorBoard: `tensorboard --logdir runs/lopt`. Copy `runs/lopt/phi_best.npz`
-to keras_meta/optimizers/pretrained/lstm_phi.npz to ship it.
+to keras_meta/optimizers/pretrained/lstm_phi.npz to ship it. The whole state
+is checkpointed to runs/lopt/checkpoints every --checkpoint_every meta-steps
+and on SIGTERM/SIGINT (then the script exits with status 128 + signal);
+--resume continues bitwise where it stopped.
 """
 
 import json
+import sys
 
 from absl import app
 from absl import flags
 
+from keras_meta import errors
 from keras_meta.meta import train_lib
 
 FLAGS = flags.FLAGS
@@ -43,11 +48,27 @@ flags.DEFINE_float("clip_norm", 1.0, "Global-norm clip of meta-gradients.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile each truncation.")
 flags.DEFINE_integer("eval_every", 200, "Evaluate (and keep best) every N.")
 flags.DEFINE_string("init_weights", None, "Start from this phi file.")
+flags.DEFINE_integer("checkpoint_every", 100,
+                     "Meta-steps between checkpoints (also on SIGTERM/SIGINT).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+flags.DEFINE_bool("resume", False,
+                  "Continue from the newest checkpoint in model_dir.")
+flags.DEFINE_integer("max_consecutive_skips", 20,
+                     "Stop after this many non-finite meta-steps in a row.")
 
 
 def main(argv):
     del argv
-    summary = train_lib.run(
+    try:
+        summary = _run()
+    except errors.TrainingInterrupted as e:
+        print(f"\n{e}")
+        sys.exit(128 + e.signum)
+    print(json.dumps(summary, indent=2))
+
+
+def _run():
+    return train_lib.run(
         FLAGS.problems, unroll=FLAGS.unroll, horizon=FLAGS.horizon,
         meta_steps=FLAGS.meta_steps, meta_lr=FLAGS.meta_lr,
         model_dir=FLAGS.model_dir, seed=FLAGS.seed,
@@ -57,8 +78,10 @@ def main(argv):
         clip_norm=FLAGS.clip_norm, jit_compile=FLAGS.jit_compile,
         eval_every=FLAGS.eval_every, init_weights=FLAGS.init_weights,
         problem_weights=(None if FLAGS.problem_weights is None else
-                         [float(w) for w in FLAGS.problem_weights]))
-    print(json.dumps(summary, indent=2))
+                         [float(w) for w in FLAGS.problem_weights]),
+        checkpoint_every=FLAGS.checkpoint_every,
+        keep_checkpoints=FLAGS.keep_checkpoints, resume=FLAGS.resume,
+        max_consecutive_skips=FLAGS.max_consecutive_skips)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ r"""Meta-train MAML or a variant on sinusoid regression or Omniglot.
     tensorboard --logdir runs
 
 Trains with Keras's progress bar, logs to TensorBoard under model_dir/logs,
-checkpoints to model_dir/checkpoints (continue with --resume), saves
+checkpoints to model_dir/checkpoints every --checkpoint_every steps and on
+SIGTERM/SIGINT (then exits with status 128 + signal; continue with
+--resume, which ends bitwise where an uninterrupted run would), saves
 model_dir/model.keras, and prints the held-out evaluation: sinusoid, the mean
 query MSE with its 95% confidence interval over --eval_tasks new tasks for
 each K in --eval_shots after each count in --eval_steps; Omniglot, the query
@@ -15,9 +17,12 @@ Flags left unset take the task's defaults (the MAML paper's settings; see
 keras_meta/experiments/maml_training.py).
 """
 
+import sys
+
 from absl import app
 from absl import flags
 
+from keras_meta import errors
 from keras_meta.experiments import maml_training
 
 _D = maml_training.Config()
@@ -89,7 +94,12 @@ def config_from_flags():
 
 def main(argv):
     del argv
-    results = maml_training.run(config_from_flags())
+    try:
+        results = maml_training.run(config_from_flags())
+    except errors.TrainingInterrupted as e:
+        print(f"\n{e}")
+        # The shell's convention for a process ended by a signal.
+        sys.exit(128 + e.signum)
     print(f"\nMeta-trained {results['meta_steps']} steps in "
           f"{results['train_seconds']:.0f} s; model: {results['model_path']}")
     print(results["formatted"])

@@ -17,3 +17,27 @@ class NonFiniteError(FloatingPointError):
         super().__init__(message)
         self.step = step
         self.quantity = quantity
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint.
+
+    Raised by the training drivers (`keras_meta.experiments.maml_training.run`
+    and the learned-optimizer meta-trainer) so that a script exits instead
+    of evaluating a half-trained model; rerun with `--resume` to continue.
+
+    Attributes:
+        signum: the signal number (e.g. `signal.SIGTERM`).
+        step: the step count saved in the checkpoint.
+        checkpoint: the checkpoint's path.
+    """
+
+    def __init__(self, signum, step, checkpoint):
+        super().__init__(
+            f"Training interrupted by signal {signum} at step {step}; "
+            f"checkpoint written to {checkpoint}. Rerun with --resume to "
+            "continue."
+        )
+        self.signum = signum
+        self.step = step
+        self.checkpoint = checkpoint

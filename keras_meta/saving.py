@@ -5,8 +5,11 @@ format number into its config. Loading a file from an older release works
 as long as its format is one this release reads; a newer format, or a
 config this release cannot build, fails with a message that names both
 versions. Keras's safe mode is left as it is: nothing here runs code from a
-file.
+file. Also: atomic writes of saved files.
 """
+
+import json
+import os
 
 VERSION_KEY = "keras_meta_version"
 FORMAT_KEY = "keras_meta_format"
@@ -70,3 +73,35 @@ def build(cls, config, class_name=None):
             f"{saved} and this is keras_meta {_version()}; its config does "
             f"not fit this release ({e})."
         ) from e
+
+
+def replace_atomically(path, write):
+    """Writes a file through `write(temporary_path)`, then renames it.
+
+    The file at `path` is either the old one or the complete new one, even
+    if the process is killed mid-write; the temporary file (a dot-name in
+    the same folder) is flushed to disk before the rename.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    base, ext = os.path.splitext(name)
+    temporary = os.path.join(folder, f".tmp-{base}-{os.getpid()}{ext}")
+    write(temporary)
+    with open(temporary, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def save_model(model, path):
+    """`model.save(path)`, atomically (see `replace_atomically`)."""
+    replace_atomically(path, model.save)
+
+
+def write_json(path, value):
+    """Writes `value` as indented JSON, atomically."""
+
+    def write(temporary):
+        with open(temporary, "w") as f:
+            json.dump(value, f, indent=2)
+
+    replace_atomically(path, write)

@@ -7,7 +7,6 @@ model and the final held-out evaluation.
 """
 
 import dataclasses
-import json
 import os
 import time
 
@@ -16,6 +15,8 @@ import numpy as np
 
 import keras_meta
 from keras_meta import callbacks as km_callbacks
+from keras_meta import errors
+from keras_meta import saving
 from keras_meta import evaluation
 
 VARIANTS = ("maml", "meta_sgd", "maml_plus_plus", "anil")
@@ -286,12 +287,21 @@ def build_maml(config, task):
     return maml
 
 
+def batches_consumed(maml):
+    """Episode batches a (resumed) MAML has trained on: its optimizer's
+    steps plus the skipped non-finite steps, which consumed a batch each."""
+    return int(maml.optimizer.iterations.numpy()) + int(
+        maml.skipped_steps.numpy())
+
+
 def run(config):
     """Meta-trains, saves `model_dir/model.keras`, evaluates and reports.
 
     With `config.resume`, training continues from the newest checkpoint in
     `model_dir/checkpoints` (model, optimizer and step count), and the
-    episode stream continues where it was.
+    episode stream continues where it was, so the result is bitwise the
+    one of an uninterrupted run. SIGTERM or SIGINT during training writes a
+    checkpoint and raises `keras_meta.errors.TrainingInterrupted`.
 
     Returns:
         A dict with the evaluation table, timings and paths; also written to
@@ -305,7 +315,7 @@ def run(config):
     latest = km_callbacks.latest_checkpoint(checkpoints)
     if config.resume and latest:
         maml = keras.models.load_model(latest)
-        start_step = int(maml.optimizer.iterations.numpy())
+        start_step = batches_consumed(maml)
         print(f"Resuming from {latest} at step {start_step}.")
     else:
         if latest and not config.resume:
@@ -318,9 +328,10 @@ def run(config):
     every = max(config.steps_per_epoch, config.checkpoint_every
                 // config.steps_per_epoch * config.steps_per_epoch)
     logs_dir = os.path.join(config.model_dir, "logs")
+    checkpointer = km_callbacks.PeriodicCheckpoint(
+        checkpoints, every, config.keep_checkpoints)
     callbacks = [
-        km_callbacks.PeriodicCheckpoint(checkpoints, every,
-                                        config.keep_checkpoints),
+        checkpointer,
         keras.callbacks.TensorBoard(logs_dir),
         km_callbacks.InnerRateSummary(os.path.join(logs_dir, "inner_rates")),
     ]
@@ -332,19 +343,35 @@ def run(config):
         callbacks.append(km_callbacks.EpisodeImageSummary(
             os.path.join(logs_dir, "episodes"), example))
     start = time.time()
-    maml.fit(
-        task.train_episodes(skip_batches=start_step),
-        initial_epoch=start_step // config.steps_per_epoch,
-        epochs=epochs,
-        steps_per_epoch=config.steps_per_epoch,
-        validation_data=task.validation_episodes(),
-        validation_steps=4,
-        callbacks=callbacks,
-        verbose=config.verbose,
-    )
+
+    def fit(first_step, epoch, steps_per_epoch, epochs):
+        maml.fit(
+            task.train_episodes(skip_batches=first_step),
+            initial_epoch=epoch,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=task.validation_episodes(),
+            validation_steps=4,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+        if checkpointer.interrupted_by is not None:
+            step = int(maml.optimizer.iterations.numpy())
+            raise errors.TrainingInterrupted(
+                checkpointer.interrupted_by, step,
+                km_callbacks.checkpoint_path(checkpoints, step))
+
+    spe = config.steps_per_epoch
+    epoch, into_epoch = divmod(start_step, spe)
+    if into_epoch and epoch < epochs:
+        # Stopped mid-epoch (by a signal): finish that epoch first.
+        fit(start_step, epoch, spe - into_epoch, epoch + 1)
+        epoch += 1
+    if epoch < epochs:
+        fit(epoch * spe, epoch, spe, epochs)
     train_seconds = time.time() - start
     model_path = os.path.join(config.model_dir, "model.keras")
-    maml.save(model_path)
+    saving.save_model(maml, model_path)
 
     start = time.time()
     table = task.table(maml)
@@ -357,7 +384,6 @@ def run(config):
         meta_steps=int(maml.optimizer.iterations.numpy()),
         model_path=model_path,
     )
-    with open(os.path.join(config.model_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    saving.write_json(os.path.join(config.model_dir, "results.json"), results)
     results["formatted"] = task.format(table)
     return results

@@ -16,6 +16,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_meta import callbacks as km_callbacks
+from keras_meta import errors
+from keras_meta import saving
+from keras_meta import signals
 from keras_meta.meta import baselines
 from keras_meta.meta import problems as problems_lib
 from keras_meta.meta import trainer as trainer_lib
@@ -61,17 +65,54 @@ def evaluate(rule, problems, steps, num_instances=2):
     return float(np.mean(scores)), curves
 
 
+def save_checkpoint(directory, step, trainer, extra, keep):
+    """Writes the trainer's full state and `extra` (JSON) atomically."""
+    arrays, info = trainer.get_state()
+    info = {"trainer": info, **extra}
+    path = km_callbacks.checkpoint_path(directory, step, ".npz")
+
+    def write(temporary):
+        np.savez(temporary, __info__=np.asarray(json.dumps(info)), **arrays)
+
+    saving.replace_atomically(path, write)
+    km_callbacks.prune_checkpoints(directory, keep, ".npz")
+    return path
+
+
+def load_checkpoint(path):
+    """`(arrays, info)` of a checkpoint written by `save_checkpoint`."""
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if k != "__info__"}
+        info = json.loads(str(data["__info__"]))
+    return arrays, info
+
+
 def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
         model_dir="runs/learned_optimizer", seed=0, rule=None,
         second_order=False, meta_loss="log", clip_norm=1.0, jit_compile=False,
-        eval_every=200, init_weights=None, problem_weights=None, verbose=1):
+        eval_every=200, init_weights=None, problem_weights=None, verbose=1,
+        checkpoint_every=100, keep_checkpoints=3, resume=False,
+        max_consecutive_skips=20):
     """Meta-trains the LSTM rule and writes phi files and summaries.
+
+    Every `checkpoint_every` meta-steps, and on SIGTERM/SIGINT, the whole
+    state (phi, the meta-optimizer, the run in progress, the sampling RNG,
+    the best score) goes to `model_dir/checkpoints`, atomically; a signal
+    then raises `keras_meta.errors.TrainingInterrupted`. With `resume`, the
+    newest checkpoint is loaded and training continues bitwise as if it had
+    never stopped.
 
     Returns:
         dict with the paths written, the final and best evaluation scores,
         and the wall time in seconds.
     """
     os.makedirs(model_dir, exist_ok=True)
+    checkpoints = os.path.join(model_dir, "checkpoints")
+    latest = km_callbacks.latest_checkpoint(checkpoints, ".npz")
+    if latest and not resume:
+        raise ValueError(
+            f"{checkpoints} already holds checkpoints; pass --resume to "
+            "continue that run or choose a new --model_dir.")
     config = lstm_rule.RuleConfig.from_dict(rule or {})
     phi0 = None
     if init_weights:
@@ -86,7 +127,8 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
         problems, config=config, phi=phi0, unroll=unroll, horizon=horizon,
         meta_lr=meta_lr, clip_norm=clip_norm, second_order=second_order,
         meta_loss=meta_loss, jit_compile=jit_compile, seed=seed,
-        problem_weights=problem_weights)
+        problem_weights=problem_weights,
+        max_consecutive_skips=max_consecutive_skips)
     writer = tf.summary.create_file_writer(model_dir)
     adam_rules = {p.name: baselines.Adam(trainer_lib.adam_reference_lr(p))
                   for p in problems}
@@ -114,9 +156,16 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
                                   stateful_metrics=["objective", "loss",
                                                     "eval"])
     start = time.time()
-    score, _ = eval_and_log(0)
-    best = score
-    weights_io.save_phi(paths["best"], mt.phi_numpy(), config)
+    start_step = 0
+    if resume and latest:
+        arrays, info = load_checkpoint(latest)
+        mt.set_state(arrays, info["trainer"])
+        best, start_step = info["best"], mt.meta_steps_done
+        print(f"Resuming from {latest} at meta-step {start_step}.")
+        progbar.update(start_step)
+    else:
+        best, _ = eval_and_log(0)
+        weights_io.save_phi(paths["best"], mt.phi_numpy(), config)
 
     def callback(i, logs):
         nonlocal best
@@ -142,7 +191,16 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
             weights_io.save_phi(paths["last"], mt.phi_numpy(), config)
         progbar.update(step, values=values)
 
-    mt.train(meta_steps, callback=callback)
+    with signals.StopRequest() as stop:
+        for i in range(start_step, meta_steps):
+            callback(i, mt.meta_step())
+            step = i + 1
+            if stop.signum is not None or (checkpoint_every
+                                           and step % checkpoint_every == 0):
+                path = save_checkpoint(checkpoints, step, mt, {"best": best},
+                                       keep_checkpoints)
+            if stop.signum is not None:
+                raise errors.TrainingInterrupted(stop.signum, step, path)
     weights_io.save_phi(paths["last"], mt.phi_numpy(), config)
     final, curves = eval_and_log(meta_steps)
     if final < best:
@@ -167,6 +225,5 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
         "final_loss_adam": {k: float(v[-1]) for k, v in adam_curves.items()},
         "paths": paths,
     }
-    with open(os.path.join(model_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    saving.write_json(os.path.join(model_dir, "summary.json"), summary)
     return summary

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_meta import errors
 from keras_meta.meta import problems as problems_lib
 from keras_meta.optimizers import lstm_rule
 
@@ -97,12 +98,16 @@ class MetaTrainer:
         dtype: float dtype of phi and the unroll.
         problem_weights: sampling probabilities of `problems` for each new
             run (default uniform).
+        max_consecutive_skips: int >= 1 or None: after this many
+            non-finite truncations in a row, `meta_step` raises
+            `keras_meta.errors.NonFiniteError` (None: never).
     """
 
     def __init__(self, problems, config=lstm_rule.RuleConfig(), phi=None,
                  unroll=20, horizon=100, meta_lr=1e-3, clip_norm=1.0,
                  second_order=False, meta_loss="log", jit_compile=False,
-                 seed=0, dtype="float32", problem_weights=None):
+                 seed=0, dtype="float32", problem_weights=None,
+                 max_consecutive_skips=20):
         if horizon % unroll:
             raise ValueError(
                 f"horizon ({horizon}) must be a multiple of unroll ({unroll})."
@@ -134,6 +139,8 @@ class MetaTrainer:
         self.meta_optimizer.build(list(self.phi.values()))
         self.rng = np.random.default_rng(seed)
         self.skipped_meta_steps = 0
+        self.consecutive_skips = 0
+        self.max_consecutive_skips = max_consecutive_skips
         self.meta_steps_done = 0
         self._fns = {}
         self._run = None
@@ -204,10 +211,24 @@ class MetaTrainer:
                                                 sorted(self.phi)])
             run["params"], run["state"] = out["params"], out["state"]
             run["step"] += self.unroll
+            self.consecutive_skips = 0
         else:
             self.skipped_meta_steps += 1
+            self.consecutive_skips += 1
             self._run = None  # start a fresh run
         self.meta_steps_done += 1
+        if (self.max_consecutive_skips is not None
+                and self.consecutive_skips >= self.max_consecutive_skips):
+            losses_ok = bool(tf.reduce_all(tf.math.is_finite(out["losses"])))
+            quantity = "meta-gradient" if losses_ok else "optimizee loss"
+            raise errors.NonFiniteError(
+                f"Meta-training stopped at meta-step {self.meta_steps_done}: "
+                f"the {quantity} was not finite in {self.consecutive_skips} "
+                f"consecutive truncations (on {problem.name!r}), which were "
+                f"skipped ({self.skipped_meta_steps} in all; phi holds its "
+                "last finite values). Lower --meta_lr or --clip_norm, or "
+                "check the problem.", step=self.meta_steps_done,
+                quantity=quantity)
         return {
             "problem": problem.name,
             "objective": float(out["objective"]),
@@ -218,6 +239,69 @@ class MetaTrainer:
             "seconds": time.perf_counter() - start,
             "updates": out["updates"],
         }
+
+    def get_state(self):
+        """Everything `set_state` needs to continue bitwise.
+
+        Returns:
+            `(arrays, info)`: a dict of numpy arrays (phi, the meta-
+            optimizer's variables, the current run's parameters and rule
+            state) and a JSON-serializable dict (counters, the sampling RNG,
+            the current run's problem, seed and step).
+        """
+        arrays = {f"phi/{k}": v.numpy() for k, v in self.phi.items()}
+        for i, v in enumerate(self.meta_optimizer.variables):
+            arrays[f"meta_optimizer/{i}"] = v.numpy()
+        info = {
+            "rng": self.rng.bit_generator.state,
+            "skipped_meta_steps": self.skipped_meta_steps,
+            "consecutive_skips": self.consecutive_skips,
+            "meta_steps_done": self.meta_steps_done,
+            "run": None,
+        }
+        if self._run is not None:
+            run = self._run
+            info["run"] = {"problem": self.problems.index(run["problem"]),
+                           "seed": run["seed"], "step": run["step"]}
+            for i, p in enumerate(run["params"]):
+                arrays[f"run/params/{i}"] = np.asarray(p)
+            for i, state in enumerate(run["state"]):
+                for key, value in state.items():
+                    arrays[f"run/state/{i}/{key}"] = np.asarray(value)
+        return arrays, info
+
+    def set_state(self, arrays, info):
+        """Restores what `get_state` returned (same problems and config)."""
+        expected = {f"phi/{k}" for k in self.phi}
+        if not expected <= set(arrays):
+            raise ValueError(
+                "The meta-training state does not match this trainer: "
+                f"missing {sorted(expected - set(arrays))}.")
+        for key, var in self.phi.items():
+            var.assign(arrays[f"phi/{key}"])
+        for i, v in enumerate(self.meta_optimizer.variables):
+            v.assign(arrays[f"meta_optimizer/{i}"])
+        self.rng.bit_generator.state = info["rng"]
+        self.skipped_meta_steps = info["skipped_meta_steps"]
+        self.consecutive_skips = info["consecutive_skips"]
+        self.meta_steps_done = info["meta_steps_done"]
+        self._run = None
+        if info["run"] is not None:
+            run = info["run"]
+            problem = self.problems[run["problem"]]
+            n = len([k for k in arrays if k.startswith("run/params/")])
+            self._run = {
+                "problem": problem,
+                "instance": problem.sample(run["seed"]),
+                "params": [tf.constant(arrays[f"run/params/{i}"])
+                           for i in range(n)],
+                "state": [{name[len(f"run/state/{i}/"):]: tf.constant(value)
+                           for name, value in arrays.items()
+                           if name.startswith(f"run/state/{i}/")}
+                          for i in range(n)],
+                "step": run["step"],
+                "seed": run["seed"],
+            }
 
     def train(self, meta_steps, callback=None):
         """Runs `meta_steps` meta-steps; `callback(i, logs)` after each."""

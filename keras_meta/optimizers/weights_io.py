@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from keras_meta import saving
 from keras_meta.optimizers import lstm_rule
 
 CONFIG_KEY = "__config__"
@@ -23,8 +24,13 @@ def save_phi(path, phi, config):
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in phi.items()}
     validate_phi(arrays, config, source=path)
     arrays[CONFIG_KEY] = np.array(json.dumps(config.to_dict()))
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+
+    def write(temporary):
+        with open(temporary, "wb") as f:
+            np.savez(f, **arrays)
+
+    # Atomic: a run killed mid-write leaves the previous file intact.
+    saving.replace_atomically(path, write)
 
 
 def validate_phi(phi, config, source="phi"):
