@@ -31,7 +31,15 @@ The rule (default `descent="adam"`):
 i.e. the LSTM modulates (per coordinate and per step) the magnitude of a
 nominal Adam-like descent direction and adds its own direction `d`. With
 `descent="none"` the rule is the paper's: `update = out_scale * d` with the
-paper's two preprocessing features as the only input.
+paper's two preprocessing features as the only input. With `descent="sgd"`
+(the learned inner loop of `keras_meta.MAML`, Ravi and Larochelle 2017 in
+spirit) the nominal direction is the plain gradient at the fixed rate
+`config.init_lr`, and phi has no `log_lr` (the output bias of `s` is the
+learned log-scale of the rate):
+
+    update    = -init_lr * exp(out_scale * s) * (g + out_scale * d)
+
+so a zero output layer gives exactly `-init_lr * g`, one step of plain SGD.
 
 Preprocessing (paper, appendix A) with p = 10:
 
@@ -45,7 +53,7 @@ import math
 import numpy as np
 from keras import ops
 
-DESCENTS = ("adam", "none")
+DESCENTS = ("adam", "none", "sgd")
 STATE_KEYS = ("h", "c", "m", "v", "t")
 # phi keys whose arrays are LSTM / output layer weights (plus "log_lr").
 _MIN_EPS = 1e-30
@@ -59,13 +67,15 @@ class RuleConfig:
         hidden_size: units per LSTM layer (paper: 20).
         num_layers: stacked LSTM layers (paper: 2).
         preprocess_p: the `p` of the log/sign gradient preprocessing (10).
-        descent: `"adam"` (LSTM modulates a nominal Adam direction) or
-            `"none"` (the paper's pure LSTM output).
+        descent: `"adam"` (LSTM modulates a nominal Adam direction),
+            `"none"` (the paper's pure LSTM output) or `"sgd"` (LSTM
+            modulates the plain gradient at the fixed rate `init_lr`).
         output_scale: scale of the LSTM's linear outputs (paper: 0.1).
         beta_1: decay of the first-moment average used in the features.
         beta_2: decay of the second-moment average used in the features.
         epsilon: added to `sqrt(v_hat)`.
-        init_lr: initial `exp(phi["log_lr"])` for `init_phi`.
+        init_lr: initial `exp(phi["log_lr"])` for `init_phi`; with
+            `descent="sgd"`, the fixed nominal SGD rate.
     """
 
     hidden_size: int = 20
@@ -123,7 +133,8 @@ def phi_shapes(config=RuleConfig()):
         in_size = h
     shapes["out/kernel"] = (h, 2)
     shapes["out/bias"] = (2,)
-    shapes["log_lr"] = ()
+    if config.descent != "sgd":
+        shapes["log_lr"] = ()
     return shapes
 
 
@@ -131,8 +142,9 @@ def init_phi(config=RuleConfig(), seed=0, dtype="float32"):
     """Draws initial meta-parameters as a dict of numpy arrays.
 
     LSTM kernels are Glorot-uniform, biases zero, the output layer small
-    (`N(0, 0.01^2)`) so that an untrained `"adam"` rule is close to Adam with
-    learning rate `config.init_lr`.
+    (`N(0, 0.01^2)`) so that an untrained `"adam"` rule is close to Adam
+    (and an untrained `"sgd"` rule close to SGD) with learning rate
+    `config.init_lr`.
     """
     rng = np.random.default_rng(seed)
     phi = {}
@@ -141,7 +153,7 @@ def init_phi(config=RuleConfig(), seed=0, dtype="float32"):
             limit = math.sqrt(6.0 / (shape[0] + shape[1]))
             phi[name] = rng.uniform(-limit, limit, size=shape)
         elif name == "out/kernel":
-            std = 0.01 if config.descent == "adam" else 0.1
+            std = 0.1 if config.descent == "none" else 0.01
             phi[name] = rng.normal(0.0, std, size=shape)
         elif name == "log_lr":
             phi[name] = np.array(math.log(config.init_lr))
@@ -261,6 +273,9 @@ def _apply_one(phi, grad, state, config):
         s = out[:, 1] * config.output_scale
         lr = ops.exp(ops.cast(phi["log_lr"], dtype))
         update = -lr * ops.exp(s) * (nominal + d)
+    elif config.descent == "sgd":
+        s = out[:, 1] * config.output_scale
+        update = -config.init_lr * ops.exp(s) * (g + d)
     else:
         update = d
 

@@ -71,9 +71,32 @@ def test_hand_checked_step_adam_rule():
     np.testing.assert_allclose(state2["v"].numpy(), v, rtol=1e-12)
 
 
+def test_sgd_rule_with_zero_output_is_sgd_and_modulates_otherwise():
+    # descent="sgd": update = -init_lr * exp(0.1 s) * (g + 0.1 d); no log_lr.
+    cfg = lstm_rule.RuleConfig(hidden_size=3, num_layers=2, descent="sgd",
+                               init_lr=0.25)
+    assert "log_lr" not in lstm_rule.phi_shapes(cfg)
+    phi = {k: tf.constant(v, tf.float64)
+           for k, v in lstm_rule.init_phi(cfg, seed=1, dtype="float64").items()}
+    g = tf.constant([[0.3, -2.0], [1e-3, 7.0]], tf.float64)
+    zero = dict(phi, **{"out/kernel": tf.zeros_like(phi["out/kernel"]),
+                        "out/bias": tf.zeros_like(phi["out/bias"])})
+    state = lstm_rule.init_state(g, cfg)
+    for _ in range(2):  # the LSTM state moves; the update stays -lr * g
+        upd, state = lstm_rule.apply(zero, g, state, cfg)
+        np.testing.assert_array_equal(upd.numpy(), -0.25 * g.numpy())
+    # Output bias (d, s) = (1, 2): the rate is scaled by exp(0.2) and 0.1 is
+    # added to the direction, for every coordinate.
+    biased = dict(zero, **{"out/bias": tf.constant([1.0, 2.0], tf.float64)})
+    upd, _ = lstm_rule.apply(biased, g, lstm_rule.init_state(g, cfg), cfg)
+    np.testing.assert_allclose(
+        upd.numpy(), -0.25 * math.exp(0.2) * (g.numpy() + 0.1), rtol=1e-12)
+
+
 @pytest.mark.parametrize("shape", [(), (3,), (2, 5), (2, 3, 4), (1, 1, 3, 8)])
 @pytest.mark.parametrize("hidden,layers,descent",
-                         [(20, 2, "adam"), (20, 2, "none"), (5, 1, "adam")])
+                         [(20, 2, "adam"), (20, 2, "none"), (5, 1, "adam"),
+                          (4, 1, "sgd")])
 def test_state_shapes_per_variable(shape, hidden, layers, descent):
     cfg = lstm_rule.RuleConfig(hidden_size=hidden, num_layers=layers,
                                descent=descent)
@@ -135,7 +158,7 @@ def test_list_apply_matches_single_and_bad_lengths():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"descent": "sgd"}, "descent must be one of"),
+    ({"descent": "momentum"}, "descent must be one of"),
     ({"hidden_size": 0}, "must be positive"),
 ])
 def test_bad_rule_config(kwargs, match):
