@@ -90,7 +90,8 @@ def validate_episode(episode, where="episode"):
                 f"{shapes[a]} and {shapes[b]}."
             )
     for a, b in (("support_x", "query_x"), ("support_y", "query_y")):
-        da, db = episode[a].dtype, episode[b].dtype
+        da, db = (getattr(episode[k].dtype, "name", episode[k].dtype)
+                  for k in (a, b))
         if da != db:
             raise ValueError(
                 f"{where}: '{a}' and '{b}' must have the same dtype; got "

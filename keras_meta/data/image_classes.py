@@ -251,6 +251,26 @@ def from_dataset(dataset, image_size=None, class_names=None, groups=None):
     )
 
 
+def _check_tfds_split(builder, name, split):
+    """Rejects an unknown split name of a prepared dataset before loading.
+
+    An unprepared dataset's splits are only known after its download, so
+    it is checked by `tfds.load` then.
+    """
+    is_prepared = getattr(builder, "is_prepared", None)
+    if not isinstance(split, str) or not (is_prepared and is_prepared()):
+        return
+    known = sorted(builder.info.splits)
+    # "train[:80%]+validation" -> ["train", "validation"]
+    parts = [part.split("[")[0].strip() for part in split.split("+")]
+    unknown = [part for part in parts if part not in known]
+    if unknown:
+        raise ValueError(
+            f"TFDS dataset {name!r} has no split {unknown[0]!r} (asked for "
+            f"split={split!r}); its splits are {known}."
+        )
+
+
 def load_tfds(name, split="train", data_dir=None, image_size=None,
               grayscale=None, download=True):
     """Loads a TFDS image-classification dataset into an `ImageClasses`.
@@ -269,6 +289,7 @@ def load_tfds(name, split="train", data_dir=None, image_size=None,
         raise ValueError(
             f"Unknown TFDS dataset {name!r}: {e}".split("\n")[0]
         ) from e
+    _check_tfds_split(builder, name, split)
     if grayscale is None:
         grayscale = name.split(":")[0] == "omniglot"
     try:

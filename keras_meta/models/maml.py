@@ -9,6 +9,7 @@ from keras_meta import callbacks as km_callbacks
 from keras_meta import saving
 from keras_meta.data.episode import EPISODE_KEYS
 from keras_meta.data.episode import validate_episode
+from keras_meta.models import data_checks
 from keras_meta.models import inner_rates
 
 TASK_PARALLELISM = ("auto", "vectorized", "sequential", "unrolled")
@@ -87,6 +88,17 @@ def _first_nonfinite(pre_losses, post_losses, meta_values):
             [[pre_losses], [post_losses], meta_values], start=1))):
         quantity = tf.where(bad(tensors), index, quantity)
     return quantity
+
+
+def _check_learning_rate(optimizer):
+    rate = getattr(optimizer, "learning_rate", None)
+    if rate is None or callable(rate):  # a schedule: checked as it runs
+        return
+    value = float(keras.ops.convert_to_numpy(rate))
+    if not value >= 0:
+        raise ValueError(
+            f"The meta-optimizer's learning rate must be >= 0; got {value} "
+            f"({type(optimizer).__name__}).")
 
 
 def _check_positive_int(name, value, allow_none=False):
@@ -342,6 +354,7 @@ class MAML(keras.Model):
             **kwargs: other `keras.Model.compile` arguments.
         """
         self._loss_fn, loss_name = _resolve_loss(loss)
+        self._loss_kind = data_checks.loss_kind(loss_name)
         metrics = list(metrics or [])
         self._pre_metrics = [
             _resolve_metric(m, loss_name, "pre_adapt_") for m in metrics
@@ -366,6 +379,7 @@ class MAML(keras.Model):
             jit_compile=jit_compile,
             **kwargs,
         )
+        _check_learning_rate(self.optimizer)
         self._compile_config = serialization_lib.SerializableDict(
             optimizer=self.optimizer,
             loss=loss,
@@ -578,7 +592,38 @@ class MAML(keras.Model):
                 0, km_callbacks.NonFiniteGuard(self.max_consecutive_skips)
             )
         kwargs["callbacks"] = callbacks
+        self._validate_data(args[0] if args else kwargs.get("x"), "fit data")
+        self._validate_data(kwargs.get("validation_data"), "validation_data")
         return super().fit(*args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        # fit's own validation passes come here with a cached dataset that
+        # was checked when fit started.
+        if not kwargs.get("_use_cached_eval_dataset"):
+            self._validate_data(x, "evaluate data")
+        return super().evaluate(x, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self._validate_data(x, "predict data")
+        return super().predict(x, *args, **kwargs)
+
+    def train_on_batch(self, x=None, *args, **kwargs):
+        self._validate_data(x, "train_on_batch data")
+        return super().train_on_batch(x, *args, **kwargs)
+
+    def test_on_batch(self, x=None, *args, **kwargs):
+        self._validate_data(x, "test_on_batch data")
+        return super().test_on_batch(x, *args, **kwargs)
+
+    def _validate_data(self, data, where):
+        """Checks the first episode batch against the model and the loss,
+        eagerly, before anything is compiled (see `data_checks`)."""
+        if data is None or not self.compiled:
+            return
+        episode = data_checks.first_episode(data)
+        if episode is not None:
+            data_checks.check_episode(episode, self.model, self._loss_kind,
+                                      where)
 
     def _check_episode(self, data):
         # train_on_batch and friends pack x as (x,) or (x, None, None).

@@ -87,6 +87,13 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         name="learned_optimizer",
         **kwargs,
     ):
+        if isinstance(learning_rate, (int, float)) and not (
+            learning_rate >= 0 and not isinstance(learning_rate, bool)
+        ):
+            raise ValueError(
+                "LearnedOptimizer `learning_rate` (a multiplier of the "
+                f"learned update) must be a float >= 0; got {learning_rate!r}."
+            )
         super().__init__(
             learning_rate=learning_rate,
             name=name,
