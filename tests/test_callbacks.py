@@ -1,6 +1,8 @@
 """NonFiniteGuard: skipped non-finite steps are counted, and too many in a
 row stop training with an error that names the step and the quantity."""
 
+import glob
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -98,3 +100,20 @@ def test_learned_optimizer_skip_count_reaches_the_logs():
 def test_guard_rejects_a_bad_limit(value):
     with pytest.raises(ValueError, match="`max_consecutive` must be an int"):
         callbacks.NonFiniteGuard(value)
+
+
+def test_tensorboard_shows_the_skip_count(tmp_path):
+    maml = compiled_maml()
+    good, bad = episode(), episode(nan_query=True)
+    stream = tf.data.Dataset.from_tensor_slices(
+        {k: tf.stack([good[k], bad[k]]) for k in good}).repeat()
+    maml.fit(stream, steps_per_epoch=4, epochs=2, verbose=0,
+             callbacks=[keras.callbacks.TensorBoard(str(tmp_path))])
+    values = {}
+    for path in glob.glob(str(tmp_path / "train" / "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "epoch_skipped_steps":
+                    values[event.step] = float(
+                        tf.make_ndarray(value.tensor))
+    assert values == {0: 2.0, 1: 4.0}

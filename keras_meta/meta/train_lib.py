@@ -175,6 +175,8 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
             tf.summary.scalar(f"meta/mean_loss/{logs['problem']}",
                               logs["mean_loss"], step=step)
             tf.summary.scalar("meta/grad_norm", logs["grad_norm"], step=step)
+            tf.summary.scalar("meta/skipped_steps", mt.skipped_meta_steps,
+                              step=step)
             if step % 50 == 0 and logs["updates"] is not None:
                 tf.summary.histogram(
                     f"updates/{logs['problem']}",
