@@ -106,3 +106,27 @@ def test_loading_never_runs_code_from_the_file(tmp_path):
     maml.save(path)
     with pytest.raises(ValueError, match="safe_mode"):
         keras.models.load_model(path)
+
+
+def test_dropout_seed_state_is_saved_and_training_continues_identically(
+        tmp_path):
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((1,)), keras.layers.Dense(8),
+                            keras.layers.Dropout(0.5, seed=1),
+                            keras.layers.Dense(1)])
+    maml = keras_meta.MAML(net, inner_learning_rate=0.1)
+    maml.compile(optimizer="adam", loss="mse")
+    data = keras_meta.data.sinusoid(shots=5, meta_batch_size=2, seed=0)
+    maml.fit(data, steps_per_epoch=3, verbose=0)
+    path = str(tmp_path / "dropout.keras")
+    maml.save(path)
+    loaded = keras.models.load_model(path)
+    (state,) = maml._seed_states()
+    assert int(state.numpy()[1]) != 0  # the dropout seeds have advanced
+    np.testing.assert_array_equal(loaded._seed_states()[0].numpy(),
+                                  state.numpy())
+    more = keras_meta.data.sinusoid(shots=5, meta_batch_size=2, seed=1)
+    maml.fit(more, steps_per_epoch=2, verbose=0)
+    loaded.fit(more, steps_per_epoch=2, verbose=0)
+    for a, b in zip(maml.model.weights, loaded.model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

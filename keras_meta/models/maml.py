@@ -903,6 +903,40 @@ class MAML(keras.Model):
             object.__setattr__(self, "_km_compiled_fns", fns)
         return fns
 
+    # ------------------------------------------------------------ saving
+
+    def _seed_states(self):
+        """The wrapped model's random-seed states (dropout and the like).
+
+        Keras does not write `SeedGenerator` states to `.keras` files; MAML
+        does, so that a run resumed from a checkpoint draws the same random
+        numbers as one that never stopped.
+        """
+        return [v for v in self.model.variables
+                if "seed_generator_state" in v.path]
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        for j, variable in enumerate(self._seed_states()):
+            store[f"seed_state_{j}"] = variable
+
+    def load_own_variables(self, store):
+        own = self._trainable_variables + self._non_trainable_variables
+        names = [str(k) for k in store.keys()]
+        seeds = sorted(n for n in names if n.startswith("seed_state_"))
+        if len(names) - len(seeds) != len(own):
+            raise ValueError(
+                f"The saved {type(self).__name__} has "
+                f"{len(names) - len(seeds)} variables of its own, this one "
+                f"{len(own)} ({[v.name for v in own]}).")
+        for i, variable in enumerate(own):
+            variable.assign(store[f"{i}"])
+        # Files without seed states (keras_meta 0.1.0) keep the fresh ones.
+        states = self._seed_states()
+        if len(seeds) == len(states):
+            for j, variable in enumerate(states):
+                variable.assign(store[f"seed_state_{j}"])
+
     # ------------------------------------------------------------ config
 
     def get_config(self):
