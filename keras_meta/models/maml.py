@@ -97,7 +97,7 @@ def _check_learning_rate(optimizer):
     value = float(keras.ops.convert_to_numpy(rate))
     if not value >= 0:
         raise ValueError(
-            f"The meta-optimizer's learning rate must be >= 0; got {value} "
+            f"The meta-optimizer's learning rate must be >= 0; got {value:g} "
             f"({type(optimizer).__name__}).")
 
 
