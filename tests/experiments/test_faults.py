@@ -67,16 +67,23 @@ def assert_same(expected, model_dir, note):
         np.testing.assert_array_equal(a, b, err_msg=note)
 
 
-def test_sigkill_at_a_random_step_then_resume(tmp_path, uninterrupted):
+def interrupt(model_dir, signum):
+    """Starts a run and sends `signum` at a random moment after its first
+    checkpoint; returns (exit code, output, a note for assertions)."""
     delay = random.Random().uniform(0.0, 1.5)
-    note = f"SIGKILL {delay:.2f} s after the first checkpoint"
-    model_dir = str(tmp_path / "killed")
+    note = f"signal {signum} {delay:.2f} s after the first checkpoint"
     process = start(model_dir)
     wait_for_checkpoint(model_dir, process)
     time.sleep(delay)
-    process.kill()
-    finish(process)
-    assert process.returncode == -signal.SIGKILL, note
+    process.send_signal(signum)
+    code, out = finish(process)
+    return code, out, note
+
+
+def test_sigkill_at_a_random_step_then_resume(tmp_path, uninterrupted):
+    model_dir = str(tmp_path / "killed")
+    code, _, note = interrupt(model_dir, signal.SIGKILL)
+    assert code == -signal.SIGKILL, note
     assert not os.path.exists(os.path.join(model_dir, "model.keras")), note
 
     code, out = finish(start(model_dir, "--resume"))
@@ -86,14 +93,8 @@ def test_sigkill_at_a_random_step_then_resume(tmp_path, uninterrupted):
 
 
 def test_sigterm_checkpoints_mid_epoch_and_exits(tmp_path, uninterrupted):
-    delay = random.Random().uniform(0.0, 1.5)
-    note = f"SIGTERM {delay:.2f} s after the first checkpoint"
     model_dir = str(tmp_path / "stopped")
-    process = start(model_dir)
-    wait_for_checkpoint(model_dir, process)
-    time.sleep(delay)
-    process.send_signal(signal.SIGTERM)
-    code, out = finish(process)
+    code, out, note = interrupt(model_dir, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, (note, out[-3000:])
     assert "Training interrupted by signal 15 at step" in out, out[-3000:]
     step = int(out.split("at step ")[1].split(";")[0])
