@@ -63,37 +63,33 @@ def test_files_saved_by_release_0_1_0_load(name):
         assert int(model.optimizer.iterations.numpy()) == 3
 
 
-def test_a_newer_file_format_names_both_versions(tmp_path):
+def from_the_future(config):
+    config["config"][saving.VERSION_KEY] = "9.0.0"
+    config["config"][saving.FORMAT_KEY] = saving.FORMAT + 1
+
+
+def rename_an_argument(config):
+    config["config"][saving.VERSION_KEY] = "0.0.9"
+    config["config"]["inner_lr"] = config["config"].pop("inner_learning_rate")
+
+
+@pytest.mark.parametrize("change, message", [
+    (from_the_future,
+     rf"saved by keras_meta 9.0.0 \(file format {saving.FORMAT + 1}\); this "
+     rf"is keras_meta {keras_meta.__version__}, which reads formats up to "
+     rf"{saving.FORMAT}"),
+    (rename_an_argument,
+     rf"saved by keras_meta 0.0.9 and this is keras_meta "
+     rf"{keras_meta.__version__}; its config does not fit this release"),
+])
+def test_a_file_this_release_cannot_read_names_both_versions(
+        change, message, tmp_path):
     path = str(tmp_path / "m.keras")
     tiny_maml().save(path)
-    newer = str(tmp_path / "newer.keras")
-
-    def from_the_future(config):
-        config["config"][saving.VERSION_KEY] = "9.0.0"
-        config["config"][saving.FORMAT_KEY] = saving.FORMAT + 1
-
-    rewrite_config(path, newer, from_the_future)
-    with pytest.raises(ValueError, match=(
-            rf"saved by keras_meta 9.0.0 \(file format {saving.FORMAT + 1}\);"
-            rf" this is keras_meta {keras_meta.__version__}")):
-        keras.models.load_model(newer)
-
-
-def test_a_config_this_release_cannot_build_names_both_versions(tmp_path):
-    path = str(tmp_path / "m.keras")
-    tiny_maml().save(path)
-    renamed = str(tmp_path / "renamed.keras")
-
-    def rename_argument(config):
-        config["config"][saving.VERSION_KEY] = "0.0.9"
-        config["config"]["inner_lr"] = config["config"].pop(
-            "inner_learning_rate")
-
-    rewrite_config(path, renamed, rename_argument)
-    with pytest.raises(ValueError, match=(
-            "saved by keras_meta 0.0.9 and this is keras_meta "
-            f"{keras_meta.__version__}")):
-        keras.models.load_model(renamed)
+    changed = str(tmp_path / "changed.keras")
+    rewrite_config(path, changed, change)
+    with pytest.raises(ValueError, match=message):
+        keras.models.load_model(changed)
 
 
 def test_loading_never_runs_code_from_the_file(tmp_path):
