@@ -14,11 +14,11 @@ PER_STEP = "per_step"
 LEARNABLE_RATE_KINDS = (FIXED, PER_PARAMETER, PER_STEP)
 
 
-def validate_rate_kind(kind):
+def validate_rate_kind(kind, name="learn_inner_rates"):
     """Raises a clear error unless `kind` is a known kind of inner rate."""
     if kind not in LEARNABLE_RATE_KINDS:
         raise ValueError(
-            "`learn_inner_rates` must be None (fixed rate, MAML), "
+            f"`{name}` must be None (fixed rate, MAML), "
             f"'{PER_PARAMETER}' (Meta-SGD) or '{PER_STEP}' (MAML++ "
             f"per-layer-per-step rates); got {kind!r}."
         )

@@ -223,10 +223,13 @@ def _lstm_cell(x, h, c, kernel, bias):
     return h_new, c_new
 
 
-def _apply_one(phi, grad, state, config):
+def _apply_one(phi, grad, state, config, feature_grad=None):
     dtype = grad.dtype
     shape = ops.shape(grad)
-    g = ops.reshape(grad, (-1,))
+    # The nominal "sgd" direction is `grad`; the features and moments see
+    # `feature_grad` (the same values, perhaps differentiated otherwise).
+    nominal_g = ops.reshape(grad, (-1,))
+    g = nominal_g if feature_grad is None else ops.reshape(feature_grad, (-1,))
     hdim, nl = config.hidden_size, config.num_layers
     b1, b2 = config.beta_1, config.beta_2
 
@@ -275,7 +278,7 @@ def _apply_one(phi, grad, state, config):
         update = -lr * ops.exp(s) * (nominal + d)
     elif config.descent == "sgd":
         s = out[:, 1] * config.output_scale
-        update = -config.init_lr * ops.exp(s) * (g + d)
+        update = -config.init_lr * ops.exp(s) * (nominal_g + d)
     else:
         update = d
 
@@ -289,7 +292,7 @@ def _apply_one(phi, grad, state, config):
     return ops.reshape(update, shape), new_state
 
 
-def apply(phi, grads, state, config=RuleConfig()):
+def apply(phi, grads, state, config=RuleConfig(), feature_grads=None):
     """One step of the update rule.
 
     Args:
@@ -298,6 +301,12 @@ def apply(phi, grads, state, config=RuleConfig()):
         state: the matching state dict (from `init_state` or a previous
             call), or a list/tuple of them.
         config: the `RuleConfig` phi was made for.
+        feature_grads: optional, like `grads`: the values the LSTM's
+            features and the moments are computed from, where they should
+            differ from `grads` in how they are differentiated (e.g.
+            `tf.stop_gradient(grads)`: no second derivatives through the
+            LSTM's inputs, as Ravi and Larochelle (2017) do, while the
+            nominal `"sgd"` direction keeps them). Defaults to `grads`.
 
     Returns:
         `(updates, new_state)` with the structure of `(grads, state)`;
@@ -308,8 +317,11 @@ def apply(phi, grads, state, config=RuleConfig()):
             raise ValueError(
                 f"Got {len(grads)} gradients but {len(state)} states."
             )
+        if feature_grads is None:
+            feature_grads = [None] * len(grads)
         results = [
-            _apply_one(phi, g, s, config) for g, s in zip(grads, state)
+            _apply_one(phi, g, s, config, f)
+            for g, s, f in zip(grads, state, feature_grads)
         ]
         return [r[0] for r in results], [r[1] for r in results]
-    return _apply_one(phi, grads, state, config)
+    return _apply_one(phi, grads, state, config, feature_grads)

@@ -1,0 +1,139 @@
+"""The contract of an inner-loop update rule of `keras_meta.MAML`."""
+
+import keras
+
+NAMES = ("sgd", "meta_sgd", "lslr", "lstm")
+
+
+@keras.saving.register_keras_serializable(package="keras_meta")
+class InnerOptimizer:
+    """Base class of the update rules that `keras_meta.MAML` adapts with.
+
+    MAML's inner loop calls a rule as a pure function: no variable is
+    assigned while adapting, so the query loss can be differentiated
+    through every inner step, with respect to the initialization and to the
+    rule's own meta-parameters. A rule is therefore split in three:
+
+    - `build` creates the rule's meta-parameters as weights of the MAML
+      model (`owner.add_weight`), so the outer optimizer meta-learns them
+      with the initialization, `.keras` files save them and
+      `get_config` holds only the rule's settings;
+    - `initial_state` is the per-task state before the first inner step
+      (e.g. per-coordinate LSTM states; `()` for a stateless rule);
+    - `update` maps the current values, gradients and state to new values
+      and state, given the meta-parameters as tensors.
+
+    Subclass it for a new rule and pass an instance as
+    `keras_meta.MAML(model, inner_optimizer=rule)`; register the subclass
+    with `keras.saving.register_keras_serializable` so that saved models
+    load. One rule object belongs to one MAML model.
+
+    Example:
+
+    ```python
+    class SignSGD(keras_meta.models.InnerOptimizer):
+        def update(self, weights, values, grads, state, step):
+            return [v - self.learning_rate * tf.sign(g)
+                    for v, g in zip(values, grads)], state
+
+    maml = keras_meta.MAML(net, inner_optimizer=SignSGD())
+    ```
+    """
+
+    def build(self, owner, adapted_variables, inner_steps, learning_rate):
+        """Creates the rule's meta-parameters on `owner`.
+
+        Args:
+            owner: the MAML model; create weights with `owner.add_weight`.
+            adapted_variables: the variables the inner loop adapts.
+            inner_steps: inner steps in meta-training.
+            learning_rate: float, MAML's `inner_learning_rate`.
+
+        Returns:
+            The list of created weights (empty for a rule without any). The
+            inner loop passes them back to `update`, in this order, as
+            tensors.
+        """
+        del owner, adapted_variables, inner_steps
+        self.learning_rate = float(learning_rate)
+        return []
+
+    def initial_state(self, values):
+        """The per-task state before the first inner step.
+
+        Args:
+            values: list of tensors, the adapted variables' initial values.
+
+        Returns:
+            Any nest of tensors; `()` for a stateless rule.
+        """
+        del values
+        return ()
+
+    def update(self, weights, values, grads, state, step):
+        """One inner step.
+
+        Args:
+            weights: list of tensors, the values of the weights `build`
+                returned.
+            values: list of tensors, the adapted variables' current values.
+            grads: list of tensors, the support-loss gradients at `values`.
+            state: the state from `initial_state` or the previous step.
+            step: Python int, the index of this inner step (0-based).
+
+        Returns:
+            `(new_values, new_state)`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement update(weights, values, "
+            "grads, state, step)."
+        )
+
+    @property
+    def learned_rates(self):
+        """The kind of learned rate (see `inner_rates`), or None."""
+        return None
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def get(identifier):
+    """Resolves `MAML(inner_optimizer=...)` to an `InnerOptimizer`.
+
+    Args:
+        identifier: one of `NAMES` ("sgd": plain SGD at a fixed rate;
+            "meta_sgd": a learned rate per parameter; "lslr": a learned
+            rate per adapted variable per step, MAML++; "lstm": the
+            coordinatewise LSTM rule of `LearnedOptimizer`), an
+            `InnerOptimizer` instance, or a config dict of a serialized one.
+
+    Returns:
+        An `InnerOptimizer`.
+    """
+    # Imported here: the rules subclass this module's base class.
+    from keras_meta.models.inner_lstm import InnerLSTM
+    from keras_meta.models.inner_sgd import InnerSGD
+
+    if isinstance(identifier, InnerOptimizer):
+        return identifier
+    if isinstance(identifier, dict):
+        rule = keras.saving.deserialize_keras_object(identifier)
+        if isinstance(rule, InnerOptimizer):
+            return rule
+    if isinstance(identifier, str) and identifier in NAMES:
+        if identifier == "lstm":
+            return InnerLSTM()
+        return InnerSGD(
+            learned_rates={"sgd": None, "meta_sgd": "per_parameter",
+                           "lslr": "per_step"}[identifier]
+        )
+    raise ValueError(
+        f"`inner_optimizer` must be one of {NAMES} or a "
+        "keras_meta.models.InnerOptimizer instance; got "
+        f"{type(identifier).__name__}: {identifier!r}."
+    )
