@@ -20,6 +20,7 @@ import sys
 from absl import app
 from absl import flags
 
+from keras_meta import distribute
 from keras_meta import errors
 from keras_meta.meta import train_lib
 
@@ -55,6 +56,13 @@ flags.DEFINE_bool("resume", False,
                   "Continue from the newest checkpoint in model_dir.")
 flags.DEFINE_integer("max_consecutive_skips", 20,
                      "Stop after this many non-finite meta-steps in a row.")
+flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
+                  "tf.distribute strategy: default (one device), mirrored, "
+                  "multi_worker (TF_CONFIG; only the chief writes "
+                  "model_dir) or tpu (see --tpu). Each meta-step optimizes "
+                  "one problem instance per replica.")
+flags.DEFINE_string("tpu", None, "With --strategy=tpu: the TPU's name or "
+                    "grpc:// address; 'local' on a TPU VM.")
 
 
 def main(argv):
@@ -81,7 +89,8 @@ def _run():
                          [float(w) for w in FLAGS.problem_weights]),
         checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints, resume=FLAGS.resume,
-        max_consecutive_skips=FLAGS.max_consecutive_skips)
+        max_consecutive_skips=FLAGS.max_consecutive_skips,
+        strategy=FLAGS.strategy, tpu=FLAGS.tpu)
 
 
 if __name__ == "__main__":

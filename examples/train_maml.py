@@ -22,6 +22,7 @@ import sys
 from absl import app
 from absl import flags
 
+from keras_meta import distribute
 from keras_meta import errors
 from keras_meta.experiments import maml_training
 
@@ -74,6 +75,13 @@ flags.DEFINE_float("max_train_minutes", None,
                    "Stop meta-training after this much wall time.")
 flags.DEFINE_integer("verbose", _D.verbose,
                      "Keras verbosity: 1 progress bar, 2 a line per epoch.")
+flags.DEFINE_enum("strategy", _D.strategy, distribute.STRATEGIES,
+                  "tf.distribute strategy: default (one device), mirrored "
+                  "(all local GPUs), multi_worker (the cluster in TF_CONFIG; "
+                  "only the chief writes model_dir) or tpu (see --tpu). The "
+                  "meta-batch is split across replicas.")
+flags.DEFINE_string("tpu", None, "With --strategy=tpu: the TPU's name or "
+                    "grpc:// address; 'local' on a TPU VM.")
 
 FLAGS = flags.FLAGS
 

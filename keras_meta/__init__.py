@@ -15,6 +15,7 @@ ensure_tensorflow_backend()
 __version__ = "0.2.0"
 
 from keras_meta import data  # noqa: E402
+from keras_meta import distribute  # noqa: E402
 from keras_meta.models import ANIL  # noqa: E402
 from keras_meta.models import MAML  # noqa: E402
 from keras_meta.models import MAMLPlusPlus  # noqa: E402

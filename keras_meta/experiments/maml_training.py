@@ -8,6 +8,7 @@ model and the final held-out evaluation.
 
 import dataclasses
 import os
+import shutil
 import time
 
 import keras
@@ -15,6 +16,7 @@ import numpy as np
 
 import keras_meta
 from keras_meta import callbacks as km_callbacks
+from keras_meta import distribute as km_distribute
 from keras_meta import errors
 from keras_meta import saving
 from keras_meta import evaluation
@@ -57,6 +59,8 @@ class Config:
     resume: bool = False
     max_train_minutes: float = None
     verbose: int = 1
+    strategy: str = "default"
+    tpu: str = None
 
 
 # Defaults per task. Sinusoid: the MAML paper. Omniglot: the paper's 5-way
@@ -89,10 +93,19 @@ def resolve(config):
     if config.variant not in VARIANTS:
         raise ValueError(
             f"--variant must be one of {VARIANTS}; got {config.variant!r}.")
+    if config.strategy not in km_distribute.STRATEGIES:
+        raise ValueError(f"--strategy must be one of "
+                         f"{km_distribute.STRATEGIES}; got {config.strategy!r}.")
     if config.task == "sinusoid":
         defaults = SINUSOID_DEFAULTS
     else:
         defaults = OMNIGLOT_DEFAULTS[20 if config.ways >= 20 else 5]
+    if config.strategy != "default":
+        # XLA on the whole step fails under MirroredStrategy (variables on
+        # other devices); TPUStrategy compiles with XLA anyway. Keras 3.15
+        # fails with steps_per_execution > 1 under MirroredStrategy (an
+        # unfed placeholder in its while_loop, plain Keras models too).
+        defaults = dict(defaults, jit_compile=False, steps_per_execution=1)
     filled = {k: (defaults[k] if getattr(config, k) is None and k in defaults
                   else getattr(config, k))
               for k in (f.name for f in dataclasses.fields(config))}
@@ -308,22 +321,30 @@ def run(config):
         `model_dir/results.json`.
     """
     config = resolve(config)
+    strategy = km_distribute.make_strategy(config.strategy, config.tpu)
+    # Every worker reads the chief's checkpoints (a shared file system) but
+    # only the chief writes to model_dir; the others to a temporary dir.
+    shared_checkpoints = os.path.join(config.model_dir, "checkpoints")
+    config = dataclasses.replace(
+        config, model_dir=km_distribute.write_dir(config.model_dir, strategy))
     os.makedirs(config.model_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     task = make_task(config)
     checkpoints = os.path.join(config.model_dir, "checkpoints")
-    latest = km_callbacks.latest_checkpoint(checkpoints)
-    if config.resume and latest:
-        maml = keras.models.load_model(latest)
-        start_step = batches_consumed(maml)
-        print(f"Resuming from {latest} at step {start_step}.")
-    else:
-        if latest and not config.resume:
-            raise ValueError(
-                f"{checkpoints} already holds checkpoints; pass --resume to "
-                "continue that run or choose a new --model_dir.")
-        maml = build_maml(config, task)
-        start_step = 0
+    latest = km_callbacks.latest_checkpoint(shared_checkpoints)
+    with strategy.scope():
+        if config.resume and latest:
+            maml = keras.models.load_model(latest)
+            start_step = batches_consumed(maml)
+            print(f"Resuming from {latest} at step {start_step}.")
+        else:
+            if latest and not config.resume:
+                raise ValueError(
+                    f"{shared_checkpoints} already holds checkpoints; pass "
+                    "--resume to continue that run or choose a new "
+                    "--model_dir.")
+            maml = build_maml(config, task)
+            start_step = 0
     epochs = max(1, -(-config.train_steps // config.steps_per_epoch))
     every = max(config.steps_per_epoch, config.checkpoint_every
                 // config.steps_per_epoch * config.steps_per_epoch)
@@ -384,6 +405,9 @@ def run(config):
         meta_steps=int(maml.optimizer.iterations.numpy()),
         model_path=model_path,
     )
+    results["replicas"] = strategy.num_replicas_in_sync
     saving.write_json(os.path.join(config.model_dir, "results.json"), results)
     results["formatted"] = task.format(table)
+    if not km_distribute.is_chief(strategy):
+        shutil.rmtree(config.model_dir, ignore_errors=True)
     return results

@@ -10,6 +10,7 @@ histograms of the proposed updates) and saves phi files in `model_dir`:
 import json
 import math
 import os
+import shutil
 import time
 
 import keras
@@ -17,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_meta import callbacks as km_callbacks
+from keras_meta import distribute as km_distribute
 from keras_meta import errors
 from keras_meta import saving
 from keras_meta import signals
@@ -92,7 +94,7 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
         second_order=False, meta_loss="log", clip_norm=1.0, jit_compile=False,
         eval_every=200, init_weights=None, problem_weights=None, verbose=1,
         checkpoint_every=100, keep_checkpoints=3, resume=False,
-        max_consecutive_skips=20):
+        max_consecutive_skips=20, strategy="default", tpu=None):
     """Meta-trains the LSTM rule and writes phi files and summaries.
 
     Every `checkpoint_every` meta-steps, and on SIGTERM/SIGINT, the whole
@@ -102,17 +104,29 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
     newest checkpoint is loaded and training continues bitwise as if it had
     never stopped.
 
+    `strategy` ("default", "mirrored", "multi_worker" or "tpu", see
+    `keras_meta.distribute.make_strategy`): other than "default", each
+    meta-step runs one problem instance per replica and averages their
+    meta-gradients; only the chief writes to `model_dir`, and a resumed
+    job keeps phi and the meta-optimizer but starts new optimization runs.
+
     Returns:
         dict with the paths written, the final and best evaluation scores,
         and the wall time in seconds.
     """
+    distributed = None
+    if strategy != "default":
+        distributed = km_distribute.make_strategy(strategy, tpu)
+    # Every worker reads the chief's checkpoints; only the chief writes.
+    latest = km_callbacks.latest_checkpoint(
+        os.path.join(model_dir, "checkpoints"), ".npz")
+    model_dir = km_distribute.write_dir(model_dir, distributed)
     os.makedirs(model_dir, exist_ok=True)
     checkpoints = os.path.join(model_dir, "checkpoints")
-    latest = km_callbacks.latest_checkpoint(checkpoints, ".npz")
     if latest and not resume:
         raise ValueError(
-            f"{checkpoints} already holds checkpoints; pass --resume to "
-            "continue that run or choose a new --model_dir.")
+            f"{os.path.dirname(latest)} already holds checkpoints; pass "
+            "--resume to continue that run or choose a new --model_dir.")
     config = lstm_rule.RuleConfig.from_dict(rule or {})
     phi0 = None
     if init_weights:
@@ -128,7 +142,7 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
         meta_lr=meta_lr, clip_norm=clip_norm, second_order=second_order,
         meta_loss=meta_loss, jit_compile=jit_compile, seed=seed,
         problem_weights=problem_weights,
-        max_consecutive_skips=max_consecutive_skips)
+        max_consecutive_skips=max_consecutive_skips, strategy=distributed)
     writer = tf.summary.create_file_writer(model_dir)
     adam_rules = {p.name: baselines.Adam(trainer_lib.adam_reference_lr(p))
                   for p in problems}
@@ -227,5 +241,9 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
         "final_loss_adam": {k: float(v[-1]) for k, v in adam_curves.items()},
         "paths": paths,
     }
+    summary["replicas"] = (distributed.num_replicas_in_sync
+                           if distributed else 1)
     saving.write_json(os.path.join(model_dir, "summary.json"), summary)
+    if not km_distribute.is_chief(distributed):
+        shutil.rmtree(model_dir, ignore_errors=True)
     return summary

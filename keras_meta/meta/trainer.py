@@ -101,13 +101,21 @@ class MetaTrainer:
         max_consecutive_skips: int >= 1 or None: after this many
             non-finite truncations in a row, `meta_step` raises
             `keras_meta.errors.NonFiniteError` (None: never).
+        strategy: a `tf.distribute.Strategy` to split problems across
+            replicas (None: one device, as before). Each meta-step then
+            runs one truncation per replica, every replica on its own
+            instance of the same family (its own seed), with
+            `strategy.run`; the meta-gradient is the cross-replica mean
+            (the single-device meta-gradient of the mean objective over
+            those instances), applied to phi once. `get_state` then omits
+            the runs in progress: a resumed job starts fresh runs.
     """
 
     def __init__(self, problems, config=lstm_rule.RuleConfig(), phi=None,
                  unroll=20, horizon=100, meta_lr=1e-3, clip_norm=1.0,
                  second_order=False, meta_loss="log", jit_compile=False,
                  seed=0, dtype="float32", problem_weights=None,
-                 max_consecutive_skips=20):
+                 max_consecutive_skips=20, strategy=None):
         if horizon % unroll:
             raise ValueError(
                 f"horizon ({horizon}) must be a multiple of unroll ({unroll})."
@@ -144,6 +152,8 @@ class MetaTrainer:
         self.meta_steps_done = 0
         self._fns = {}
         self._run = None
+        self.strategy = strategy
+        self._dist_fns = {}
 
     def phi_numpy(self):
         """Current phi as a dict of numpy arrays."""
@@ -175,6 +185,13 @@ class MetaTrainer:
         problem = self.problems[
             self.rng.choice(len(self.problems), p=self.problem_probs)]
         seed = int(self.rng.integers(2**31))
+        if self.strategy is not None:
+            # One instance per replica (same family); every worker draws
+            # the same seeds and builds only its own replicas' instances.
+            seeds = [seed] + [int(self.rng.integers(2**31)) for _ in range(
+                self.strategy.num_replicas_in_sync - 1)]
+            return {"problem": problem, "seeds": seeds, "instances": {},
+                    "params": None, "state": None, "step": 0, "seed": seed}
         instance = problem.sample(seed)
         params = [tf.cast(p, self.dtype) for p in instance.params]
         state = [lstm_rule.init_state(p, self.config) for p in params]
@@ -194,13 +211,17 @@ class MetaTrainer:
             self._run = self._new_run()
         run = self._run
         problem = run["problem"]
-        batches = problem.batches(
-            run["instance"], self.unroll + 1,
-            run["seed"] + 7919 * (run["step"] + 1))
-        fn = self._truncation_fn(problem)
         start = time.perf_counter()
-        out = fn([self.phi[k].value for k in sorted(self.phi)], run["params"],
-                 run["state"], problem.task_tensors(run["instance"]), batches)
+        if self.strategy is not None:
+            out = self._distributed_truncation(run)
+        else:
+            batches = problem.batches(
+                run["instance"], self.unroll + 1,
+                run["seed"] + 7919 * (run["step"] + 1))
+            fn = self._truncation_fn(problem)
+            out = fn([self.phi[k].value for k in sorted(self.phi)],
+                     run["params"], run["state"],
+                     problem.task_tensors(run["instance"]), batches)
         grads = out["meta_grads"]
         norm = tf.linalg.global_norm(grads)
         finite = bool(tf.math.is_finite(norm)) and bool(
@@ -240,6 +261,60 @@ class MetaTrainer:
             "updates": out["updates"],
         }
 
+    def _distributed_truncation(self, run):
+        """One truncation per replica; cross-replica means of the results.
+
+        Returns the dict of `unrolled_meta_loss` plus `meta_grads`, with
+        `objective`, `losses` and `meta_grads` averaged over replicas,
+        `params` and `state` per replica (carried into the next
+        truncation) and `updates` of the first local replica.
+        """
+        strategy, problem = self.strategy, run["problem"]
+
+        def instance(replica):
+            if replica not in run["instances"]:
+                run["instances"][replica] = problem.sample(
+                    run["seeds"][replica])
+            return run["instances"][replica]
+
+        def per_replica(fn):
+            return strategy.experimental_distribute_values_from_function(
+                lambda ctx: fn(ctx.replica_id_in_sync_group))
+
+        if run["params"] is None:
+            def start(r):
+                params = [tf.cast(p, self.dtype) for p in instance(r).params]
+                return params, [lstm_rule.init_state(p, self.config)
+                                for p in params]
+            run["params"] = per_replica(lambda r: start(r)[0])
+            run["state"] = per_replica(lambda r: start(r)[1])
+        task = per_replica(lambda r: problem.task_tensors(instance(r)))
+        batches = per_replica(lambda r: problem.batches(
+            instance(r), self.unroll + 1,
+            run["seeds"][r] + 7919 * (run["step"] + 1)))
+        key = id(problem)
+        if key not in self._dist_fns:
+            truncation = self._truncation_fn(problem)
+            mean = tf.distribute.ReduceOp.MEAN
+
+            @tf.function
+            def step(phi_values, params, state, task, batches):
+                out = strategy.run(truncation, args=(
+                    phi_values, params, state, task, batches))
+                reduced = {k: strategy.reduce(mean, out[k], axis=None)
+                           for k in ("objective", "losses")}
+                reduced["meta_grads"] = [strategy.reduce(mean, g, axis=None)
+                                         for g in out["meta_grads"]]
+                return reduced, out["params"], out["state"], out["updates"]
+
+            self._dist_fns[key] = step
+        reduced, params, state, updates = self._dist_fns[key](
+            [self.phi[k].value for k in sorted(self.phi)], run["params"],
+            run["state"], task, batches)
+        reduced.update(params=params, state=state, updates=[
+            strategy.experimental_local_results(u)[0] for u in updates])
+        return reduced
+
     def get_state(self):
         """Everything `set_state` needs to continue bitwise.
 
@@ -259,7 +334,7 @@ class MetaTrainer:
             "meta_steps_done": self.meta_steps_done,
             "run": None,
         }
-        if self._run is not None:
+        if self._run is not None and self.strategy is None:
             run = self._run
             info["run"] = {"problem": self.problems.index(run["problem"]),
                            "seed": run["seed"], "step": run["step"]}

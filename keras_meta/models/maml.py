@@ -6,6 +6,7 @@ from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.saving import serialization_lib
 
 from keras_meta import callbacks as km_callbacks
+from keras_meta import distribute as km_distribute
 from keras_meta import saving
 from keras_meta.data.episode import EPISODE_KEYS
 from keras_meta.data.episode import validate_episode
@@ -88,6 +89,23 @@ def _first_nonfinite(pre_losses, post_losses, meta_values):
             [[pre_losses], [post_losses], meta_values], start=1))):
         quantity = tf.where(bad(tensors), index, quantity)
     return quantity
+
+
+def _agree_on_quantity(quantity):
+    """Under a strategy: the first quantity that failed on any replica, the
+    same on every replica (so all of them skip together); else unchanged."""
+    if not tf.distribute.has_strategy():
+        return quantity
+    ctx = tf.distribute.get_replica_context()
+    # float32: int32 all-reduces fail inside Keras's steps_per_execution
+    # loop under MirroredStrategy ("You must feed a value for placeholder").
+    failed = ctx.all_reduce(
+        tf.distribute.ReduceOp.SUM,
+        tf.one_hot(quantity, len(NONFINITE_QUANTITIES), dtype=tf.float32))
+    failed = tf.greater(failed[1:], 0)
+    return tf.where(tf.reduce_any(failed),
+                    tf.cast(tf.argmax(tf.cast(failed, tf.int32)), tf.int32) + 1,
+                    0)
 
 
 def _check_learning_rate(optimizer):
@@ -594,6 +612,11 @@ class MAML(keras.Model):
         kwargs["callbacks"] = callbacks
         self._validate_data(args[0] if args else kwargs.get("x"), "fit data")
         self._validate_data(kwargs.get("validation_data"), "validation_data")
+        if args:
+            args = (self._split_for_replicas(args[0]),) + tuple(args[1:])
+        for key in ("x", "validation_data"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = self._split_for_replicas(kwargs[key])
         return super().fit(*args, **kwargs)
 
     def evaluate(self, x=None, *args, **kwargs):
@@ -601,7 +624,43 @@ class MAML(keras.Model):
         # was checked when fit started.
         if not kwargs.get("_use_cached_eval_dataset"):
             self._validate_data(x, "evaluate data")
+            x = self._split_for_replicas(x)
         return super().evaluate(x, *args, **kwargs)
+
+    @property
+    def distribute_reduction_method(self):
+        # The logs are metric results and counters, which every replica
+        # holds in sync (metric updates are all-reduced), so the first
+        # replica's are the global ones. Keras's "auto" ("mean" along axis
+        # 0) fails on scalar logs under MultiWorkerMirroredStrategy.
+        return getattr(self, "_distribute_reduction_method", None) or "first"
+
+    @distribute_reduction_method.setter
+    def distribute_reduction_method(self, value):
+        self._distribute_reduction_method = value
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (under a strategy) takes a batch from the iterator and
+        # `strategy.reduce`s it to build its CompileLoss/CompileMetrics,
+        # which MultiWorkerMirroredStrategy refuses for an episode dict.
+        # MAML is built and computes its own loss and metrics, so only the
+        # optimizer needs building, which needs no batch.
+        if self._distribute_strategy is None:
+            return
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch={})
+
+    def _split_for_replicas(self, data):
+        """Under a strategy with several replicas, an episode dataset is
+        re-batched along the task axis, so that Keras's
+        `experimental_distribute_dataset` gives each replica a slice of
+        every meta-batch (see `keras_meta.distribute.split_tasks`)."""
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if replicas > 1 and isinstance(data, tf.data.Dataset) and (
+            isinstance(data.element_spec, dict)
+        ):
+            return km_distribute.split_tasks(data, replicas)
+        return data
 
     def predict(self, x, *args, **kwargs):
         self._validate_data(x, "predict data")
@@ -698,32 +757,49 @@ class MAML(keras.Model):
             [meta_loss, *grads],
         )
 
-        def apply():
+        quantity = _agree_on_quantity(quantity)
+        ok = tf.equal(quantity, 0)
+        state = self._state_after_step(outputs["non_trainable"])
+
+        def apply(grads, state):
             self.optimizer.apply(grads, variables)
-            self._assign_state(outputs["non_trainable"])
-            self.consecutive_skipped_steps.assign(0)
-            return tf.constant(True)
+            self._assign_state(state)
 
-        def skip():
-            self.skipped_steps.assign_add(1)
-            self.consecutive_skipped_steps.assign_add(1)
-            self.nonfinite_quantity.assign(quantity)
-            return tf.constant(False)
-
-        tf.cond(tf.equal(quantity, 0), apply, skip)
+        # One device: tf.cond. Under a strategy: apply, then undo unless ok
+        # (see km_distribute.apply_if for why).
+        km_distribute.apply_if(ok, apply, (grads, state), undo=(
+            list(self.optimizer.variables) + variables
+            + list(self.model.non_trainable_variables)))
+        km_distribute.assign_replicated_many(
+            [self.skipped_steps, self.consecutive_skipped_steps,
+             self.nonfinite_quantity],
+            [self.skipped_steps + tf.cast(tf.logical_not(ok), tf.int64),
+             tf.where(ok, tf.constant(0, tf.int64),
+                      self.consecutive_skipped_steps + 1),
+             tf.where(ok, self.nonfinite_quantity, quantity)])
         self._meta_loss_tracker.update_state(meta_loss)
         self._update_query_metrics(episode, outputs)
         return self._logs(training=True)
 
-    def _assign_state(self, stacked_state):
-        """Moving statistics after a meta-step: the mean over tasks."""
-        for variable, value in zip(
-            self.model.non_trainable_variables, stacked_state
-        ):
+    @staticmethod
+    def _state_after_step(stacked_state):
+        """Moving statistics after a meta-step: the mean over tasks (over
+        all replicas' tasks under a strategy)."""
+        ctx = tf.distribute.get_replica_context()
+        values = []
+        for value in stacked_state:
             if value.dtype.is_floating:
-                variable.assign(tf.reduce_mean(value, axis=0))
+                value = tf.reduce_mean(value, axis=0)
+                if tf.distribute.has_strategy() and ctx is not None:
+                    value = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+                values.append(value)
             else:  # e.g. a dropout seed: any task's value will do.
-                variable.assign(value[0])
+                values.append(value[0])
+        return values
+
+    def _assign_state(self, values):
+        for variable, value in zip(self.model.non_trainable_variables, values):
+            km_distribute.assign_replicated(variable, value)
 
     def _logs(self, training=False):
         per_step = {id(m) for m in self._step_loss_trackers}
@@ -734,7 +810,7 @@ class MAML(keras.Model):
             logs["consecutive_skipped_steps"] = (
                 self.consecutive_skipped_steps.read_value()
             )
-        return logs
+        return km_distribute.keras_logs(logs)
 
     def test_step(self, data):
         episode = self._check_episode(data)
