@@ -72,6 +72,20 @@ def make_strategy(name="default", tpu=None):
     return tf.distribute.TPUStrategy(resolver)
 
 
+def check_created_in_scope(model):
+    """Raises if a strategy is active but `model`'s variables are not
+    distributed (the model was built outside `strategy.scope()`)."""
+    if not tf.distribute.has_strategy():
+        return
+    variable = _target(model.trainable_variables[0])
+    if not isinstance(variable, tf.distribute.DistributedValues):
+        raise ValueError(
+            f"`model` {model.name!r} was built outside the active "
+            f"{type(tf.distribute.get_strategy()).__name__} scope, so its "
+            "variables live on one device. Build the model inside "
+            "`with strategy.scope():` too, then wrap it.")
+
+
 # ----------------------------------------------------------------- workers
 
 

@@ -85,6 +85,13 @@ def check_mirrored():
     mirrored.fit(_episodes(keras_meta), steps_per_epoch=3, epochs=1,
                  verbose=0)
     results["replicas"] = strategy.num_replicas_in_sync
+    outside = _net(keras)  # built outside the scope: refused
+    with strategy.scope():
+        try:
+            keras_meta.MAML(outside)
+            results["outside_scope_error"] = ""
+        except ValueError as e:
+            results["outside_scope_error"] = str(e)
     # What fit does with the stream: each replica gets half of every
     # meta-batch, and together they hold the single-device batch.
     batch = next(iter(_episodes(keras_meta)))

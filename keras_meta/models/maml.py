@@ -249,6 +249,7 @@ class MAML(keras.Model):
                 f"`model` {model.name!r} has no trainable variables: there is "
                 "nothing for MAML to adapt or meta-learn."
             )
+        km_distribute.check_created_in_scope(model)
         if (
             isinstance(inner_learning_rate, bool)
             or not isinstance(inner_learning_rate, (int, float))
@@ -540,6 +541,8 @@ class MAML(keras.Model):
             isinstance(layer, BaseConv) for layer in self.model._flatten_layers()
         ):
             return "sequential"
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy):
+            return "sequential"  # XLA compiles the step; see above
         return "vectorized"
 
     def _map_tasks(self, fn, episode, record_steps):
@@ -626,18 +629,6 @@ class MAML(keras.Model):
             self._validate_data(x, "evaluate data")
             x = self._split_for_replicas(x)
         return super().evaluate(x, *args, **kwargs)
-
-    @property
-    def distribute_reduction_method(self):
-        # The logs are metric results and counters, which every replica
-        # holds in sync (metric updates are all-reduced), so the first
-        # replica's are the global ones. Keras's "auto" ("mean" along axis
-        # 0) fails on scalar logs under MultiWorkerMirroredStrategy.
-        return getattr(self, "_distribute_reduction_method", None) or "first"
-
-    @distribute_reduction_method.setter
-    def distribute_reduction_method(self, value):
-        self._distribute_reduction_method = value
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras (under a strategy) takes a batch from the iterator and
