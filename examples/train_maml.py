@@ -1,6 +1,7 @@
 r"""Meta-train MAML or a variant on sinusoid regression or Omniglot.
 
     python examples/train_maml.py --model_dir=runs/sinusoid
+    python examples/train_maml.py --inner_optimizer=lstm --model_dir=runs/lstm
     python examples/train_maml.py --task=omniglot \
         --data_dir=../shared/data/omniglot --model_dir=runs/omniglot5
     tensorboard --logdir runs
@@ -32,6 +33,12 @@ flags.DEFINE_enum("task", _D.task, maml_training.TASKS, "Task family.")
 flags.DEFINE_enum("variant", _D.variant, maml_training.VARIANTS,
                   "maml, meta_sgd, maml_plus_plus (LSLR + multi-step loss) "
                   "or anil (adapt only the head).")
+flags.DEFINE_enum("inner_optimizer", None, maml_training.INNER_OPTIMIZERS,
+                  "Inner update rule: sgd (fixed rate), meta_sgd (learned "
+                  "rate per parameter), lslr (learned rate per layer per "
+                  "step) or lstm (learned coordinatewise LSTM). Unset: the "
+                  "one --variant implies (maml and anil: sgd; meta_sgd: "
+                  "meta_sgd; maml_plus_plus: lslr).")
 flags.DEFINE_string("model_dir", _D.model_dir,
                     "Logs, checkpoints, model.keras and results.json.")
 flags.DEFINE_string("data_dir", None,

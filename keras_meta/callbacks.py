@@ -37,14 +37,17 @@ class InnerRateSummary(keras.callbacks.Callback):
         self.log_dir = log_dir
         self._writer = None
 
+    def _get_writer(self):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        return self._writer
+
     def on_epoch_end(self, epoch, logs=None):
         rates = getattr(self.model, "inner_rate_variables", [])
         if not rates:
             return
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.log_dir)
         adapted = self.model.adapted_variables
-        with self._writer.as_default(step=epoch):
+        with self._get_writer().as_default(step=epoch):
             for rate, variable in zip(rates, adapted):
                 name = "inner_rate/" + variable.path.replace("/", "_")
                 values = np.asarray(rate.numpy())
@@ -56,6 +59,60 @@ class InnerRateSummary(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class InnerOptimizerSummary(InnerRateSummary):
+    """Writes a MAML model's inner update rule to TensorBoard.
+
+    At the end of each epoch: the learned rates as `InnerRateSummary` does
+    (`inner_rate/<variable>` histograms and means); a histogram of each of
+    the rule's other meta-parameters (`inner_optimizer/<weight>`, e.g. the
+    LSTM weights of `keras_meta.models.InnerLSTM`); and, given an episode,
+    the size of the inner updates per inner step on its tasks
+    (`inner_update/step_<k>`: the mean over tasks of the root mean square
+    update of the adapted coordinates, and `.../tasks` a histogram over
+    tasks; see `MAML.inner_update_norms`). For plain SGD the update is the
+    rate times the gradient; a learned rule shows how it rescales its steps.
+
+    Example:
+
+    ```python
+    maml = keras_meta.MAML(net, inner_steps=5, inner_optimizer="lstm")
+    maml.fit(episodes, epochs=10, steps_per_epoch=1000, callbacks=[
+        keras_meta.callbacks.InnerOptimizerSummary(
+            "runs/x/inner", episode=next(iter(validation_episodes)))])
+    ```
+
+    Args:
+        log_dir: directory for the event files.
+        episode: optional episode dict (with a task axis) whose tasks the
+            update sizes are measured on.
+        max_tasks: at most this many of the episode's tasks are used.
+    """
+
+    def __init__(self, log_dir, episode=None, max_tasks=8):
+        super().__init__(log_dir)
+        self.episode = None if episode is None else {
+            key: value[:max_tasks] for key, value in episode.items()
+        }
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        model = self.model
+        rates = {id(v) for v in getattr(model, "inner_rate_variables", [])}
+        others = [v for v in getattr(model, "inner_optimizer_variables", [])
+                  if id(v) not in rates]
+        with self._get_writer().as_default(step=epoch):
+            for weight in others:
+                tf.summary.histogram("inner_optimizer/" + weight.name,
+                                     np.asarray(weight.numpy()))
+            if self.episode is not None:
+                norms = np.asarray(model.inner_update_norms(self.episode))
+                for k in range(norms.shape[1]):
+                    name = f"inner_update/step_{k + 1}"
+                    tf.summary.scalar(name, float(norms[:, k].mean()))
+                    tf.summary.histogram(name + "/tasks", norms[:, k])
+        self._writer.flush()
 
 
 class EpisodeImageSummary(keras.callbacks.Callback):

@@ -22,6 +22,11 @@ from keras_meta import saving
 from keras_meta import evaluation
 
 VARIANTS = ("maml", "meta_sgd", "maml_plus_plus", "anil")
+INNER_OPTIMIZERS = ("sgd", "meta_sgd", "lslr", "lstm")
+# The inner rule each variant implies; `--inner_optimizer` may replace it
+# for "maml" and "anil" and must agree with it for the others.
+VARIANT_INNER_OPTIMIZER = {"maml": "sgd", "meta_sgd": "meta_sgd",
+                           "maml_plus_plus": "lslr", "anil": "sgd"}
 TASKS = ("sinusoid", "omniglot")
 OFFLINE_TEST_ALPHABETS = ("Sanskrit", "Tagalog")
 
@@ -33,6 +38,7 @@ class Config:
     task: str = "sinusoid"
     model_dir: str = "runs/maml"
     variant: str = "maml"
+    inner_optimizer: str = None
     ways: int = 5
     shots: int = None
     queries: int = None
@@ -93,6 +99,19 @@ def resolve(config):
     if config.variant not in VARIANTS:
         raise ValueError(
             f"--variant must be one of {VARIANTS}; got {config.variant!r}.")
+    implied = VARIANT_INNER_OPTIMIZER[config.variant]
+    if config.inner_optimizer is None:
+        config = dataclasses.replace(config, inner_optimizer=implied)
+    elif config.inner_optimizer not in INNER_OPTIMIZERS:
+        raise ValueError(
+            f"--inner_optimizer must be one of {INNER_OPTIMIZERS}; got "
+            f"{config.inner_optimizer!r}.")
+    elif (config.variant not in ("maml", "anil")
+          and config.inner_optimizer != implied):
+        raise ValueError(
+            f"--variant={config.variant} implies --inner_optimizer={implied}"
+            f"; got --inner_optimizer={config.inner_optimizer}. Use "
+            "--variant=maml with --inner_optimizer to swap the inner rule.")
     if config.strategy not in km_distribute.STRATEGIES:
         raise ValueError(f"--strategy must be one of "
                          f"{km_distribute.STRATEGIES}; got {config.strategy!r}.")
@@ -289,6 +308,7 @@ def build_maml(config, task):
         inner_steps=config.inner_steps,
         first_order=config.first_order,
         eval_inner_steps=config.eval_inner_steps,
+        inner_optimizer=config.inner_optimizer,
     )
     maml.compile(
         optimizer=keras.optimizers.Adam(config.meta_lr),
@@ -354,7 +374,9 @@ def run(config):
     callbacks = [
         checkpointer,
         keras.callbacks.TensorBoard(logs_dir),
-        km_callbacks.InnerRateSummary(os.path.join(logs_dir, "inner_rates")),
+        km_callbacks.InnerOptimizerSummary(
+            os.path.join(logs_dir, "inner_optimizer"),
+            episode=next(iter(task.validation_episodes()))),
     ]
     if config.max_train_minutes:
         callbacks.append(

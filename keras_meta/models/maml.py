@@ -10,6 +10,7 @@ from keras_meta import distribute as km_distribute
 from keras_meta import saving
 from keras_meta.data.episode import EPISODE_KEYS
 from keras_meta.data.episode import validate_episode
+from keras_meta.models import inner_optimizer as inner_optimizers
 from keras_meta.models import data_checks
 from keras_meta.models import inner_rates
 
@@ -142,7 +143,9 @@ class MAML(keras.Model):
     "per_parameter"` is Meta-SGD (`keras_meta.MetaSGD`); `learn_inner_rates=
     "per_step"` with `multi_step_loss=True` is MAML++ (`keras_meta.MAMLPlusPlus`);
     `adapted_layers=[...]` adapts only those layers (ANIL,
-    `keras_meta.ANIL`).
+    `keras_meta.ANIL`); `inner_optimizer="lstm"` replaces the inner SGD step
+    by a meta-learned coordinatewise LSTM (Ravi and Larochelle, 2017). The
+    inner update rule is swappable like the model (`inner_optimizer`).
 
     Data: episode dicts with a task axis (see `keras_meta.data.episode`).
     `fit` meta-trains; `evaluate` reports the query loss and metrics before
@@ -187,7 +190,17 @@ class MAML(keras.Model):
         eval_inner_steps: int >= 1, inner steps in `evaluate`, `predict`
             and `adapt`; defaults to `inner_steps`.
         learn_inner_rates: None (fixed rate), "per_parameter" (Meta-SGD) or
-            "per_step" (one rate per adapted variable per step, MAML++).
+            "per_step" (one rate per adapted variable per step, MAML++);
+            the same as `inner_optimizer` None, "meta_sgd" or "lslr".
+        inner_optimizer: the inner update rule: "sgd" (plain SGD at
+            `inner_learning_rate`), "meta_sgd" (a learned rate per
+            parameter), "lslr" (a learned rate per adapted variable per
+            step), "lstm" (the coordinatewise LSTM rule of
+            `LearnedOptimizer`, `keras_meta.models.InnerLSTM`) or a
+            `keras_meta.models.InnerOptimizer`. The rule's parameters are
+            meta-learned with the initialization. None (default): taken
+            from `learn_inner_rates`; giving both is an error unless they
+            agree.
         multi_step_loss: bool, meta-train on a weighted sum of the query
             losses after every inner step (MAML++), annealed towards the
             last step over `multi_step_loss_anneal_steps` meta-steps.
@@ -225,6 +238,7 @@ class MAML(keras.Model):
         first_order=False,
         eval_inner_steps=None,
         learn_inner_rates=None,
+        inner_optimizer=None,
         multi_step_loss=False,
         multi_step_loss_anneal_steps=1000,
         adapted_layers=None,
@@ -278,7 +292,10 @@ class MAML(keras.Model):
         self.inner_steps = inner_steps
         self.first_order = bool(first_order)
         self.eval_inner_steps = eval_inner_steps
-        self.learn_inner_rates = learn_inner_rates
+        self.inner_optimizer = self._resolve_inner_optimizer(
+            inner_optimizer, learn_inner_rates
+        )
+        self.learn_inner_rates = self.inner_optimizer.learned_rates
         self.multi_step_loss = bool(multi_step_loss)
         self.multi_step_loss_anneal_steps = multi_step_loss_anneal_steps
         self.adapted_layers = (
@@ -290,8 +307,8 @@ class MAML(keras.Model):
 
         self._adapted_indices = self._find_adapted_indices(self.adapted_layers)
         adapted = [model.trainable_variables[i] for i in self._adapted_indices]
-        self.inner_rate_variables = inner_rates.make_rate_variables(
-            self, learn_inner_rates, adapted, inner_steps, inner_learning_rate
+        self.inner_optimizer_variables = self.inner_optimizer.build(
+            self, adapted, inner_steps, self.inner_learning_rate
         )
         self.skipped_steps = self.add_weight(
             shape=(),
@@ -316,6 +333,31 @@ class MAML(keras.Model):
         self.built = True
 
     # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _resolve_inner_optimizer(inner_optimizer, learn_inner_rates):
+        if inner_optimizer is None:
+            inner_optimizer = {
+                None: "sgd", "per_parameter": "meta_sgd", "per_step": "lslr"
+            }[learn_inner_rates]
+        rule = inner_optimizers.get(inner_optimizer)
+        if learn_inner_rates is not None and (
+            rule.learned_rates != learn_inner_rates
+        ):
+            raise ValueError(
+                f"`learn_inner_rates={learn_inner_rates!r}` and "
+                f"`inner_optimizer={inner_optimizer!r}` disagree; give only "
+                "`inner_optimizer` (`learn_inner_rates` is kept for older "
+                "code: 'per_parameter' is 'meta_sgd', 'per_step' is 'lslr')."
+            )
+        return rule
+
+    @property
+    def inner_rate_variables(self):
+        """The learned inner rates (empty unless the rule learns rates)."""
+        if self.inner_optimizer.learned_rates is None:
+            return []
+        return list(self.inner_optimizer_variables)
 
     def _find_adapted_indices(self, layer_names):
         variables = self.model.trainable_variables
@@ -452,11 +494,12 @@ class MAML(keras.Model):
         second_order,
         on_step=None,
     ):
-        """Runs `steps` inner SGD steps on one task's support set.
+        """Runs `steps` inner steps of the inner rule on one task's support.
 
         Args:
             params: list of tensors, the model's trainable values.
-            rates: list of tensors, the learned inner rates (may be empty).
+            rates: list of tensors, the values of the inner rule's weights
+                (`inner_optimizer_variables`; may be empty).
             non_trainable: list of tensors, the model's non-trainable values.
             support_x, support_y: one task's support set (no task axis).
             steps: Python int, the number of inner steps.
@@ -468,6 +511,9 @@ class MAML(keras.Model):
             The adapted ("fast") parameter list.
         """
         fast = list(params)
+        rule_state = self.inner_optimizer.initial_state(
+            [fast[i] for i in self._adapted_indices]
+        )
         for step in range(steps):
             with tf.GradientTape() as tape:
                 adapted = [fast[i] for i in self._adapted_indices]
@@ -479,17 +525,13 @@ class MAML(keras.Model):
             grads = tape.gradient(
                 loss, adapted, unconnected_gradients="zero"
             )
-            for j, (i, grad) in enumerate(zip(self._adapted_indices, grads)):
-                if not second_order:
-                    grad = tf.stop_gradient(grad)
-                rate = inner_rates.rate_for(
-                    self.learn_inner_rates,
-                    rates,
-                    self.inner_learning_rate,
-                    j,
-                    step,
-                )
-                fast[i] = fast[i] - rate * grad
+            if not second_order:
+                grads = [tf.stop_gradient(grad) for grad in grads]
+            adapted, rule_state = self.inner_optimizer.update(
+                rates, adapted, grads, rule_state, step
+            )
+            for i, value in zip(self._adapted_indices, adapted):
+                fast[i] = value
             if on_step is not None:
                 on_step(step + 1, fast)
         return fast
@@ -579,7 +621,9 @@ class MAML(keras.Model):
     def _run_episode(self, episode, steps, training, second_order,
                      record_steps):
         params = [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
-        rates = [tf.convert_to_tensor(v) for v in self.inner_rate_variables]
+        rates = [
+            tf.convert_to_tensor(v) for v in self.inner_optimizer_variables
+        ]
         state = [
             tf.convert_to_tensor(v) for v in self.model.non_trainable_variables
         ]
@@ -741,7 +785,7 @@ class MAML(keras.Model):
         episode = self._check_episode(data)
         meta_loss, grads, outputs, _ = self._meta_gradients(episode)
         variables = list(self.model.trainable_variables) + list(
-            self.inner_rate_variables
+            self.inner_optimizer_variables
         )
         quantity = _first_nonfinite(
             outputs["losses"][:, 0], outputs["losses"][:, 1:],
@@ -880,6 +924,63 @@ class MAML(keras.Model):
         """The `losses` of `task_results`: [tasks, steps + 1]."""
         return self.task_results(episode, steps)["losses"]
 
+    def inner_update_norms(self, episode, steps=None):
+        """Size of each inner step's update, per task.
+
+        Args:
+            episode: an episode dict with a task axis.
+            steps: inner steps; defaults to `eval_inner_steps`.
+
+        Returns:
+            float [tasks, steps]: column k is the root mean square, over
+            the adapted coordinates, of the change the inner rule made in
+            step k + 1.
+        """
+        self._require_compiled("inner_update_norms")
+        episode = self._check_episode(episode)
+        steps = self._eval_steps(steps)
+        key = ("inner_update_norms", steps)
+        fn = self._compiled_fns().get(key)
+        if fn is None:
+            size = sum(int(v.shape.num_elements())
+                       for v in self.adapted_variables)
+
+            def one_task(params, rates, state, task):
+                previous = [[params[i] for i in self._adapted_indices]]
+                norms = []
+
+                def on_step(step, fast):
+                    current = [fast[i] for i in self._adapted_indices]
+                    norms.append(tf.sqrt(tf.add_n([
+                        tf.reduce_sum(tf.square(c - p))
+                        for c, p in zip(current, previous[0])
+                    ]) / size))
+                    previous[0] = current
+
+                self._adapt_one_task(
+                    params, rates, state, task["support_x"],
+                    task["support_y"], steps, training=self.transductive,
+                    second_order=False, on_step=on_step,
+                )
+                return tf.stack(norms)
+
+            def run(episode):
+                values = [
+                    [tf.convert_to_tensor(v) for v in variables]
+                    for variables in (self.model.trainable_variables,
+                                      self.inner_optimizer_variables,
+                                      self.model.non_trainable_variables)
+                ]
+                dtype = self.adapted_variables[0].dtype
+                return tf.map_fn(
+                    lambda task: one_task(*values, task), episode,
+                    fn_output_signature=tf.TensorSpec([steps], dtype),
+                )
+
+            fn = tf.function(run)
+            self._compiled_fns()[key] = fn
+        return fn(episode)
+
     def adapt(self, support_x, support_y, steps=None):
         """Adapts to one task and returns a plain, adapted `keras.Model`.
 
@@ -909,7 +1010,8 @@ class MAML(keras.Model):
                     for v in self.model.trainable_variables
                 ]
                 rates = [
-                    tf.convert_to_tensor(v) for v in self.inner_rate_variables
+                    tf.convert_to_tensor(v)
+                    for v in self.inner_optimizer_variables
                 ]
                 state = [
                     tf.convert_to_tensor(v)
@@ -1016,6 +1118,9 @@ class MAML(keras.Model):
                 "first_order": self.first_order,
                 "eval_inner_steps": self.eval_inner_steps,
                 "learn_inner_rates": self.learn_inner_rates,
+                "inner_optimizer": serialization_lib.serialize_keras_object(
+                    self.inner_optimizer
+                ),
                 "multi_step_loss": self.multi_step_loss,
                 "multi_step_loss_anneal_steps": (
                     self.multi_step_loss_anneal_steps

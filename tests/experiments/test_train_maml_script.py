@@ -7,10 +7,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import keras
 import keras_meta
+from keras_meta.experiments import maml_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
@@ -51,9 +53,32 @@ def test_script_trains_saves_logs_and_reports(tmp_path):
     for tag in ("epoch_loss", "epoch_pre_adapt_loss", "epoch_post_adapt_loss"):
         assert tag in tags, tags
     assert any(t.startswith("inner_rate/") for t in tags), tags
+    assert "inner_update/step_1" in tags, tags
 
     maml = keras.models.load_model(os.path.join(model_dir, "model.keras"))
     assert isinstance(maml, keras_meta.MetaSGD)
     episode = next(iter(keras_meta.data.sinusoid(shots=5, seed=9)))
     adapted = maml.adapt(episode["support_x"][0], episode["support_y"][0])
     assert adapted.predict(episode["query_x"][0], verbose=0).shape == (10, 1)
+
+
+@pytest.mark.parametrize("variant, inner, expected", [
+    ("maml", None, "sgd"), ("meta_sgd", None, "meta_sgd"),
+    ("maml_plus_plus", None, "lslr"), ("maml", "lstm", "lstm"),
+    ("anil", "meta_sgd", "meta_sgd"), ("meta_sgd", "meta_sgd", "meta_sgd"),
+])
+def test_inner_optimizer_flag_and_variant(variant, inner, expected):
+    config = maml_training.resolve(maml_training.Config(
+        variant=variant, inner_optimizer=inner))
+    assert config.inner_optimizer == expected
+
+
+@pytest.mark.parametrize("variant, inner, message", [
+    ("meta_sgd", "lstm", "--variant=meta_sgd implies "
+     "--inner_optimizer=meta_sgd; got --inner_optimizer=lstm"),
+    ("maml", "adam", "--inner_optimizer must be one of"),
+])
+def test_inner_optimizer_flag_conflicts(variant, inner, message):
+    with pytest.raises(ValueError, match=message):
+        maml_training.resolve(maml_training.Config(
+            variant=variant, inner_optimizer=inner))
