@@ -105,3 +105,18 @@ def write_json(path, value):
             json.dump(value, f, indent=2)
 
     replace_atomically(path, write)
+
+
+def unsaved_counter(value, dtype, name):
+    """A runtime counter that `.keras` files do not store.
+
+    A plain `tf.Variable`, not a Keras weight or optimizer variable: Keras
+    loads those by position, so adding one would stop files saved by
+    earlier releases from loading. Under a `tf.distribute` strategy the
+    first replica's value is the one kept.
+    """
+    import tensorflow as tf
+
+    return tf.Variable(
+        tf.constant(value, dtype), trainable=False, name=name,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)

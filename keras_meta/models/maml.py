@@ -317,18 +317,11 @@ class MAML(keras.Model):
             trainable=False,
             name="skipped_steps",
         )
-        # Runtime counters as plain tf.Variables, not Keras weights: they
-        # need not be saved, and new weights would stop `.keras` files from
-        # earlier releases loading (weights load by position).
         # `nonfinite_quantity` indexes NONFINITE_QUANTITIES.
-        self.consecutive_skipped_steps = tf.Variable(
-            tf.constant(0, tf.int64), trainable=False,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            name="consecutive_skipped_steps")
-        self.nonfinite_quantity = tf.Variable(
-            tf.constant(0, tf.int32), trainable=False,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            name="nonfinite_quantity")
+        self.consecutive_skipped_steps = saving.unsaved_counter(
+            0, tf.int64, "consecutive_skipped_steps")
+        self.nonfinite_quantity = saving.unsaved_counter(
+            0, tf.int32, "nonfinite_quantity")
         self._query_metrics = []
         self.built = True
 

@@ -208,17 +208,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(var_list)
-        # Plain tf.Variables, not optimizer variables: they are runtime
-        # counters, and adding optimizer variables would break loading
-        # `.keras` files saved by earlier releases (variables load by order).
-        self._last_nonfinite_step = tf.Variable(
-            tf.constant(-2, tf.int64), trainable=False,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            name="last_nonfinite_step")
-        self._consecutive_nonfinite = tf.Variable(
-            tf.constant(0, tf.int64), trainable=False,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            name="consecutive_nonfinite")
+        self._last_nonfinite_step = saving.unsaved_counter(
+            -2, tf.int64, "last_nonfinite_step")
+        self._consecutive_nonfinite = saving.unsaved_counter(
+            0, tf.int64, "consecutive_nonfinite")
         self._slots = {k: [] for k in lstm_rule.STATE_KEYS}
         for var in var_list:
             shapes = lstm_rule.state_shapes(var.shape, self._rule_config)
