@@ -345,6 +345,13 @@ class MAML(keras.Model):
             )
         return rule
 
+    def _meta_variables(self):
+        """What the outer optimizer updates, in the order it is built with:
+        the wrapped model's trainable variables, then the inner rule's."""
+        return list(self.model.trainable_variables) + list(
+            self.inner_optimizer_variables
+        )
+
     @property
     def inner_rate_variables(self):
         """The learned inner rates (empty unless the rule learns rates)."""
@@ -447,7 +454,10 @@ class MAML(keras.Model):
         config = serialization_lib.deserialize_keras_object(config)
         self.compile(**config)
         if self.optimizer is not None and self.built:
-            self.optimizer.build(self.trainable_variables)
+            # In the order `train_step` applies gradients in, which is the
+            # order `fit` builds the optimizer in: its slots load by
+            # position.
+            self.optimizer.build(self._meta_variables())
 
     @property
     def metrics(self):
@@ -777,9 +787,7 @@ class MAML(keras.Model):
     def train_step(self, data):
         episode = self._check_episode(data)
         meta_loss, grads, outputs, _ = self._meta_gradients(episode)
-        variables = list(self.model.trainable_variables) + list(
-            self.inner_optimizer_variables
-        )
+        variables = self._meta_variables()
         quantity = _first_nonfinite(
             outputs["losses"][:, 0], outputs["losses"][:, 1:],
             [meta_loss, *grads],
