@@ -233,7 +233,9 @@ def test_adapt_uses_the_lstm_rule():
 # ------------------------------------------------------------- saving
 
 
-@pytest.mark.parametrize("rule", ["lstm", "lslr", "meta_sgd"])
+# lslr's rates have other shapes than the model's variables, as the LSTM's
+# weights do; meta_sgd's have the same ones (a misplaced slot would load).
+@pytest.mark.parametrize("rule", ["lstm", "meta_sgd"])
 def test_save_load_round_trip(rule, tmp_path):
     data = episode()
     maml = keras_meta.MAML(tiny_net(), inner_learning_rate=0.1,
