@@ -125,9 +125,7 @@ def _check_targets(episode, output_shape, kind, where):
                     f"the model with ways={ways} outputs.")
     elif kind in ("categorical", "binary", "regression"):
         if target_shape != output_shape[1:]:
-            what = {"categorical": "one-hot targets",
-                    "binary": "targets",
-                    "regression": "targets"}[kind]
+            what = "one-hot targets" if kind == "categorical" else "targets"
             raise ValueError(
                 f"{where}: the model outputs {_dims(output_shape[1:])} per "
                 f"example but the {what} are {_dims(target_shape)} per "

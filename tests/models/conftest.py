@@ -1,8 +1,20 @@
 """Shared checks of the MAML model tests."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
+
+def _sinusoid_mlp(hidden, seed=0):
+    """The MAML paper's sinusoid network 1-h-h-1 (ReLU), seeded."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((1,)),
+        keras.layers.Dense(hidden, activation="relu"),
+        keras.layers.Dense(hidden, activation="relu"),
+        keras.layers.Dense(1),
+    ])
 
 
 def _check_meta_gradient(maml, data, rule_only=False, eps=1e-6, rtol=1e-5,
@@ -42,3 +54,9 @@ def _check_meta_gradient(maml, data, rule_only=False, eps=1e-6, rtol=1e-5,
 def check_meta_gradient():
     """The finite-difference check of MAML meta-gradients, as a function."""
     return _check_meta_gradient
+
+
+@pytest.fixture
+def sinusoid_mlp():
+    """`sinusoid_mlp(hidden)`: the paper's seeded 1-h-h-1 ReLU network."""
+    return _sinusoid_mlp

@@ -272,14 +272,8 @@ def test_save_load_round_trip(rule, tmp_path):
 
 
 @pytest.mark.parametrize("rule", ["sgd", "meta_sgd", "lslr", "lstm"])
-def test_short_sinusoid_run_learns(rule):
-    keras.utils.set_random_seed(0)
-    net = keras.Sequential([
-        keras.Input((1,)),
-        keras.layers.Dense(20, activation="relu"),
-        keras.layers.Dense(20, activation="relu"),
-        keras.layers.Dense(1),
-    ])
+def test_short_sinusoid_run_learns(rule, sinusoid_mlp):
+    net = sinusoid_mlp(20)
     maml = keras_meta.MAML(net, inner_learning_rate=0.01, inner_steps=1,
                            inner_optimizer=rule)
     maml.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse",

@@ -278,14 +278,8 @@ def test_batch_norm_transductive_and_moving_statistics():
 # ------------------------------------------------------------- learning
 
 
-def test_sinusoid_meta_training_learns_to_adapt():
-    keras.utils.set_random_seed(0)
-    net = keras.Sequential([
-        keras.Input((1,)),
-        keras.layers.Dense(40, activation="relu"),
-        keras.layers.Dense(40, activation="relu"),
-        keras.layers.Dense(1),
-    ])
+def test_sinusoid_meta_training_learns_to_adapt(sinusoid_mlp):
+    net = sinusoid_mlp(40)
     maml = keras_meta.MAML(net, inner_learning_rate=0.01, inner_steps=1)
     maml.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse",
                  steps_per_execution=50)
