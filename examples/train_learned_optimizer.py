@@ -46,7 +46,14 @@ flags.DEFINE_bool("second_order", False, "Keep second derivatives.")
 flags.DEFINE_enum("meta_loss", "log", ["log", "mean"],
                   "Meta-objective: mean of log losses or of losses.")
 flags.DEFINE_float("clip_norm", 1.0, "Global-norm clip of meta-gradients.")
-flags.DEFINE_bool("jit_compile", False, "XLA-compile each truncation.")
+flags.DEFINE_bool("jit_compile", None, "XLA-compile each truncation "
+                  "(default: on GPU and TPU, off on CPU, where it was "
+                  "measured slower).")
+flags.DEFINE_bool("profile", False, "Write a TensorBoard profile (Profile "
+                  "tab; needs tensorboard-plugin-profile to view) of a few "
+                  "meta-steps to model_dir/profile.")
+flags.DEFINE_list("profile_steps", ["3", "5"], "With --profile: the first "
+                  "and last meta-step profiled.")
 flags.DEFINE_integer("eval_every", 200, "Evaluate (and keep best) every N.")
 flags.DEFINE_string("init_weights", None, "Start from this phi file.")
 flags.DEFINE_integer("checkpoint_every", 100,
@@ -83,14 +90,17 @@ def _run():
         rule={"descent": FLAGS.descent, "hidden_size": FLAGS.hidden_size,
               "num_layers": FLAGS.num_layers},
         second_order=FLAGS.second_order, meta_loss=FLAGS.meta_loss,
-        clip_norm=FLAGS.clip_norm, jit_compile=FLAGS.jit_compile,
+        clip_norm=FLAGS.clip_norm,
+        jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
         eval_every=FLAGS.eval_every, init_weights=FLAGS.init_weights,
         problem_weights=(None if FLAGS.problem_weights is None else
                          [float(w) for w in FLAGS.problem_weights]),
         checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints, resume=FLAGS.resume,
         max_consecutive_skips=FLAGS.max_consecutive_skips,
-        strategy=FLAGS.strategy, tpu=FLAGS.tpu)
+        strategy=FLAGS.strategy, tpu=FLAGS.tpu,
+        profile_steps=(tuple(int(s) for s in FLAGS.profile_steps)
+                       if FLAGS.profile else None))
 
 
 if __name__ == "__main__":

@@ -90,6 +90,13 @@ flags.DEFINE_enum("strategy", _D.strategy, distribute.STRATEGIES,
 flags.DEFINE_string("tpu", None, "With --strategy=tpu: the TPU's name or "
                     "grpc:// address; 'local' on a TPU VM.")
 
+flags.DEFINE_bool("profile", False, "Write a TensorBoard profile (Profile "
+                  "tab; needs tensorboard-plugin-profile to view) of a few "
+                  "training calls to model_dir/logs/train.")
+flags.DEFINE_list("profile_batches", ["3", "5"], "With --profile: the first "
+                  "and last train-function call profiled (each call runs "
+                  "--steps_per_execution meta-steps).")
+
 FLAGS = flags.FLAGS
 
 
@@ -104,6 +111,7 @@ def config_from_flags():
     values["eval_shots"] = _ints(values["eval_shots"])
     values["eval_steps"] = _ints(values["eval_steps"])
     values["test_alphabets"] = tuple(values["test_alphabets"])
+    values["profile_batches"] = _ints(values["profile_batches"])
     return maml_training.Config(**values)
 
 

@@ -38,3 +38,36 @@ def ensure_tensorflow_backend():
                 f"already imported with backend {active!r}. Import keras_meta "
                 f"first, or set KERAS_BACKEND={REQUIRED_BACKEND!r}."
             )
+
+
+def default_jit_compile(device_types=None, strategy=None):
+    """keras_meta's choice for `jit_compile="auto"`: XLA on GPU and TPU.
+
+    On CPU the compiled graph without XLA is as fast or faster for every
+    step benchmarked (`benchmarks/maml_peers.py`: the MAML sinusoid step
+    ties, the conv4 step is about 20x slower under XLA, whose CPU
+    convolutions are not oneDNN's), and compiles in a fraction of the time.
+    Under a `MirroredStrategy` or multi-worker strategy XLA on the whole
+    train step fails (cross-device variable access), so it is off there; a
+    `TPUStrategy` compiles with XLA anyway.
+
+    Args:
+        device_types: the physical device types present (default: those
+            TensorFlow sees).
+        strategy: the `tf.distribute` strategy in use, or None (default:
+            the one whose scope is entered, if any).
+
+    Returns:
+        bool.
+    """
+    import tensorflow as tf
+
+    if device_types is None:
+        device_types = [d.device_type for d in tf.config.list_physical_devices()]
+    if strategy is None and tf.distribute.has_strategy():
+        strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return True
+    if strategy is not None:
+        return False
+    return any(t in ("GPU", "TPU") for t in device_types)

@@ -23,3 +23,29 @@ def test_other_backend_fails_with_clear_message():
     assert result.returncode != 0
     assert "needs the TensorFlow Keras backend" in result.stderr
     assert "'jax'" in result.stderr
+
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_meta import backend as km_backend  # noqa: E402
+
+
+@pytest.mark.parametrize("devices,strategy,want", [
+    (["CPU"], None, False),
+    (["CPU", "GPU"], None, True),
+    (["CPU", "TPU"], None, True),
+    (["CPU", "GPU"], tf.distribute.MirroredStrategy(["/cpu:0"]), False),
+])
+def test_default_jit_compile(devices, strategy, want):
+    assert km_backend.default_jit_compile(devices, strategy) is want
+
+
+def test_maml_auto_jit_compile_follows_the_default():
+    import keras_meta
+    net = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    maml = keras_meta.MAML(net)
+    maml.compile(loss="mse")  # jit_compile="auto"
+    assert maml.jit_compile is km_backend.default_jit_compile()
+    maml.compile(loss="mse", jit_compile=True)
+    assert maml.jit_compile is True

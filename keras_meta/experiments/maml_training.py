@@ -67,6 +67,8 @@ class Config:
     verbose: int = 1
     strategy: str = "default"
     tpu: str = None
+    profile: bool = False
+    profile_batches: tuple = (3, 5)
 
 
 # Defaults per task. Sinusoid: the MAML paper. Omniglot: the paper's 5-way
@@ -81,12 +83,12 @@ SINUSOID_DEFAULTS = dict(
 OMNIGLOT_DEFAULTS = {
     5: dict(shots=1, queries=1, meta_batch_size=32, train_steps=60000,
             steps_per_epoch=100, inner_steps=1, eval_inner_steps=3,
-            inner_lr=0.4, jit_compile=False, steps_per_execution=1,
+            inner_lr=0.4, jit_compile="auto", steps_per_execution=1,
             eval_shots=None, eval_steps=None, eval_queries=15,
             checkpoint_every=500),
     20: dict(shots=1, queries=1, meta_batch_size=16, train_steps=60000,
              steps_per_epoch=100, inner_steps=5, eval_inner_steps=5,
-             inner_lr=0.1, jit_compile=False, steps_per_execution=1,
+             inner_lr=0.1, jit_compile="auto", steps_per_execution=1,
              eval_shots=None, eval_steps=None, eval_queries=15,
              checkpoint_every=500),
 }
@@ -373,7 +375,11 @@ def run(config):
         checkpoints, every, config.keep_checkpoints)
     callbacks = [
         checkpointer,
-        keras.callbacks.TensorBoard(logs_dir),
+        # With `profile`, a TensorBoard profile of train-function calls
+        # profile_batches[0]..[1] (each runs steps_per_execution steps).
+        keras.callbacks.TensorBoard(
+            logs_dir, profile_batch=(tuple(config.profile_batches)
+                                     if config.profile else 0)),
         km_callbacks.InnerOptimizerSummary(
             os.path.join(logs_dir, "inner_optimizer"),
             episode=next(iter(task.validation_episodes()))),

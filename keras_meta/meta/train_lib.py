@@ -91,10 +91,11 @@ def load_checkpoint(path):
 
 def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
         model_dir="runs/learned_optimizer", seed=0, rule=None,
-        second_order=False, meta_loss="log", clip_norm=1.0, jit_compile=False,
+        second_order=False, meta_loss="log", clip_norm=1.0, jit_compile="auto",
         eval_every=200, init_weights=None, problem_weights=None, verbose=1,
         checkpoint_every=100, keep_checkpoints=3, resume=False,
-        max_consecutive_skips=20, strategy="default", tpu=None):
+        max_consecutive_skips=20, strategy="default", tpu=None,
+        profile_steps=None):
     """Meta-trains the LSTM rule and writes phi files and summaries.
 
     Every `checkpoint_every` meta-steps, and on SIGTERM/SIGINT, the whole
@@ -109,6 +110,9 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
     meta-step runs one problem instance per replica and averages their
     meta-gradients; only the chief writes to `model_dir`, and a resumed
     job keeps phi and the meta-optimizer but starts new optimization runs.
+
+    `profile_steps=(first, last)` writes a TensorBoard profile of meta-steps
+    first..last (1-based) to `model_dir/profile` (the Profile tab).
 
     Returns:
         dict with the paths written, the final and best evaluation scores,
@@ -209,7 +213,12 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
 
     with signals.StopRequest() as stop:
         for i in range(start_step, meta_steps):
+            if profile_steps and i + 1 == profile_steps[0]:
+                tf.profiler.experimental.start(
+                    os.path.join(model_dir, "profile"))
             callback(i, mt.meta_step())
+            if profile_steps and i + 1 == profile_steps[1]:
+                tf.profiler.experimental.stop()
             step = i + 1
             if stop.signum is not None or (checkpoint_every
                                            and step % checkpoint_every == 0):
@@ -234,7 +243,7 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
         "unroll": unroll, "horizon": horizon, "meta_lr": meta_lr,
         "seed": seed, "rule": config.to_dict(),
         "problem_weights": problem_weights, "init_weights": init_weights, "second_order": second_order,
-        "meta_loss": meta_loss, "jit_compile": jit_compile,
+        "meta_loss": meta_loss, "jit_compile": mt.jit_compile,
         "final_eval_score": final, "best_eval_score": best,
         "skipped_meta_steps": mt.skipped_meta_steps, "wall_seconds": wall,
         "final_loss_learned": {k: float(v[-1]) for k, v in curves.items()},

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_meta import backend as km_backend
 from keras_meta import errors
 from keras_meta.meta import problems as problems_lib
 from keras_meta.optimizers import lstm_rule
@@ -93,7 +94,8 @@ class MetaTrainer:
         clip_norm: global-norm clip of the meta-gradient.
         second_order: keep second derivatives (default False, as the paper).
         meta_loss: `"log"` or `"mean"` (see module docstring).
-        jit_compile: compile each truncation with XLA.
+        jit_compile: compile each truncation with XLA; "auto" (default):
+            `keras_meta.backend.default_jit_compile()`, XLA on GPU and TPU.
         seed: seeds problem sampling.
         dtype: float dtype of phi and the unroll.
         problem_weights: sampling probabilities of `problems` for each new
@@ -113,7 +115,7 @@ class MetaTrainer:
 
     def __init__(self, problems, config=lstm_rule.RuleConfig(), phi=None,
                  unroll=20, horizon=100, meta_lr=1e-3, clip_norm=1.0,
-                 second_order=False, meta_loss="log", jit_compile=False,
+                 second_order=False, meta_loss="log", jit_compile="auto",
                  seed=0, dtype="float32", problem_weights=None,
                  max_consecutive_skips=20, strategy=None):
         if horizon % unroll:
@@ -135,7 +137,9 @@ class MetaTrainer:
         self.clip_norm = clip_norm
         self.second_order = second_order
         self.meta_loss = meta_loss
-        self.jit_compile = jit_compile
+        if jit_compile == "auto":
+            jit_compile = km_backend.default_jit_compile(strategy=strategy)
+        self.jit_compile = bool(jit_compile)
         self.dtype = dtype
         phi = phi if phi is not None else lstm_rule.init_phi(config, seed)
         self.phi = {

@@ -5,6 +5,7 @@ import tensorflow as tf
 from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.saving import serialization_lib
 
+from keras_meta import backend as km_backend
 from keras_meta import callbacks as km_callbacks
 from keras_meta import distribute as km_distribute
 from keras_meta import saving
@@ -216,6 +217,11 @@ class MAML(keras.Model):
             time for `vectorized_map` is minutes on CPU, and for
             convolutional models, where `vectorized_map` ran 3x slower;
             "vectorized" otherwise (see BUILD_NOTES.md for measurements).
+        track_pre_adaptation: bool. During `fit`, also run each task's
+            query set through the meta-weights to log `pre_adapt_*` (one
+            more forward pass per task and step: about a quarter of a
+            conv4 meta-step). False drops those training logs for speed;
+            `evaluate` always reports them.
         max_consecutive_skips: int >= 1 or None. A meta-step whose losses
             or meta-gradients are not finite is skipped (weights untouched)
             and counted in `skipped_steps`; `fit` stops with a
@@ -245,6 +251,7 @@ class MAML(keras.Model):
         transductive=True,
         task_parallelism="auto",
         max_consecutive_skips=20,
+        track_pre_adaptation=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -304,6 +311,7 @@ class MAML(keras.Model):
         self.transductive = bool(transductive)
         self.task_parallelism = task_parallelism
         self.max_consecutive_skips = max_consecutive_skips
+        self.track_pre_adaptation = bool(track_pre_adaptation)
 
         self._adapted_indices = self._find_adapted_indices(self.adapted_layers)
         adapted = [model.trainable_variables[i] for i in self._adapted_indices]
@@ -411,7 +419,9 @@ class MAML(keras.Model):
                 loss.
             run_eagerly, steps_per_execution, jit_compile: as in
                 `keras.Model.compile`; `jit_compile=True` compiles the steps
-                with XLA.
+                with XLA. "auto" (default) is
+                `keras_meta.backend.default_jit_compile()`: XLA on GPU and
+                TPU, not on CPU, where it was measured slower.
             **kwargs: other `keras.Model.compile` arguments.
         """
         self._loss_fn, loss_name = _resolve_loss(loss)
@@ -431,6 +441,9 @@ class MAML(keras.Model):
             keras.metrics.Mean(name=f"query_loss_after_step_{k}")
             for k in range(1, self._eval_steps(None) + 1)
         ]
+        if jit_compile == "auto" and not run_eagerly:
+            jit_compile = km_backend.default_jit_compile(
+                strategy=getattr(self, "_distribute_strategy", None))
         # The loss and metrics are handled here, per task; Keras's own
         # CompileLoss would try to build itself from the episode dict.
         super().compile(
@@ -541,14 +554,15 @@ class MAML(keras.Model):
 
     def _run_task(
         self, params, rates, non_trainable, task, steps, training,
-        second_order, record_steps,
+        second_order, record_steps, pre_adaptation=True,
     ):
         """Adapts on one task and evaluates the query set.
 
         Returns a dict: `losses` [len(record_steps)] query losses after each
         recorded number of steps; `pre_pred`/`post_pred` query predictions
         before and after adaptation; `non_trainable` the state after the
-        last query pass.
+        last query pass. With `pre_adaptation=False` the query pass at the
+        meta-weights is skipped: no `pre_pred`, and the step-0 loss is 0.
         """
         results = {}
 
@@ -566,18 +580,23 @@ class MAML(keras.Model):
             if step in record_steps and step != steps:
                 query(step, fast)
 
-        query(0, params)
+        if pre_adaptation:
+            query(0, params)
         fast = self._adapt_one_task(
             params, rates, non_trainable, task["support_x"],
             task["support_y"], steps, training, second_order, on_step,
         )
         query(steps, fast)
-        return {
+        if not pre_adaptation:
+            results[0] = (tf.zeros_like(results[steps][0]), None, None)
+        outputs = {
             "losses": tf.stack([results[s][0] for s in record_steps]),
-            "pre_pred": results[0][1],
             "post_pred": results[steps][1],
             "non_trainable": list(results[steps][2]),
         }
+        if pre_adaptation:
+            outputs["pre_pred"] = results[0][1]
+        return outputs
 
     def _parallelism(self):
         if self.task_parallelism != "auto":
@@ -590,7 +609,7 @@ class MAML(keras.Model):
             return "sequential"  # XLA compiles the step; see above
         return "vectorized"
 
-    def _map_tasks(self, fn, episode, record_steps):
+    def _map_tasks(self, fn, episode, record_steps, pre_adaptation=True):
         mode = self._parallelism()
         if mode == "vectorized":
             return tf.vectorized_map(fn, episode)
@@ -612,17 +631,18 @@ class MAML(keras.Model):
         )
         signature = {
             "losses": tf.TensorSpec([len(record_steps)], pred_spec.dtype),
-            "pre_pred": tf.TensorSpec(pred_spec.shape, pred_spec.dtype),
             "post_pred": tf.TensorSpec(pred_spec.shape, pred_spec.dtype),
             "non_trainable": [
                 tf.TensorSpec(v.shape, v.dtype)
                 for v in self.model.non_trainable_variables
             ],
         }
+        if pre_adaptation:
+            signature["pre_pred"] = signature["post_pred"]
         return tf.map_fn(fn, episode, fn_output_signature=signature)
 
     def _run_episode(self, episode, steps, training, second_order,
-                     record_steps):
+                     record_steps, pre_adaptation=True):
         params = [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
         rates = [
             tf.convert_to_tensor(v) for v in self.inner_optimizer_variables
@@ -637,10 +657,11 @@ class MAML(keras.Model):
             self._map_tasks(
                 lambda task: self._run_task(
                     params, rates, state, task, steps, training,
-                    second_order, record_steps,
+                    second_order, record_steps, pre_adaptation,
                 ),
                 episode,
                 record_steps,
+                pre_adaptation,
             ),
             record_steps,
         )
@@ -731,14 +752,16 @@ class MAML(keras.Model):
 
     def _update_query_metrics(self, episode, outputs):
         losses = outputs["losses"]
-        self._pre_loss_tracker.update_state(tf.reduce_mean(losses[:, 0]))
+        pre = "pre_pred" in outputs
+        if pre:
+            self._pre_loss_tracker.update_state(tf.reduce_mean(losses[:, 0]))
         self._post_loss_tracker.update_state(tf.reduce_mean(losses[:, -1]))
 
         def flat(t):
             return tf.reshape(t, [-1] + list(t.shape[2:]))
 
         y = flat(episode["query_y"])
-        for metric in self._pre_metrics:
+        for metric in self._pre_metrics if pre else ():
             metric.update_state(y, flat(outputs["pre_pred"]))
         for metric in self._post_metrics:
             metric.update_state(y, flat(outputs["post_pred"]))
@@ -773,6 +796,7 @@ class MAML(keras.Model):
                 training=True,
                 second_order=not self.first_order,
                 record_steps=record,
+                pre_adaptation=self.track_pre_adaptation,
             )
             meta_loss = self._meta_loss(outputs["losses"])
             # Gradients are summed over replicas, so each replica's share of
@@ -838,9 +862,12 @@ class MAML(keras.Model):
             km_distribute.assign_replicated(variable, value)
 
     def _logs(self, training=False):
-        per_step = {id(m) for m in self._step_loss_trackers}
+        left_out = {id(m) for m in self._step_loss_trackers}
+        if not self.track_pre_adaptation:
+            left_out |= {id(m) for m in (self._pre_loss_tracker,
+                                         *self._pre_metrics)}
         logs = {m.name: m.result() for m in self.metrics
-                if not (training and id(m) in per_step)}
+                if not (training and id(m) in left_out)}
         if training:
             logs["skipped_steps"] = self.skipped_steps.value
             logs["consecutive_skipped_steps"] = (
@@ -1130,6 +1157,7 @@ class MAML(keras.Model):
                 "transductive": self.transductive,
                 "task_parallelism": self.task_parallelism,
                 "max_consecutive_skips": self.max_consecutive_skips,
+                "track_pre_adaptation": self.track_pre_adaptation,
             }
         )
         return saving.stamp(config)

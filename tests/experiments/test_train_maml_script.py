@@ -35,6 +35,7 @@ def test_script_trains_saves_logs_and_reports(tmp_path):
         "--steps_per_epoch=20", "--steps_per_execution=10",
         "--eval_tasks=20", "--eval_shots=5,10", "--eval_steps=1,3",
         "--meta_batch_size=5", "--verbose=2", "--nojit_compile",
+        "--profile", "--profile_batches=2,3",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
@@ -54,6 +55,9 @@ def test_script_trains_saves_logs_and_reports(tmp_path):
         assert tag in tags, tags
     assert any(t.startswith("inner_rate/") for t in tags), tags
     assert "inner_update/step_1" in tags, tags
+    # --profile: a trace of train-function calls 2..3 for the Profile tab.
+    assert glob.glob(os.path.join(model_dir, "logs", "train", "plugins",
+                                  "profile", "*", "*.xplane.pb")), tags
 
     maml = keras.models.load_model(os.path.join(model_dir, "model.keras"))
     assert isinstance(maml, keras_meta.MetaSGD)

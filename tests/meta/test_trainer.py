@@ -137,8 +137,12 @@ def test_train_lib_writes_loadable_phi(tmp_path):
     summary = train_lib.run(["quadratic"], unroll=5, horizon=10, meta_steps=4,
                             meta_lr=1e-3, model_dir=str(tmp_path),
                             rule={"hidden_size": 4, "num_layers": 1},
-                            eval_every=2, verbose=0)
+                            eval_every=2, verbose=0, profile_steps=(2, 3))
     opt = keras_meta.LearnedOptimizer(weights=summary["paths"]["best"])
+    # profile_steps: a trace for the Profile tab; auto XLA is off on CPU.
+    assert list(tmp_path.glob("profile/plugins/profile/*/*.xplane.pb"))
+    from keras_meta import backend
+    assert summary["jit_compile"] is backend.default_jit_compile()
     assert opt.rule_config.hidden_size == 4
     assert np.isfinite(summary["final_eval_score"])
     assert any(f.name.startswith("events.out") for f in tmp_path.iterdir())

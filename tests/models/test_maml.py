@@ -366,3 +366,28 @@ def test_non_finite_meta_gradient_skips_the_step():
     assert logs["skipped_steps"] == [1]
     for a, b in zip(before, maml.model.weights):
         np.testing.assert_array_equal(a, b.numpy())
+
+
+@pytest.mark.parametrize("variant", ["maml", "maml_plus_plus"])
+def test_untracked_pre_adaptation_trains_identically(variant):
+    """track_pre_adaptation=False skips a pass that only feeds the logs:
+    the same weights after two meta-steps, and no pre_adapt_* in fit."""
+    data = tf.data.Dataset.from_tensors(episode(tasks=2)).repeat()
+    weights, logs = [], []
+    for track in (True, False):
+        maml = make_maml(variant, tiny_net(batch_norm=True),
+                         track_pre_adaptation=track)
+        maml.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse",
+                     metrics=["mae"])
+        history = maml.fit(data, steps_per_epoch=2, verbose=0)
+        weights.append([v.numpy() for v in maml.model.variables])
+        logs.append(history.history)
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert "pre_adapt_mean_absolute_error" in logs[0]
+    assert not any(k.startswith("pre_adapt") for k in logs[1]), logs[1]
+    np.testing.assert_allclose(logs[0]["post_adapt_loss"],
+                               logs[1]["post_adapt_loss"], rtol=1e-6)
+    assert maml.get_config()["track_pre_adaptation"] is False
+    assert "pre_adapt_loss" in maml.evaluate(data.take(1), verbose=0,
+                                             return_dict=True)
