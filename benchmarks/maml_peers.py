@@ -39,16 +39,14 @@ skipped with a message. Results: a table on stdout and
 """
 
 import json
-import os
 import platform
-import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
 from absl import app
 from absl import flags
+
+from benchmarks import common
 
 flags.DEFINE_list("benchmarks", ["sinusoid", "conv4"], "Which benchmarks.")
 flags.DEFINE_list("conv_meta_batch", ["8", "32"], "conv4 meta-batch sizes.")
@@ -78,6 +76,7 @@ flags.DEFINE_string("out", "maml_peers.json", "JSON file in results/.")
 flags.DEFINE_string("_child", "", "Internal: one configuration as JSON.")
 FLAGS = flags.FLAGS
 
+MODULE = "benchmarks.maml_peers"
 WAYS, SHOTS, QUERIES = 5, 1, 15
 
 
@@ -120,29 +119,6 @@ def episode_arrays(name, tasks, seed=0):
         query_y=np.tile(np.repeat(labels, QUERIES), (tasks, 1)))
 
 
-def current_rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _timings(run_steps, steps, reps):
-    start = time.perf_counter()
-    run_steps()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        run_steps()
-        times.append((time.perf_counter() - start) / steps)
-    step = float(np.median(times))
-    return dict(first_call_s=first, compile_s=max(first - steps * step, 0.0),
-                step_ms=1000 * step, step_ms_all=[1000 * t for t in times])
-
-
 def keras_meta_child(cfg):
     import keras
     import tensorflow as tf
@@ -177,7 +153,7 @@ def keras_meta_child(cfg):
     arrays = episode_arrays(cfg["benchmark"], cfg["tasks"])
     data = tf.data.Dataset.from_tensors(
         {k: tf.constant(v) for k, v in arrays.items()}).repeat()
-    rss_before = current_rss_mb()
+    rss_before = common.current_rss_mb()
     steps = cfg["steps"]
     state = {}
 
@@ -191,11 +167,11 @@ def keras_meta_child(cfg):
         logs = logs.get_value() if hasattr(logs, "get_value") else logs
         float(logs["loss"])
 
-    result = _timings(run_steps, steps, cfg["reps"])
+    result = common.timings(run_steps, steps, cfg["reps"])
     result.update(
         jit_compile=bool(maml.jit_compile),
         task_parallelism=maml._parallelism(),
-        rss_before_mb=rss_before, peak_rss_mb=peak_rss_mb(),
+        rss_before_mb=rss_before, peak_rss_mb=common.peak_rss_mb(),
         device=tf.config.list_logical_devices()[-1].device_type)
     if result["device"] == "GPU":
         result["gpu_peak_mb"] = tf.config.experimental.get_memory_info(
@@ -224,15 +200,15 @@ def torch_child(cfg):
     step = torch_maml.MamlStep(
         params, forward, loss, inner_lr, cfg["inner_steps"],
         cfg["order"] == "second", cfg["mode"])
-    rss_before = current_rss_mb()
+    rss_before = common.current_rss_mb()
 
     def run_steps():
         for _ in range(cfg["steps"]):
             value = step(episode)
         float(value)
 
-    result = _timings(run_steps, cfg["steps"], cfg["reps"])
-    result.update(rss_before_mb=rss_before, peak_rss_mb=peak_rss_mb(),
+    result = common.timings(run_steps, cfg["steps"], cfg["reps"])
+    result.update(rss_before_mb=rss_before, peak_rss_mb=common.peak_rss_mb(),
                   torch_threads=torch.get_num_threads())
     return result
 
@@ -270,32 +246,6 @@ CHILDREN = {"keras_meta": keras_meta_child, "torch": torch_child,
             "matmul": matmul_child}
 
 
-def run_child(cfg):
-    """Runs one configuration in a fresh process; returns its result."""
-    cmd = [sys.executable, "-m", "benchmarks.maml_peers",
-           "--_child=" + json.dumps(cfg)]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root,
-                              timeout=FLAGS.timeout)
-    except subprocess.TimeoutExpired:
-        return dict(error=f"timed out after {FLAGS.timeout} s")
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if not lines and proc.returncode < 0:
-        return dict(error=f"crashed with signal {-proc.returncode}")
-    if not lines:
-        return dict(error=(proc.stderr.strip().splitlines() or ["?"])[-1])
-    return json.loads(lines[-1][7:])
-
-
-def torch_available():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def configurations():
     """(benchmark, tasks, inner_steps, order) of every timed configuration."""
     configs = []
@@ -320,11 +270,8 @@ def main(argv):
         cfg = json.loads(FLAGS._child)
         print("RESULT " + json.dumps(CHILDREN[cfg["framework"]](cfg)))
         return
-    have_torch = torch_available()
-    if not have_torch:
-        print("PyTorch is not installed: the peer side is skipped "
-              "(pip install -e '.[bench]').")
-    peak = run_child(dict(framework="matmul"))
+    have_torch = common.torch_available()
+    peak = common.run_child(MODULE, dict(framework="matmul"), FLAGS.timeout)
     peak_gflops = max(v for k, v in peak.items() if k.endswith("gflops"))
     print(f"matmul 2048^2: {peak} -> machine peak {peak_gflops:.0f} GFLOP/s")
     rows, table = [], []
@@ -350,7 +297,8 @@ def main(argv):
                      for m in FLAGS.peer_modes]
         results = []
         for cfg in runs:
-            result = dict(cfg, **run_child(cfg))
+            result = dict(cfg, **common.run_child(MODULE, cfg,
+                                                  FLAGS.timeout))
             results.append(result)
             print(json.dumps({k: v for k, v in result.items()
                               if k != "step_ms_all"}), flush=True)
@@ -386,7 +334,8 @@ def main(argv):
                            inner_steps=int(inner), order=order, reps=1,
                            steps=1, mode=FLAGS.tf_modes[0], xla="auto",
                            track_pre_adaptation=False)
-                result = dict(cfg, **run_child(cfg))
+                result = dict(cfg, **common.run_child(MODULE, cfg,
+                                                  FLAGS.timeout))
                 if "peak_rss_mb" in result:
                     result["step_memory_mb"] = (result["peak_rss_mb"]
                                                 - result["rss_before_mb"])
@@ -394,7 +343,6 @@ def main(argv):
                 print(f"memory conv4 mb8 {order} order, {inner} inner steps: "
                       f"{_fmt(result, 'step_memory_mb', '{:.0f}')} MB above "
                       f"the pre-step RSS", flush=True)
-    from benchmarks import common
     common.print_table(["configuration", "implementation", "ms/step",
                         "compile s", "vs best peer", "of matmul peak",
                         "peak RSS MB"], table)

@@ -73,13 +73,26 @@ def conv4_params(ways=5, filters=64, channels=1, seed=0):
     return params
 
 
+def _same_padding(x, kernel=3, stride=2):
+    """Pads NCHW `x` as TensorFlow's padding="same" does (the extra row and
+    column go after), so that both sides compute the same network."""
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):
+        out = -(-size // stride)
+        total = max((out - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads)
+
+
 def conv4_forward(params, x):
-    """Strided conv4 (the reference Omniglot network); x is NCHW."""
+    """Strided conv4 (the reference Omniglot network); x is NCHW.
+
+    Keras's defaults: "same" padding, batch-norm epsilon 1e-3."""
     for i in range(4):
-        x = F.conv2d(x, params[f"conv{i}"], params[f"conv{i}_b"], stride=2,
-                     padding=1)
+        x = F.conv2d(_same_padding(x), params[f"conv{i}"],
+                     params[f"conv{i}_b"], stride=2)
         x = F.batch_norm(x, None, None, params[f"bn{i}_g"], params[f"bn{i}_b"],
-                         training=True)
+                         training=True, eps=1e-3)
         x = F.relu(x)
     x = x.mean(dim=(2, 3))
     return x @ params["head"] + params["head_b"]

@@ -13,6 +13,7 @@ from keras_meta.data.episode import EPISODE_KEYS
 from keras_meta.data.episode import validate_episode
 from keras_meta.models import inner_optimizer as inner_optimizers
 from keras_meta.models import data_checks
+from keras_meta.models import exact_moments
 from keras_meta.models import inner_rates
 
 TASK_PARALLELISM = ("auto", "vectorized", "sequential", "unrolled")
@@ -494,9 +495,12 @@ class MAML(keras.Model):
         return loss
 
     def _forward(self, params, non_trainable, x, training):
-        return self.model.stateless_call(
-            params, non_trainable, x, training=training, return_losses=True
-        )
+        # Exact second derivatives through batch-norm statistics.
+        with exact_moments.exact_moments():
+            return self.model.stateless_call(
+                params, non_trainable, x, training=training,
+                return_losses=True,
+            )
 
     def _adapt_one_task(
         self,

@@ -60,6 +60,24 @@ def test_meta_gradient_matches_finite_differences(variant,
     check_meta_gradient(maml, episode("float64"))
 
 
+def test_second_order_meta_gradient_through_batch_norm(check_meta_gradient):
+    """tf.nn.moments stops the gradient of the mean inside the variance,
+    which breaks second derivatives; MAML's forward passes use exact
+    moments (keras_meta.models.exact_moments)."""
+    maml = make_maml("maml", tiny_net("float64", batch_norm=True))
+    check_meta_gradient(maml, episode("float64"))
+
+
+def test_exact_moments_values_match_tf():
+    from keras_meta.models import exact_moments
+    x = tf.random.normal((4, 3, 5), seed=1)
+    for keepdims in (False, True):
+        for got, want in zip(exact_moments.moments(x, [0, 1], keepdims),
+                             tf.nn.moments(x, [0, 1], keepdims=keepdims)):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5,
+                                       atol=1e-6)
+
+
 def test_first_order_gradient_is_query_gradient_at_adapted_weights():
     data = episode("float64")
     second = make_maml("maml", tiny_net("float64"))
