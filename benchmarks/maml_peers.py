@@ -119,6 +119,20 @@ def episode_arrays(name, tasks, seed=0):
         query_y=np.tile(np.repeat(labels, QUERIES), (tasks, 1)))
 
 
+def conv4_keras(filters=64):
+    """The strided conv4 on float 28x28x1 images (no resizing layer)."""
+    import keras
+
+    inputs = keras.Input((28, 28, 1))
+    x = inputs
+    for _ in range(4):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same")(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(WAYS)(x))
+
+
 def keras_meta_child(cfg):
     import keras
     import tensorflow as tf
@@ -132,14 +146,7 @@ def keras_meta_child(cfg):
             keras.layers.Dense(40, activation="relu"), keras.layers.Dense(1)])
         loss, inner_lr = "mse", 0.01
     else:
-        inputs = keras.Input((28, 28, 1))
-        x = inputs
-        for _ in range(4):
-            x = keras.layers.Conv2D(64, 3, strides=2, padding="same")(x)
-            x = keras.layers.BatchNormalization()(x)
-            x = keras.layers.ReLU()(x)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        net = keras.Model(inputs, keras.layers.Dense(WAYS)(x))
+        net = conv4_keras()
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         inner_lr = 0.4
     maml = keras_meta.MAML(

@@ -20,17 +20,6 @@ from benchmarks.peers import torch_l2l  # noqa: E402
 from benchmarks.peers import torch_maml  # noqa: E402
 
 
-def _conv4_keras():
-    inputs = keras.Input((28, 28, 1))
-    x = inputs
-    for _ in range(4):
-        x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(5)(x))
-
-
 def _torch_params(net, conv):
     """The Keras model's weights under the peer's names and layouts."""
     values = [v.numpy() for v in net.trainable_variables]
@@ -59,8 +48,9 @@ def test_peer_meta_gradient_equals_keras_meta(model, order, mode):
     keras.utils.set_random_seed(0)
     conv = model == "conv4"
     if conv:
-        net, loss, lr = _conv4_keras(), keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True), 0.4
+        net = maml_peers.conv4_keras(filters=8)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        lr = 0.4
         forward, kind = torch_maml.conv4_forward, "cross_entropy"
     else:
         net = keras.Sequential([
