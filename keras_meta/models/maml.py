@@ -12,11 +12,14 @@ from keras_meta import saving
 from keras_meta.data.episode import EPISODE_KEYS
 from keras_meta.data.episode import validate_episode
 from keras_meta.models import inner_optimizer as inner_optimizers
+from keras_meta.models import batched_dense
 from keras_meta.models import data_checks
 from keras_meta.models import exact_moments
 from keras_meta.models import inner_rates
+from keras_meta.models import inner_sgd
 
-TASK_PARALLELISM = ("auto", "vectorized", "sequential", "unrolled")
+TASK_PARALLELISM = ("auto", "batched", "vectorized", "sequential",
+                    "unrolled")
 # What a skipped meta-step found non-finite, checked in this order; the
 # index is stored in `MAML.nonfinite_quantity`.
 NONFINITE_QUANTITIES = (
@@ -211,10 +214,15 @@ class MAML(keras.Model):
             of layer names whose variables adapt (others stay at their
             meta-learned values in the inner loop, as in ANIL).
         transductive: bool, use batch statistics at evaluation (above).
-        task_parallelism: "auto", "vectorized" (`tf.vectorized_map` over
-            tasks), "sequential" (`tf.map_fn`, one compiled loop body) or
+        task_parallelism: "auto", "batched" (all tasks' weights stacked on
+            a leading axis and every layer run once for all tasks; only for
+            a `keras.Sequential` of plain Dense layers, see
+            `keras_meta.models.batched_dense`, and an elementwise inner
+            rule), "vectorized" (`tf.vectorized_map` over tasks),
+            "sequential" (`tf.map_fn`, one compiled loop body) or
             "unrolled" (a Python loop over tasks: slow to compile, kept for
-            comparison). "auto" picks "sequential" under XLA, whose compile
+            comparison). "auto" picks "batched" under XLA where it applies
+            (the built-in SGD rules), else "sequential" under XLA, whose compile
             time for `vectorized_map` is minutes on CPU, and for
             convolutional models, where `vectorized_map` ran 3x slower;
             "vectorized" otherwise (see BUILD_NOTES.md for measurements).
@@ -315,6 +323,12 @@ class MAML(keras.Model):
         self.track_pre_adaptation = bool(track_pre_adaptation)
 
         self._adapted_indices = self._find_adapted_indices(self.adapted_layers)
+        self._dense_plan = batched_dense.plan(model)
+        if task_parallelism == "batched" and self._dense_plan is None:
+            raise ValueError(
+                "task_parallelism='batched' needs a keras.Sequential of plain "
+                "Dense layers (no regularizers, non-trainable variables or "
+                f"other layers); {model.name!r} is not one. Use 'auto'.")
         adapted = [model.trainable_variables[i] for i in self._adapted_indices]
         self.inner_optimizer_variables = self.inner_optimizer.build(
             self, adapted, inner_steps, self.inner_learning_rate
@@ -420,9 +434,11 @@ class MAML(keras.Model):
                 loss.
             run_eagerly, steps_per_execution, jit_compile: as in
                 `keras.Model.compile`; `jit_compile=True` compiles the steps
-                with XLA. "auto" (default) is
-                `keras_meta.backend.default_jit_compile()`: XLA on GPU and
-                TPU, not on CPU, where it was measured slower.
+                with XLA. "auto" (default): XLA on GPU and TPU
+                (`keras_meta.backend.default_jit_compile()`); on CPU only
+                for a plain Dense stack with an SGD inner rule, which XLA
+                runs as one batched program (`task_parallelism`), the one
+                case where XLA was measured faster on CPU.
             **kwargs: other `keras.Model.compile` arguments.
         """
         self._loss_fn, loss_name = _resolve_loss(loss)
@@ -443,8 +459,7 @@ class MAML(keras.Model):
             for k in range(1, self._eval_steps(None) + 1)
         ]
         if jit_compile == "auto" and not run_eagerly:
-            jit_compile = km_backend.default_jit_compile(
-                strategy=getattr(self, "_distribute_strategy", None))
+            jit_compile = self._auto_jit_compile()
         # The loss and metrics are handled here, per task; Keras's own
         # CompileLoss would try to build itself from the episode dict.
         super().compile(
@@ -602,9 +617,26 @@ class MAML(keras.Model):
             outputs["pre_pred"] = results[0][1]
         return outputs
 
+    def _batchable(self):
+        """True if all tasks can run as one batched program (see
+        `batched_dense`): a plain Dense stack and a built-in SGD rule."""
+        return self._dense_plan is not None and isinstance(
+            self.inner_optimizer, inner_sgd.InnerSGD)
+
+    def _auto_jit_compile(self):
+        """XLA on GPU and TPU; on CPU only for the batched Dense path, the
+        one formulation XLA made faster there (BUILD_NOTES.md)."""
+        strategy = getattr(self, "_distribute_strategy", None)
+        if km_backend.default_jit_compile(strategy=strategy):
+            return True
+        return (self._batchable() and strategy is None
+                and not tf.distribute.has_strategy())
+
     def _parallelism(self):
         if self.task_parallelism != "auto":
             return self.task_parallelism
+        if self.jit_compile and self._batchable():
+            return "batched"
         if self.jit_compile or any(
             isinstance(layer, BaseConv) for layer in self.model._flatten_layers()
         ):
@@ -645,6 +677,61 @@ class MAML(keras.Model):
             signature["pre_pred"] = signature["post_pred"]
         return tf.map_fn(fn, episode, fn_output_signature=signature)
 
+    def _run_tasks_batched(self, params, rates, episode, steps, second_order,
+                           record_steps, pre_adaptation):
+        """`_run_task` for all tasks at once on stacked weights (see
+        `batched_dense`); the same outputs, with the task axis first."""
+        tasks = tf.shape(episode["support_x"])[0]
+        adapted_set = set(self._adapted_indices)
+        # Adapted weights get a task axis; the gradient of the sum of the
+        # task losses with respect to them is every task's own gradient.
+        fast = [
+            tf.broadcast_to(p, tf.concat([[tasks], tf.shape(p)], 0))
+            if i in adapted_set else p
+            for i, p in enumerate(params)
+        ]
+
+        def task_losses(weights, x, y):
+            pred = batched_dense.forward(self._dense_plan, weights, x)
+            return tf.reduce_mean(self._loss_fn(y, pred), axis=1), pred
+
+        results = {}
+        if pre_adaptation:
+            results[0] = task_losses(params, episode["query_x"],
+                                     episode["query_y"])
+        rule_state = self.inner_optimizer.initial_state(
+            [fast[i] for i in self._adapted_indices])
+        for step in range(steps):
+            with tf.GradientTape() as tape:
+                adapted = [fast[i] for i in self._adapted_indices]
+                tape.watch(adapted)
+                losses, _ = task_losses(fast, episode["support_x"],
+                                        episode["support_y"])
+                total = tf.reduce_sum(losses)
+            grads = tape.gradient(total, adapted,
+                                  unconnected_gradients="zero")
+            if not second_order:
+                grads = [tf.stop_gradient(grad) for grad in grads]
+            adapted, rule_state = self.inner_optimizer.update(
+                rates, adapted, grads, rule_state, step)
+            for i, value in zip(self._adapted_indices, adapted):
+                fast[i] = value
+            if step + 1 in record_steps and step + 1 != steps:
+                results[step + 1] = task_losses(
+                    fast, episode["query_x"], episode["query_y"])
+        results[steps] = task_losses(fast, episode["query_x"],
+                                     episode["query_y"])
+        if not pre_adaptation:
+            results[0] = (tf.zeros_like(results[steps][0]), None)
+        outputs = {
+            "losses": tf.stack([results[s][0] for s in record_steps], axis=1),
+            "post_pred": results[steps][1],
+            "non_trainable": [],
+        }
+        if pre_adaptation:
+            outputs["pre_pred"] = results[0][1]
+        return outputs
+
     def _run_episode(self, episode, steps, training, second_order,
                      record_steps, pre_adaptation=True):
         params = [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
@@ -655,6 +742,10 @@ class MAML(keras.Model):
             tf.convert_to_tensor(v) for v in self.model.non_trainable_variables
         ]
         record_steps = sorted(set(record_steps) | {0, steps})
+        if self._parallelism() == "batched":
+            return params, rates, self._run_tasks_batched(
+                params, rates, episode, steps, second_order, record_steps,
+                pre_adaptation), record_steps
         return (
             params,
             rates,

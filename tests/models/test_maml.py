@@ -180,7 +180,8 @@ def test_predict_and_evaluate_on_episodes():
     # Plain inputs: the meta-model itself.
     x = np.linspace(-1, 1, 5, dtype="float32")[:, None]
     np.testing.assert_allclose(maml.predict(x, verbose=0),
-                               maml.model.predict(x, verbose=0))
+                               maml.model.predict(x, verbose=0),
+                               rtol=1e-6, atol=1e-7)  # XLA vs not
 
 
 # --------------------------------------------------------------- variants
@@ -262,10 +263,50 @@ def test_xla_and_graph_steps_agree():
                      jit_compile=jit)
         maml.fit(keras_meta.data.sinusoid(shots=5, meta_batch_size=4, seed=0),
                  steps_per_epoch=3, verbose=0)
-        assert maml._parallelism() == ("sequential" if jit else "vectorized")
+        # A Sequential Dense net with SGD: under XLA every task in one
+        # program; in graph mode vectorized_map, which ran faster there.
+        assert maml._parallelism() == ("batched" if jit else "vectorized")
         results.append([w.numpy() for w in maml.model.weights])
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(), dict(first_order=True), dict(learn_inner_rates="per_parameter"),
+    dict(learn_inner_rates="per_step", multi_step_loss=True),
+    dict(adapted_layers=["head"]), dict(inner_optimizer="lstm"),
+])
+def test_batched_tasks_equal_per_task_map(kwargs):
+    """task_parallelism="batched" (stacked weights, one program for all
+    tasks) computes what mapping over tasks computes."""
+    data = episode()
+    results = []
+    for mode in ("batched", "sequential"):
+        maml = keras_meta.MAML(tiny_net(seed=5), inner_learning_rate=0.1,
+                               inner_steps=2, task_parallelism=mode, **kwargs)
+        maml.compile(optimizer="sgd", loss="mse")
+        maml.optimizer.iterations.assign(1)  # mid-anneal for the MSL
+        loss, grads, outputs, _ = maml._meta_gradients(data)
+        results.append([loss, *grads, outputs["losses"], outputs["pre_pred"],
+                        outputs["post_pred"]])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_auto_parallelism_per_model():
+    def auto(net, jit=True, **kwargs):
+        maml = keras_meta.MAML(net, **kwargs)
+        maml.compile(loss="mse", jit_compile=jit)
+        return maml._parallelism()
+
+    assert auto(tiny_net()) == "batched"
+    assert auto(tiny_net(), jit=False) == "vectorized"
+    # Not a plain Dense stack, or a rule that may not be elementwise.
+    assert auto(tiny_net(batch_norm=True)) == "sequential"
+    assert auto(tiny_net(), inner_optimizer="lstm") == "sequential"
+    with pytest.raises(ValueError, match="needs a keras.Sequential of plain"):
+        keras_meta.MAML(tiny_net(batch_norm=True), task_parallelism="batched")
 
 
 # ------------------------------------------------------------ batch norm
