@@ -908,6 +908,73 @@ class MAML(keras.Model):
         )
         return meta_loss, grads, outputs, record_steps
 
+    def make_train_function(self, force=False):
+        """Keras's train function, or under XLA one XLA program per call.
+
+        Keras runs `steps_per_execution` steps as a graph loop that enters
+        the XLA-compiled step once per meta-step; each entry costs about
+        0.35 ms on CPU (variable snapshots, the iterator, control flow),
+        more than a sinusoid meta-step's arithmetic. With `jit_compile`,
+        `steps_per_execution > 1`, one device and episodes of fully known
+        shape, the call instead takes the next `steps_per_execution`
+        episode batches (fewer at the end of the data) and runs all their
+        meta-steps in one XLA program. Same steps, same data order.
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        steps = self.steps_per_execution
+        if (self.run_eagerly or not self.jit_compile or steps <= 1
+                or self._distribute_strategy is not None
+                or tf.distribute.has_strategy()):
+            return super().make_train_function(force)
+
+        @tf.function(jit_compile=True, reduce_retracing=True)
+        def run_steps(batches, count):
+            logs = self.train_step(tf.nest.map_structure(
+                lambda b: b[0], batches))
+
+            def body(i, logs):
+                del logs
+                return i + 1, self.train_step(tf.nest.map_structure(
+                    lambda b: tf.gather(b, i), batches))
+
+            _, logs = tf.while_loop(lambda i, _: i < count, body,
+                                    (tf.constant(1), logs))
+            return logs
+
+        @tf.function(reduce_retracing=True)
+        def next_batches(iterator):
+            first = iterator.get_next_as_optional()
+            optionals = [first] + [iterator.get_next_as_optional()
+                                   for _ in range(steps - 1)]
+            count = tf.add_n([tf.cast(o.has_value(), tf.int32)
+                              for o in optionals])
+            # Missing batches (the data ran out) are padded with copies of
+            # the first, and not run: the loop stops at `count`.
+            def value(optional):
+                return tf.cond(optional.has_value(), optional.get_value,
+                               first.get_value)
+
+            batches = tf.nest.map_structure(
+                lambda *b: tf.stack(b), *[value(o) for o in optionals])
+            return first.has_value(), batches, count
+
+        def function(iterator):
+            if not isinstance(iterator, tf.data.Iterator) or not all(
+                    spec.shape.is_fully_defined() for spec in
+                    tf.nest.flatten(iterator.element_spec)):
+                return fallback(iterator)
+            has_value, batches, count = next_batches(iterator)
+            if not bool(has_value):
+                raise StopIteration
+            return run_steps(batches, count)
+
+        super().make_train_function(force=True)
+        fallback = self.train_function
+        function.fused_steps = steps
+        self.train_function = function
+        return self.train_function
+
     def train_step(self, data):
         episode = self._check_episode(data)
         meta_loss, grads, outputs, _ = self._meta_gradients(episode)

@@ -271,6 +271,32 @@ def test_xla_and_graph_steps_agree():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_fused_xla_steps_equal_keras_loop():
+    """Under XLA with steps_per_execution > 1, MAML runs a call's meta-steps
+    in one XLA program; the result is the one of Keras's step-by-step loop,
+    also when the data runs out inside a call (5 batches, 3 per call)."""
+    data = tf.data.Dataset.from_tensor_slices(
+        {k: tf.stack([v] * 5) + tf.random.normal([5] + v.shape, seed=1)
+         for k, v in episode().items()})
+    data = data.map(lambda e: e).batch(1).map(
+        lambda e: {k: v[0] for k, v in e.items()})
+    results = []
+    for steps_per_execution in (1, 3):
+        maml = keras_meta.MAML(tiny_net(seed=6), inner_learning_rate=0.1)
+        maml.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse",
+                     jit_compile=True,
+                     steps_per_execution=steps_per_execution)
+        history = maml.fit(data, epochs=2, verbose=0)
+        assert int(maml.optimizer.iterations.numpy()) == 10
+        assert getattr(maml.train_function, "fused_steps", 1) == (
+            steps_per_execution)
+        results.append(([w.numpy() for w in maml.weights],
+                        history.history["loss"]))
+    for a, b in zip(results[0][0], results[1][0]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(), dict(first_order=True), dict(learn_inner_rates="per_parameter"),
     dict(learn_inner_rates="per_step", multi_step_loss=True),
