@@ -38,6 +38,19 @@ FLAGS = flags.FLAGS
 MODULE = "benchmarks.lopt_peers"
 
 
+def _time_truncations(step, cfg):
+    """Times `cfg["steps"]` calls of `step()` per timing, with memory."""
+    rss_before = common.current_rss_mb()
+
+    def run_steps():
+        for _ in range(cfg["steps"]):
+            step()
+
+    result = common.timings(run_steps, cfg["steps"], cfg["reps"])
+    result.update(rss_before_mb=rss_before, peak_rss_mb=common.peak_rss_mb())
+    return result
+
+
 def keras_meta_child(cfg):
     import keras_meta  # noqa: F401
     from keras_meta.meta import problems
@@ -49,15 +62,7 @@ def keras_meta_child(cfg):
         [problems.make_problem(cfg["problem"])], config=rule,
         unroll=cfg["unroll"], horizon=cfg["horizon"],
         jit_compile=cfg["xla"] == "on")
-    rss_before = common.current_rss_mb()
-
-    def run_steps():
-        for _ in range(cfg["steps"]):
-            mt.meta_step()
-
-    result = common.timings(run_steps, cfg["steps"], cfg["reps"])
-    result.update(rss_before_mb=rss_before, peak_rss_mb=common.peak_rss_mb())
-    return result
+    return _time_truncations(mt.meta_step, cfg)
 
 
 def torch_child(cfg):
@@ -65,15 +70,7 @@ def torch_child(cfg):
 
     trainer = torch_l2l.Truncations(cfg["problem"], unroll=cfg["unroll"],
                                     horizon=cfg["horizon"])
-    rss_before = common.current_rss_mb()
-
-    def run_steps():
-        for _ in range(cfg["steps"]):
-            trainer.step()
-
-    result = common.timings(run_steps, cfg["steps"], cfg["reps"])
-    result.update(rss_before_mb=rss_before, peak_rss_mb=common.peak_rss_mb())
-    return result
+    return _time_truncations(trainer.step, cfg)
 
 
 def main(argv):
