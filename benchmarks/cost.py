@@ -26,6 +26,9 @@ flags.DEFINE_integer("reps", 7, "Repetitions (median reported).")
 flags.DEFINE_integer("steps", 10, "Steps per repetition.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_list("weights", ["per_tensor", "coordinatewise"],
+                  "LearnedOptimizer weights to measure: shipped names or "
+                  ".npz paths (each against Adam in the same run).")
 flags.DEFINE_string("out", "cost.json", "JSON file in results/.")
 
 MODELS = {
@@ -60,8 +63,10 @@ def main(argv):
                "models": {}}
     rows = []
     for name in MODELS:
-        models = {"learned": build(name, keras_meta.LearnedOptimizer()),
-                  "adam": build(name, keras.optimizers.Adam(1e-3))}
+        models = {f"learned:{w}": build(
+            name, keras_meta.LearnedOptimizer(weights=w))
+            for w in FLAGS.weights}
+        models["adam"] = build(name, keras.optimizers.Adam(1e-3))
         for m in models.values():
             for _ in range(3):
                 m.train_on_batch(x, y)
@@ -77,17 +82,21 @@ def main(argv):
         entry = {
             "params": models["adam"].count_params(),
             "step_seconds_median": med, "step_seconds_all": times,
-            "cost_ratio": med["learned"] / med["adam"],
+            "cost_ratio": {k: med[k] / med["adam"] for k in med},
             "optimizer_bytes": {k: v[0] for k, v in mem.items()},
             "optimizer_bytes_per_param": {k: v[1] for k, v in mem.items()},
-            "memory_ratio": mem["learned"][1] / mem["adam"][1],
+            "memory_ratio": {k: mem[k][1] / mem["adam"][1] for k in mem},
         }
         results["models"][name] = entry
-        rows.append([name, entry["params"],
-                     f"{med['learned'] * 1e3:.2f}", f"{med['adam'] * 1e3:.2f}",
-                     f"{entry['cost_ratio']:.2f}",
-                     f"{mem['learned'][1]:.1f}", f"{mem['adam'][1]:.1f}"])
-    common.print_table(["model", "params", "learned ms/step", "Adam ms/step",
+        for k in models:
+            if k == "adam":
+                continue
+            rows.append([name, k, entry["params"],
+                         f"{med[k] * 1e3:.2f}", f"{med['adam'] * 1e3:.2f}",
+                         f"{entry['cost_ratio'][k]:.2f}",
+                         f"{mem[k][1]:.1f}", f"{mem['adam'][1]:.1f}"])
+    common.print_table(["model", "optimizer", "params", "learned ms/step",
+                        "Adam ms/step",
                         "ratio", "learned B/param", "Adam B/param"], rows)
     common.write_json(FLAGS.out, results)
 

@@ -19,50 +19,22 @@ from absl import app
 from absl import flags
 
 import keras_meta
-from keras_meta.meta import problems
 
 from benchmarks import common
+from benchmarks import fit_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("seeds", 10, "Seeds per model and optimizer.")
 flags.DEFINE_integer("steps", 500, "Training steps.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("num_examples", 8192, "Training set size.")
-flags.DEFINE_list("models", ["mlp_relu", "mlp_wide", "conv"], "Models.")
+flags.DEFINE_list("models", ["mlp_relu", "mlp_wide", "conv"],
+                  "Models (keys of benchmarks.fit_lib.MODELS).")
 flags.DEFINE_list("adam_lrs", ["1e-4", "3e-4", "1e-3", "3e-3", "1e-2", "3e-2"],
                   "Adam learning-rate grid.")
-flags.DEFINE_string("weights", None, "phi file (default: shipped weights).")
+flags.DEFINE_string("weights", None, "Shipped weights name or phi file "
+                    "(default: the shipped default).")
 flags.DEFINE_string("out", "keras_fit.json", "JSON file in results/.")
-
-MODELS = {
-    "mlp_relu": functools.partial(problems.mlp_model, activation="relu"),
-    "mlp_wide": functools.partial(problems.mlp_model, hidden=(100, 100)),
-    "conv": problems.conv_model,
-}
-
-
-def dataset(seed, n):
-    data = problems.TeacherData()
-    rng = np.random.default_rng(seed)
-    x, y = data.sample_batches(data.sample_task(rng), 1, n, rng)
-    return x[0], y[0]
-
-
-def train(model_name, make_opt, seed, x, y):
-    keras.utils.set_random_seed(seed)
-    model = MODELS[model_name]()
-    model.compile(optimizer=make_opt(),
-                  loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True))
-    ds = (tf.data.Dataset.from_tensor_slices((x, y))
-          .shuffle(len(x), seed=seed).repeat().batch(FLAGS.batch_size))
-    epochs = 10
-    model.fit(ds, epochs=epochs, steps_per_epoch=FLAGS.steps // epochs,
-              verbose=0)
-    loss = model.evaluate(x, y, batch_size=1024, verbose=0)
-    finite = all(np.all(np.isfinite(v.numpy()))
-                 for v in model.trainable_variables)
-    return float(loss) if finite else float("nan")
 
 
 def main(argv):
@@ -76,7 +48,9 @@ def main(argv):
     for name in FLAGS.models:
         per = {"learned": [], "adam": {lr: [] for lr in FLAGS.adam_lrs}}
         for seed in range(FLAGS.seeds):
-            x, y = dataset(seed, FLAGS.num_examples)
+            x, y = fit_lib.dataset(seed, FLAGS.num_examples)
+            train = functools.partial(fit_lib.train, steps=FLAGS.steps,
+                                      batch_size=FLAGS.batch_size)
             per["learned"].append(train(
                 name, lambda: keras_meta.LearnedOptimizer(weights=weights),
                 seed, x, y))

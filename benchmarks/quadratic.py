@@ -52,7 +52,15 @@ def main(argv):
     phi, cfg = weights_io.load_phi(FLAGS.weights or weights_io.PRETRAINED_PATH)
     results = {"num_problems": FLAGS.num_problems, "seed": FLAGS.seed,
                "weights": FLAGS.weights or "shipped", "steps": steps}
-    learned = mean_curve(baselines.Learned(phi, cfg), prob, inst, max(steps))
+    if cfg.granularity == "tensor":
+        # Each problem is its own tensor, as it would be alone.
+        split = problems.QuadraticProblem(num_problems=FLAGS.num_problems,
+                                          split=True)
+        learned = mean_curve(baselines.Learned(phi, cfg), split,
+                             split.sample(FLAGS.seed), max(steps))
+    else:
+        learned = mean_curve(baselines.Learned(phi, cfg), prob, inst,
+                             max(steps))
     results["learned"] = {str(t): log10_at(learned, t) for t in steps}
     results["learned_curve_log10"] = [
         math.log10(v) if v > 0 and np.isfinite(v) else None

@@ -5,7 +5,14 @@ the in-training evaluation (1,000,000+) uses, and a horizon of `--steps`
 (default 200, twice the training horizon). Score: mean over families of
 log10 of the mean final loss. Held-out benchmark problems are not used.
 
+`--setting=fit` instead trains the architectures of the training families
+(`--fit_models`: the paper's sigmoid MLP and the narrow (4, 8) convnet) with
+`fit` on random-teacher datasets (seeds 100+, not the held-out benchmark's
+0-9), as `benchmarks/keras_fit.py` does for the held-out models, and also
+reports Adam at its best of `--adam_lrs` there.
+
     python -m benchmarks.validate_checkpoints --phi=a.npz,b.npz
+    python -m benchmarks.validate_checkpoints --setting=fit --steps=500 --phi=a.npz
 """
 
 import math
@@ -29,12 +36,61 @@ flags.DEFINE_list("problems", ["quadratic", "mlp_teacher", "mlp_omniglot"],
 flags.DEFINE_integer("steps", 200, "Optimizee steps.")
 flags.DEFINE_integer("instances", 2, "Validation instances per family.")
 flags.DEFINE_string("out", "validate_checkpoints.json", "JSON in results/.")
+flags.DEFINE_enum("setting", "unroll", ["unroll", "fit"],
+                  "unroll: the families' functional problems; fit: Keras "
+                  "fit on teacher datasets.")
+flags.DEFINE_list("fit_models", ["mlp_sigmoid", "conv_small"],
+                  "--setting=fit: keys of benchmarks.fit_lib.MODELS.")
+flags.DEFINE_list("adam_lrs", ["3e-3", "1e-2", "3e-2"],
+                  "--setting=fit: Adam reference grid.")
 
 SEED = 2_000_000
 
 
+def main_fit():
+    import keras
+    import keras_meta
+    from benchmarks import fit_lib
+
+    data = {s: fit_lib.dataset(s, 8192) for s in range(100, 100 + FLAGS.instances)}
+
+    def mean_final(name, make_opt):
+        return float(np.mean([fit_lib.train(name, make_opt, s, x, y,
+                                            steps=FLAGS.steps)
+                              for s, (x, y) in data.items()]))
+
+    results, rows = {"adam": {}}, []
+    for name in FLAGS.fit_models:
+        per_lr = {lr: mean_final(name, lambda: keras.optimizers.Adam(float(lr)))
+                  for lr in FLAGS.adam_lrs}
+        best = min(per_lr, key=per_lr.get)
+        results["adam"][name] = {"per_lr": per_lr, "best_lr": best}
+        print(f"{name}: Adam {per_lr}", flush=True)
+    rows.append(["adam (best grid lr)", "", ""] + [
+        f"{math.log10(min(results['adam'][n]['per_lr'].values())):.3f}"
+        for n in FLAGS.fit_models])
+    for path in FLAGS.phi:
+        per = {n: math.log10(mean_final(
+            n, lambda: keras_meta.LearnedOptimizer(weights=path)))
+            for n in FLAGS.fit_models}
+        score = float(np.mean(list(per.values())))
+        # Worst over models of final loss / Adam's at its best grid rate.
+        worst = max(10 ** v / min(results["adam"][n]["per_lr"].values())
+                    for n, v in per.items())
+        results[path] = {"score": score, "worst_ratio_to_adam": worst,
+                         "per_model_log10_final": per}
+        rows.append([path, f"{score:.3f}", f"{worst:.3f}"] +
+                    [f"{v:.3f}" for v in per.values()])
+        print(rows[-1], flush=True)
+    common.print_table(["phi", "score", "worst ratio to Adam"] +
+                       list(FLAGS.fit_models), rows)
+    common.write_json(FLAGS.out, results)
+
+
 def main(argv):
     del argv
+    if FLAGS.setting == "fit":
+        return main_fit()
     probs = [problems.make_problem(n) for n in FLAGS.problems]
     results, rows = {}, []
     for path in FLAGS.phi:

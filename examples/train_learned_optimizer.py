@@ -40,6 +40,15 @@ flags.DEFINE_integer("seed", 0, "Seed of phi init and problem sampling.")
 flags.DEFINE_enum("descent", "adam", ["adam", "none"],
                   "Rule variant: LSTM-modulated Adam direction, or the "
                   "paper's pure LSTM output.")
+flags.DEFINE_enum("granularity", "coordinate", ["coordinate", "tensor"],
+                  "coordinate: an LSTM state per coordinate (the paper's); "
+                  "tensor: one per tensor, steering Adam's step size.")
+flags.DEFINE_float("init_lr", 1e-2, "Initial step size of the rule (the "
+                   "untrained rule is Adam with this rate).")
+flags.DEFINE_float("init_hyper_rate", 0.05, "--granularity=tensor: initial "
+                   "gain of the hypergradient on the log step size.")
+flags.DEFINE_float("init_lr_drift", 0.0, "--granularity=tensor: initial "
+                   "constant change of the log step size per step.")
 flags.DEFINE_integer("hidden_size", 20, "LSTM units per layer.")
 flags.DEFINE_integer("num_layers", 2, "LSTM layers.")
 flags.DEFINE_bool("second_order", False, "Keep second derivatives.")
@@ -88,7 +97,10 @@ def _run():
         meta_steps=FLAGS.meta_steps, meta_lr=FLAGS.meta_lr,
         model_dir=FLAGS.model_dir, seed=FLAGS.seed,
         rule={"descent": FLAGS.descent, "hidden_size": FLAGS.hidden_size,
-              "num_layers": FLAGS.num_layers},
+              "num_layers": FLAGS.num_layers,
+              "granularity": FLAGS.granularity, "init_lr": FLAGS.init_lr,
+              "init_hyper_rate": FLAGS.init_hyper_rate,
+              "init_lr_drift": FLAGS.init_lr_drift},
         second_order=FLAGS.second_order, meta_loss=FLAGS.meta_loss,
         clip_norm=FLAGS.clip_norm,
         jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,

@@ -80,14 +80,19 @@ class QuadraticProblem(Problem):
         num_problems: independent problems stacked and optimized together;
             their losses add, so gradients equal the single-problem ones.
         dtype: float dtype.
+        split: if True, each problem's x is its own parameter tensor (a
+            list of `num_problems` tensors of shape (batch_size, num_dims))
+            instead of one stacked tensor, so that a per-tensor rule
+            (`RuleConfig(granularity="tensor")`) sees each problem alone.
     """
 
     def __init__(self, batch_size=128, num_dims=10, num_problems=1,
-                 dtype="float32"):
+                 dtype="float32", split=False):
         self.batch_size = batch_size
         self.num_dims = num_dims
         self.num_problems = num_problems
         self.dtype = dtype
+        self.split = split
         self.name = "quadratic"
 
     def sample(self, seed):
@@ -97,7 +102,8 @@ class QuadraticProblem(Problem):
         y = rng.uniform(size=shape + (self.num_dims,))
         x0 = rng.normal(0.0, 0.01, size=shape + (self.num_dims,))
         cast = lambda a: tf.constant(a, self.dtype)  # noqa: E731
-        return Instance([cast(x0)], (cast(w), cast(y)))
+        params = [cast(x) for x in x0] if self.split else [cast(x0)]
+        return Instance(params, (cast(w), cast(y)))
 
     def batches(self, instance, n, seed):
         return tf.zeros((n,), self.dtype)  # deterministic: no data
@@ -107,7 +113,8 @@ class QuadraticProblem(Problem):
 
     def per_problem_loss(self, params, task):
         w, y = task
-        r = tf.einsum("pbij,pbj->pbi", w, params[0]) - y
+        x = tf.stack(params) if self.split else params[0]
+        r = tf.einsum("pbij,pbj->pbi", w, x) - y
         return tf.reduce_mean(tf.reduce_sum(tf.square(r), -1), -1)
 
     def loss(self, params, task, batch):
@@ -165,26 +172,56 @@ class TeacherData(DataSource):
     """Inputs N(0, 1); labels = argmax of a random one-hidden-layer teacher.
 
     Each task draws a new teacher (784-32-10, tanh). No download needed.
+
+    Args:
+        input_shape: shape of one input.
+        num_classes: classes (teacher outputs).
+        hidden: teacher hidden units.
+        pool_size: None (default) draws fresh inputs for every batch (the
+            population loss); an int draws a fixed training set of that
+            many examples per task, and batches go through it in shuffled
+            epochs, as `fit` does on a finite dataset (so the training loss
+            can fall towards 0).
     """
 
     name = "teacher"
 
-    def __init__(self, input_shape=(28, 28, 1), num_classes=10, hidden=32):
+    def __init__(self, input_shape=(28, 28, 1), num_classes=10, hidden=32,
+                 pool_size=None):
+        if pool_size is not None and pool_size < 1:
+            raise ValueError(f"pool_size must be None or >= 1, got {pool_size}.")
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.hidden = hidden
+        self.pool_size = pool_size
+
+    def _label(self, task, x):
+        w1, w2 = task[:2]
+        return np.argmax(np.tanh(x @ w1) @ w2, axis=-1).astype("int32")
 
     def sample_task(self, rng):
         d = int(np.prod(self.input_shape))
         w1 = rng.normal(0, 1 / math.sqrt(d), (d, self.hidden))
         w2 = rng.normal(0, 1 / math.sqrt(self.hidden),
                         (self.hidden, self.num_classes))
-        return (w1.astype("float32"), w2.astype("float32"))
+        task = (w1.astype("float32"), w2.astype("float32"))
+        if self.pool_size is None:
+            return task
+        x = rng.normal(size=(self.pool_size, d)).astype("float32")
+        return task + (x, self._label(task, x))
 
     def sample_batches(self, task, n, batch_size, rng):
-        w1, w2 = task
-        x = rng.normal(size=(n * batch_size, w1.shape[0])).astype("float32")
-        y = np.argmax(np.tanh(x @ w1) @ w2, axis=-1).astype("int32")
+        if self.pool_size is None:
+            x = rng.normal(size=(n * batch_size, task[0].shape[0]))
+            x = x.astype("float32")
+            y = self._label(task, x)
+        else:
+            pool_x, pool_y = task[2:]
+            epochs = -(-n * batch_size // len(pool_x))
+            index = np.concatenate(
+                [rng.permutation(len(pool_x)) for _ in range(epochs)]
+            )[: n * batch_size]
+            x, y = pool_x[index], pool_y[index]
         x = x.reshape((n, batch_size) + self.input_shape)
         return x, y.reshape(n, batch_size)
 
@@ -343,6 +380,12 @@ FAMILIES = {
     "quadratic": lambda: QuadraticProblem(),
     "mlp_teacher": lambda: KerasProblem(mlp_model, TeacherData(),
                                         name="mlp_teacher"),
+    "mlp_teacher_pool": lambda: KerasProblem(
+        mlp_model, TeacherData(pool_size=2048), name="mlp_teacher_pool"),
+    # A narrower convnet than the benchmark's held-out (8, 16) one.
+    "conv_small_teacher_pool": lambda: KerasProblem(
+        functools.partial(conv_model, filters=(4, 8)),
+        TeacherData(pool_size=2048), name="conv_small_teacher_pool"),
     "mlp_omniglot": lambda: KerasProblem(mlp_model, OmniglotData("train"),
                                          name="mlp_omniglot"),
     "conv_teacher": lambda: KerasProblem(conv_model, TeacherData(),

@@ -135,8 +135,16 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
     phi0 = None
     if init_weights:
         phi0, file_cfg = weights_io.load_phi(init_weights)
-        if rule is None:
-            config = file_cfg
+        # The init_* fields only seed `init_phi`; the architecture must match.
+        def architecture(c):
+            return {k: v for k, v in c.to_dict().items()
+                    if not k.startswith("init_")}
+        if rule is not None and architecture(config) != architecture(file_cfg):
+            raise ValueError(
+                f"init_weights {init_weights!r} were trained for rule "
+                f"{file_cfg}, but the rule asked for is {config} (e.g. pass "
+                "the same --granularity, --hidden_size, --num_layers).")
+        config = file_cfg
     problems = build_problems(problem_names)
     if problem_weights is not None:
         by_name = dict(zip(problem_names, problem_weights))

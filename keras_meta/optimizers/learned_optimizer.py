@@ -21,14 +21,20 @@ def _in_xla_context():
 
 @keras.saving.register_keras_serializable(package="keras_meta")
 class LearnedOptimizer(keras.optimizers.Optimizer):
-    """Optimizer whose update rule is a meta-trained coordinatewise LSTM.
+    """Optimizer whose update rule is a meta-trained LSTM.
 
-    Each coordinate of each variable is updated by the same small LSTM
-    (2 layers of 20 units, weights shared across coordinates, each coordinate
-    keeping its own hidden state), fed with the log-magnitude and sign of its
-    gradient and with Adam-like moment features; its outputs scale a nominal
-    Adam direction per coordinate and add a learned direction. The LSTM's
-    weights ("phi") were meta-trained by unrolled optimization
+    The default rule (`weights="per_tensor"`) runs one small LSTM step per
+    variable (2 layers of 20 units, weights shared by all variables, each
+    variable keeping its own LSTM state). It reads scale-free statistics of
+    the variable's gradient (its cosine with the previous Adam direction,
+    a hypergradient of the step size; Adam's signal-to-noise ratio; the
+    gradient's size against its running average) and steers the log step
+    size of Adam for that variable: a step costs about what an Adam step
+    costs. `weights="coordinatewise"` is the paper's form: the LSTM runs
+    for every coordinate, fed with the log-magnitude and sign of its
+    gradient and Adam-like moment features, and scales Adam's direction per
+    coordinate (tens of times Adam's step time and memory on large models).
+    The LSTM's weights ("phi") were meta-trained by unrolled optimization
     (`keras_meta.meta`) and ship with the package, so the optimizer needs no
     tuning. phi are optimizer variables: they are saved in `.keras` files,
     together with the per-variable LSTM states, and are never changed by
@@ -45,7 +51,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             callable that takes no arguments. A multiplier on the learned
             update; the learned rule sets its own step size, so the default
             `1.0` uses it unchanged.
-        weights: `None` (default) for the shipped pretrained phi; a path to an
+        weights: `None` (default) for the shipped pretrained phi
+            (`"per_tensor"`); the name of shipped weights (`"per_tensor"` or
+            `"coordinatewise"`, see `weights_io.PRETRAINED`); a path to an
             `.npz` file written by `keras_meta.optimizers.weights_io.save_phi`
             or `examples/train_learned_optimizer.py`; a dict of arrays
             (`{name: array}` matching `lstm_rule.phi_shapes(rule)`, then
@@ -67,6 +75,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     Reference:
         - [Andrychowicz et al., 2016](https://arxiv.org/abs/1606.04474),
           "Learning to learn by gradient descent by gradient descent".
+        - [Baydin et al., 2018](https://arxiv.org/abs/1703.04782),
+          "Online learning rate adaptation with hypergradient descent".
     """
 
     def __init__(
@@ -148,15 +158,22 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                    weights.items()}
             weights_io.validate_phi(phi, rule_cfg, source="the weights dict")
             return phi, rule_cfg
+        if weights is None and rule_cfg is not None:
+            # e.g. from_config of a model saved with other shipped weights.
+            name = weights_io.pretrained_for_rule(rule_cfg)
+            weights = name or weights_io.DEFAULT_PRETRAINED
         if weights is None:
             path = weights_io.PRETRAINED_PATH
+        elif isinstance(weights, str) and weights in weights_io.PRETRAINED:
+            path = weights_io.pretrained_path(weights)
         elif isinstance(weights, (str, os.PathLike)):
             path = os.fspath(weights)
         else:
             raise ValueError(
                 "LearnedOptimizer `weights` must be None (shipped pretrained "
-                "weights), a path to an .npz file, a dict of arrays or "
-                f"'init'; got {type(weights).__name__}: {weights!r}."
+                f"weights), one of {sorted(weights_io.PRETRAINED)}, a path to "
+                "an .npz file, a dict of arrays or 'init'; got "
+                f"{type(weights).__name__}: {weights!r}."
             )
         phi, file_cfg = weights_io.load_phi(path)
         if rule_cfg is not None and rule_cfg != file_cfg:
@@ -212,14 +229,15 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             -2, tf.int64, "last_nonfinite_step")
         self._consecutive_nonfinite = saving.unsaved_counter(
             0, tf.int64, "consecutive_nonfinite")
-        self._slots = {k: [] for k in lstm_rule.STATE_KEYS}
+        self._state_keys = lstm_rule.state_keys(self._rule_config)
+        self._slots = {k: [] for k in self._state_keys}
         for var in var_list:
             shapes = lstm_rule.state_shapes(var.shape, self._rule_config)
             prefix = (
                 var.path.replace("/", "_") if hasattr(var, "path")
                 else str(var.name).replace("/", "_").replace(":", "_")
             )
-            for key in lstm_rule.STATE_KEYS:
+            for key in self._state_keys:
                 self._slots[key].append(
                     self.add_variable(
                         shape=shapes[key],
@@ -237,7 +255,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         gradient = ops.cast(ops.convert_to_tensor(gradient), dtype)
         state = {
             key: ops.convert_to_tensor(self._slots[key][index])
-            for key in lstm_rule.STATE_KEYS
+            for key in self._state_keys
         }
         phi = {k: ops.convert_to_tensor(v) for k, v in self._phi.items()}
         update, new_state = lstm_rule.apply(
@@ -252,7 +270,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             ),
         )
         self.assign_add(variable, ops.where(ok, update, ops.zeros_like(update)))
-        for key in lstm_rule.STATE_KEYS:
+        for key in self._state_keys:
             self.assign(
                 self._slots[key][index],
                 ops.where(ok, new_state[key], state[key]),

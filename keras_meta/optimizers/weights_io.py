@@ -14,9 +14,39 @@ from keras_meta import saving
 from keras_meta.optimizers import lstm_rule
 
 CONFIG_KEY = "__config__"
-PRETRAINED_PATH = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "pretrained", "lstm_phi.npz"
-)
+PRETRAINED_DIR = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "pretrained")
+# Shipped meta-trained weights, by the name `LearnedOptimizer(weights=...)`
+# takes. BUILD_NOTES.md says how each file was made.
+PRETRAINED = {
+    # One LSTM state per tensor steering Adam's step size (the default).
+    "per_tensor": "per_tensor_lstm_phi.npz",
+    # The paper's coordinatewise 2 x 20 LSTM modulating Adam per coordinate.
+    "coordinatewise": "lstm_phi.npz",
+}
+DEFAULT_PRETRAINED = "per_tensor"
+
+
+def pretrained_path(name=DEFAULT_PRETRAINED):
+    """Path of the shipped weights `name` (a key of `PRETRAINED`)."""
+    if name not in PRETRAINED:
+        raise ValueError(
+            f"Unknown pretrained learned-optimizer weights {name!r}; the "
+            f"package ships {sorted(PRETRAINED)}."
+        )
+    return os.path.join(PRETRAINED_DIR, PRETRAINED[name])
+
+
+def pretrained_for_rule(config):
+    """Name of the shipped weights trained for `config`, or None."""
+    for name in PRETRAINED:
+        path = pretrained_path(name)
+        if os.path.exists(path) and load_phi(path)[1] == config:
+            return name
+    return None
+
+
+PRETRAINED_PATH = pretrained_path()
 
 
 def save_phi(path, phi, config):

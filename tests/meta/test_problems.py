@@ -54,6 +54,46 @@ def test_keras_problem_stateless_loss_matches_model(model_fn):
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
+def test_quadratic_split_equals_stacked():
+    stacked = problems.QuadraticProblem(batch_size=3, num_dims=2,
+                                        num_problems=4)
+    split = problems.QuadraticProblem(batch_size=3, num_dims=2,
+                                      num_problems=4, split=True)
+    a, b = stacked.sample(5), split.sample(5)
+    assert len(b.params) == 4 and tuple(b.params[0].shape) == (3, 2)
+    for params, prob, inst in ((a.params, stacked, a), (b.params, split, b)):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss = prob.loss(params, inst.task, None)
+        grads = tape.gradient(loss, params)
+        if prob is stacked:
+            ref_loss, ref_grads = loss, grads[0].numpy()
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+    np.testing.assert_allclose(np.stack([g.numpy() for g in grads]),
+                               ref_grads, rtol=1e-6)
+
+
+def test_teacher_pool_is_a_fixed_training_set_in_epochs():
+    data = problems.TeacherData(pool_size=64)
+    rng = np.random.default_rng(0)
+    task = data.sample_task(rng)
+    x, y = data.sample_batches(task, 4, 32, rng)  # two epochs of 64
+    assert x.shape == (4, 32, 28, 28, 1) and y.shape == (4, 32)
+    pool_x = task[2].reshape(64, 28, 28, 1)
+    for epoch in (x[:2], x[2:]):
+        flat = epoch.reshape(64, -1)
+        # Each epoch holds every pool example exactly once.
+        order = np.lexsort(flat.T[:3])
+        np.testing.assert_array_equal(
+            flat[order], pool_x.reshape(64, -1)[np.lexsort(
+                pool_x.reshape(64, -1).T[:3])])
+    # Labels are the teacher's, as for fresh inputs.
+    np.testing.assert_array_equal(
+        y.reshape(-1), data._label(task, x.reshape(128, -1)))
+    with pytest.raises(ValueError, match="pool_size"):
+        problems.TeacherData(pool_size=0)
+
+
 def test_teacher_labels_use_all_classes():
     data = problems.TeacherData()
     rng = np.random.default_rng(0)

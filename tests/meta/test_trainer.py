@@ -9,10 +9,12 @@ from keras_meta.meta import problems
 from keras_meta.meta import train_lib
 from keras_meta.meta import trainer
 from keras_meta.optimizers import lstm_rule
+from keras_meta.optimizers import weights_io
 
 
-def _tiny(dtype="float64"):
-    cfg = lstm_rule.RuleConfig(hidden_size=4, num_layers=2)
+def _tiny(dtype="float64", granularity="coordinate"):
+    cfg = lstm_rule.RuleConfig(hidden_size=4, num_layers=2,
+                               granularity=granularity)
     prob = problems.QuadraticProblem(batch_size=2, num_dims=3, dtype=dtype)
     phi = {k: tf.constant(v) for k, v in
            lstm_rule.init_phi(cfg, seed=3, dtype=dtype).items()}
@@ -22,9 +24,10 @@ def _tiny(dtype="float64"):
     return cfg, prob, phi
 
 
-@pytest.mark.parametrize("meta_loss", ["mean", "log"])
-def test_meta_gradient_matches_finite_differences(meta_loss):
-    cfg, prob, phi = _tiny()
+@pytest.mark.parametrize("meta_loss,granularity", [
+    ("mean", "coordinate"), ("log", "coordinate"), ("log", "tensor")])
+def test_meta_gradient_matches_finite_differences(meta_loss, granularity):
+    cfg, prob, phi = _tiny(granularity=granularity)
     inst = prob.sample(0)
     batches = prob.batches(inst, 4, 0)
     state0 = [lstm_rule.init_state(p, cfg) for p in inst.params]
@@ -41,8 +44,10 @@ def test_meta_gradient_matches_finite_differences(meta_loss):
     grads = tape.gradient(obj, phi)
     rng = np.random.default_rng(0)
     checked = 0
-    for key in ["log_lr", "out/kernel", "out/bias", "lstm0/kernel",
-                "lstm1/bias"]:
+    keys = ["log_lr", "out/kernel", "out/bias", "lstm0/kernel", "lstm1/bias"]
+    if granularity == "tensor":
+        keys.append("hyper_rate")
+    for key in keys:
         base = np.array(phi[key].numpy())
         flat = rng.integers(base.size) if base.size > 1 else 0
         idx = np.unravel_index(flat, base.shape) if base.shape else ()
@@ -146,3 +151,25 @@ def test_train_lib_writes_loadable_phi(tmp_path):
     assert opt.rule_config.hidden_size == 4
     assert np.isfinite(summary["final_eval_score"])
     assert any(f.name.startswith("events.out") for f in tmp_path.iterdir())
+
+
+def test_train_lib_per_tensor_and_init_weights(tmp_path):
+    rule = {"granularity": "tensor", "hidden_size": 4, "num_layers": 1,
+            "init_lr": 3e-3}
+    first = train_lib.run(["quadratic"], unroll=5, horizon=10, meta_steps=2,
+                          model_dir=str(tmp_path / "a"), rule=rule,
+                          eval_every=2, verbose=0)
+    phi, cfg = weights_io.load_phi(first["paths"]["last"])
+    assert cfg.granularity == "tensor" and np.isfinite(phi["hyper_rate"])
+    # Warm start: init_* fields may differ (they only seed init_phi), the
+    # file's config is kept; another architecture is refused.
+    again = train_lib.run(["quadratic"], unroll=5, horizon=10, meta_steps=1,
+                          model_dir=str(tmp_path / "b"),
+                          rule=dict(rule, init_lr=1e-2), eval_every=1,
+                          verbose=0, init_weights=first["paths"]["last"])
+    assert again["rule"]["init_lr"] == 3e-3
+    with pytest.raises(ValueError, match="were trained for rule"):
+        train_lib.run(["quadratic"], unroll=5, horizon=10, meta_steps=1,
+                      model_dir=str(tmp_path / "c"),
+                      rule=dict(rule, granularity="coordinate"), verbose=0,
+                      init_weights=first["paths"]["last"])

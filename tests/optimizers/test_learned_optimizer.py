@@ -39,15 +39,36 @@ def _compile(model, jit, **opt_kwargs):
     return model
 
 
+SHIPPED = sorted(weights_io.PRETRAINED)
+
+
 def test_default_loads_shipped_weights():
     opt = keras_meta.LearnedOptimizer()
     phi, cfg = weights_io.load_phi(weights_io.PRETRAINED_PATH)
+    assert weights_io.PRETRAINED_PATH == weights_io.pretrained_path(
+        weights_io.DEFAULT_PRETRAINED)
     assert opt.rule_config == cfg
     for k, v in phi.items():
         np.testing.assert_array_equal(opt.phi[k].numpy(), v)
 
 
-def test_fit_lowers_loss():
+@pytest.mark.parametrize("name", SHIPPED)
+def test_named_shipped_weights_and_rule_lookup(name):
+    phi, cfg = weights_io.load_phi(weights_io.pretrained_path(name))
+    by_name = keras_meta.LearnedOptimizer(weights=name)
+    # A config naming only the rule (as `from_config` of a model saved with
+    # these weights) finds the same shipped file.
+    by_rule = keras_meta.LearnedOptimizer(rule=cfg.to_dict())
+    for opt in (by_name, by_rule):
+        assert opt.rule_config == cfg
+        for k, v in phi.items():
+            np.testing.assert_array_equal(opt.phi[k].numpy(), v)
+    with pytest.raises(ValueError, match="Unknown pretrained"):
+        weights_io.pretrained_path(name + "_typo")
+
+
+@pytest.mark.parametrize("weights", SHIPPED)
+def test_fit_lowers_loss(weights):
     rng = np.random.RandomState(0)
     x = rng.randn(256, 8).astype("float32")
     y = (x @ rng.randn(8, 1) + 0.5).astype("float32")
@@ -55,7 +76,8 @@ def test_fit_lowers_loss():
     model = keras.Sequential([keras.Input((8,)),
                               keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dense(1)])
-    model.compile(optimizer=keras_meta.LearnedOptimizer(), loss="mse")
+    model.compile(optimizer=keras_meta.LearnedOptimizer(weights=weights),
+                  loss="mse")
     hist = model.fit(x, y, batch_size=32, epochs=8, shuffle=False, verbose=0)
     losses = hist.history["loss"]
     assert losses[-1] < 0.3 * losses[0], losses
@@ -72,11 +94,12 @@ def test_state_slots_match_variable_shapes():
             assert tuple(model.optimizer._slots[key][i].shape) == shape
 
 
-def test_xla_and_graph_agree():
+@pytest.mark.parametrize("name", SHIPPED)
+def test_xla_and_graph_agree(name):
     x, y = _data()
     weights = []
     for jit in (False, True):
-        model = _compile(_model(seed=3), jit=jit)
+        model = _compile(_model(seed=3), jit=jit, weights=name)
         model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
         weights.append([v.numpy() for v in model.trainable_variables])
         weights.append([v.numpy() for v in model.optimizer.variables])
@@ -86,9 +109,11 @@ def test_xla_and_graph_agree():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_keras_save_load_round_trip_continues_identically(tmp_path):
+@pytest.mark.parametrize("name", SHIPPED)
+def test_keras_save_load_round_trip_continues_identically(tmp_path, name):
     x, y = _data()
-    model = _compile(_model(seed=1), jit=False, learning_rate=0.5)
+    model = _compile(_model(seed=1), jit=False, learning_rate=0.5,
+                     weights=name)
     model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
     path = os.path.join(tmp_path, "m.keras")
     model.save(path)
@@ -137,11 +162,13 @@ def test_weights_from_path_and_dict(tmp_path):
             np.testing.assert_array_equal(opt.phi[k].numpy(), v)
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_nonfinite_gradient_is_skipped_and_counted(jit):
+@pytest.mark.parametrize("jit,name", [(False, "per_tensor"),
+                                      (True, "per_tensor"),
+                                      (False, "coordinatewise")])
+def test_nonfinite_gradient_is_skipped_and_counted(jit, name):
     a = keras.Variable(np.ones((2, 3), "float32"))
     b = keras.Variable(np.ones((4,), "float32"))
-    opt = keras_meta.LearnedOptimizer()
+    opt = keras_meta.LearnedOptimizer(weights=name)
     opt.build([a, b])
 
     @tf.function(jit_compile=jit)

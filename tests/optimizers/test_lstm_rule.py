@@ -93,19 +93,89 @@ def test_sgd_rule_with_zero_output_is_sgd_and_modulates_otherwise():
         upd.numpy(), -0.25 * math.exp(0.2) * (g.numpy() + 0.1), rtol=1e-12)
 
 
+def _tensor_phi(cfg, log_lr, hyper, out_bias=(0.0, 0.0, 0.0)):
+    phi = {k: tf.constant(v, tf.float64)
+           for k, v in lstm_rule.init_phi(cfg, seed=1, dtype="float64").items()}
+    phi["out/kernel"] = tf.zeros_like(phi["out/kernel"])
+    phi["out/bias"] = tf.constant(out_bias, tf.float64)
+    phi["log_lr"] = tf.constant(log_lr, tf.float64)
+    phi["hyper_rate"] = tf.constant(hyper, tf.float64)
+    return phi
+
+
+def test_hand_checked_steps_tensor_rule():
+    # Zero output layer: Adam whose log step size moves by
+    # hyper_rate * cos(g_t, m_{t-1} / sqrt(v_{t-1})), once per tensor.
+    cfg = lstm_rule.RuleConfig(hidden_size=3, num_layers=2,
+                               granularity="tensor")
+    phi = _tensor_phi(cfg, math.log(0.01), 0.5)
+    g1 = np.array([[0.3, -2.0], [1e-3, 7.0]])
+    g2 = np.array([[0.2, -1.0], [-4e-3, 1.0]])
+    state = lstm_rule.init_state(tf.constant(g1), cfg)
+    upd1, state = lstm_rule.apply(phi, tf.constant(g1), state, cfg)
+    eps = cfg.epsilon
+    # Step 1: no previous direction, cosine 0: plain Adam, -lr * sign(g).
+    np.testing.assert_allclose(upd1.numpy(), -0.01 * g1 / (np.abs(g1) + eps),
+                               rtol=1e-9)
+    assert float(state["log_lr"]) == 0.0
+    upd2, state = lstm_rule.apply(phi, tf.constant(g2), state, cfg)
+    m1, v1 = 0.1 * g1, 0.001 * g1 ** 2
+    d1 = m1 / (np.sqrt(v1) + 1e-12)
+    cos = np.sum(g2 * d1) / (np.linalg.norm(g2) * np.linalg.norm(d1))
+    m2, v2 = 0.9 * m1 + 0.1 * g2, 0.999 * v1 + 0.001 * g2 ** 2
+    m_hat, v_hat = m2 / (1 - 0.9 ** 2), v2 / (1 - 0.999 ** 2)
+    expected = -0.01 * math.exp(0.5 * cos) * m_hat / (np.sqrt(v_hat) + eps)
+    np.testing.assert_allclose(float(state["log_lr"]), 0.5 * cos, rtol=1e-9)
+    np.testing.assert_allclose(upd2.numpy(), expected, rtol=1e-9)
+    # Output bias (o0, o1, o2) = (1, 2, 3): offset += 0.1, step *= exp(0.2),
+    # direction += 0.3 * clip(g / sqrt(v_hat)).
+    biased = _tensor_phi(cfg, math.log(0.01), 0.5, (1.0, 2.0, 3.0))
+    upd, st = lstm_rule.apply(biased, tf.constant(g1),
+                              lstm_rule.init_state(tf.constant(g1), cfg), cfg)
+    direction = g1 / (np.abs(g1) + eps) + 0.3 * np.clip(
+        g1 / (np.abs(g1) + eps), -5, 5)
+    np.testing.assert_allclose(upd.numpy(), -0.01 * math.exp(0.3) * direction,
+                               rtol=1e-9)
+    np.testing.assert_allclose(float(st["log_lr"]), 0.1, rtol=1e-12)
+
+
+def test_tensor_rule_is_invariant_to_the_gradient_scale():
+    # Every feature is scale-free, so a loss scaled by 1000 gets the same
+    # updates (up to Adam's epsilon).
+    cfg = lstm_rule.RuleConfig(granularity="tensor")
+    phi = {k: tf.constant(v, tf.float64)
+           for k, v in lstm_rule.init_phi(cfg, seed=3, dtype="float64").items()}
+    rng = np.random.default_rng(0)
+    gs = [tf.constant(rng.normal(size=(4, 3))) for _ in range(4)]
+    s1 = lstm_rule.init_state(gs[0], cfg)
+    s2 = lstm_rule.init_state(gs[0], cfg)
+    for g in gs:
+        u1, s1 = lstm_rule.apply(phi, g, s1, cfg)
+        u2, s2 = lstm_rule.apply(phi, 1000.0 * g, s2, cfg)
+        np.testing.assert_allclose(u1.numpy(), u2.numpy(), rtol=1e-6)
+    assert float(s1["log_lr"]) != 0.0  # the offset did move
+
+
 @pytest.mark.parametrize("shape", [(), (3,), (2, 5), (2, 3, 4), (1, 1, 3, 8)])
-@pytest.mark.parametrize("hidden,layers,descent",
-                         [(20, 2, "adam"), (20, 2, "none"), (5, 1, "adam"),
-                          (4, 1, "sgd")])
-def test_state_shapes_per_variable(shape, hidden, layers, descent):
+@pytest.mark.parametrize("hidden,layers,descent,granularity",
+                         [(20, 2, "adam", "coordinate"),
+                          (20, 2, "none", "coordinate"),
+                          (5, 1, "adam", "coordinate"),
+                          (4, 1, "sgd", "coordinate"),
+                          (20, 2, "adam", "tensor")])
+def test_state_shapes_per_variable(shape, hidden, layers, descent,
+                                   granularity):
     cfg = lstm_rule.RuleConfig(hidden_size=hidden, num_layers=layers,
-                               descent=descent)
+                               descent=descent, granularity=granularity)
     phi = {k: tf.constant(v) for k, v in lstm_rule.init_phi(cfg).items()}
     g = tf.random.normal(shape)
     state = lstm_rule.init_state(g, cfg)
     expected = lstm_rule.state_shapes(shape, cfg)
     assert {k: tuple(v.shape) for k, v in state.items()} == expected
-    assert expected["h"] == shape + (hidden * layers,)
+    assert tuple(expected) == lstm_rule.state_keys(cfg)
+    per_coordinate = () if granularity == "tensor" else shape
+    assert expected["h"] == per_coordinate + (hidden * layers,)
+    assert expected["m"] == shape
     upd, new = lstm_rule.apply(phi, g, state, cfg)
     assert tuple(upd.shape) == shape
     assert {k: tuple(v.shape) for k, v in new.items()} == expected
@@ -134,9 +204,10 @@ def test_preprocess_gradient_finite_at_zero_and_huge():
     assert np.all(np.isfinite(tape.gradient(y, x).numpy()))
 
 
-@pytest.mark.parametrize("descent", ["adam", "none"])
-def test_update_at_zero_and_huge_gradients_is_finite(descent):
-    cfg = lstm_rule.RuleConfig(descent=descent)
+@pytest.mark.parametrize("descent,granularity", [
+    ("adam", "coordinate"), ("none", "coordinate"), ("adam", "tensor")])
+def test_update_at_zero_and_huge_gradients_is_finite(descent, granularity):
+    cfg = lstm_rule.RuleConfig(descent=descent, granularity=granularity)
     phi = {k: tf.constant(v) for k, v in lstm_rule.init_phi(cfg).items()}
     g = tf.constant([0.0, 1e-20, 1e20, -1e30])
     upd, new = lstm_rule.apply(phi, g, lstm_rule.init_state(g, cfg), cfg)
@@ -160,6 +231,8 @@ def test_list_apply_matches_single_and_bad_lengths():
 @pytest.mark.parametrize("kwargs,match", [
     ({"descent": "momentum"}, "descent must be one of"),
     ({"hidden_size": 0}, "must be positive"),
+    ({"granularity": "layer"}, "granularity must be one of"),
+    ({"granularity": "tensor", "descent": "sgd"}, "needs descent='adam'"),
 ])
 def test_bad_rule_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

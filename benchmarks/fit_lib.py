@@ -1,0 +1,52 @@
+"""Training a Keras model with `fit` on random-teacher data (no flags).
+
+Shared by `benchmarks/keras_fit.py` (held-out models) and
+`benchmarks/validate_checkpoints.py --setting=fit` (training families).
+"""
+
+import functools
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_meta.meta import problems
+
+MODELS = {
+    # Held out from meta-training (benchmarks/keras_fit.py).
+    "mlp_relu": functools.partial(problems.mlp_model, activation="relu"),
+    "mlp_wide": functools.partial(problems.mlp_model, hidden=(100, 100)),
+    "conv": problems.conv_model,
+    # The architectures of meta-training families (validation only).
+    "mlp_sigmoid": problems.mlp_model,
+    "conv_small": functools.partial(problems.conv_model, filters=(4, 8)),
+}
+
+
+def dataset(seed, n):
+    """`n` examples of a new random teacher (784-32-10 tanh) per seed."""
+    data = problems.TeacherData()
+    rng = np.random.default_rng(seed)
+    x, y = data.sample_batches(data.sample_task(rng), 1, n, rng)
+    return x[0], y[0]
+
+
+def train(model_name, make_opt, seed, x, y, steps=500, batch_size=128):
+    """Trains `steps` steps with `fit`; returns the final training loss.
+
+    The loss is `evaluate` on the whole training set; NaN if any weight is
+    not finite at the end.
+    """
+    keras.utils.set_random_seed(seed)
+    model = MODELS[model_name]()
+    model.compile(optimizer=make_opt(),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+    ds = (tf.data.Dataset.from_tensor_slices((x, y))
+          .shuffle(len(x), seed=seed).repeat().batch(batch_size))
+    epochs = 10
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps // epochs, verbose=0)
+    loss = model.evaluate(x, y, batch_size=1024, verbose=0)
+    finite = all(np.all(np.isfinite(v.numpy()))
+                 for v in model.trainable_variables)
+    return float(loss) if finite else float("nan")
