@@ -27,7 +27,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_problems", 100, "Held-out problems.")
 flags.DEFINE_integer("seed", 20240, "Seed of the held-out problems.")
 flags.DEFINE_list("steps", ["100", "200"], "Horizons to report.")
-flags.DEFINE_string("weights", None, "phi file (default: shipped weights).")
+flags.DEFINE_string("weights", None, "Shipped weights name or phi file "
+                    "(default: the shipped default).")
 flags.DEFINE_list("baselines", ["sgd", "nag", "rmsprop", "adam"], "Baselines.")
 flags.DEFINE_list("lr_grid", [f"{10 ** (e / 4):.4g}" for e in range(-16, 5)],
                   "Learning-rate grid (default 1e-4 .. 10, 4 per decade).")
@@ -49,7 +50,10 @@ def main(argv):
     steps = sorted(int(s) for s in FLAGS.steps)
     prob = problems.QuadraticProblem(num_problems=FLAGS.num_problems)
     inst = prob.sample(FLAGS.seed)
-    phi, cfg = weights_io.load_phi(FLAGS.weights or weights_io.PRETRAINED_PATH)
+    weights = FLAGS.weights or weights_io.DEFAULT_PRETRAINED
+    phi, cfg = weights_io.load_phi(
+        weights_io.pretrained_path(weights)
+        if weights in weights_io.PRETRAINED else weights)
     results = {"num_problems": FLAGS.num_problems, "seed": FLAGS.seed,
                "weights": FLAGS.weights or "shipped", "steps": steps}
     if cfg.granularity == "tensor":

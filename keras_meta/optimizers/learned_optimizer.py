@@ -52,8 +52,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             update; the learned rule sets its own step size, so the default
             `1.0` uses it unchanged.
         weights: `None` (default) for the shipped pretrained phi
-            (`"per_tensor"`); the name of shipped weights (`"per_tensor"` or
-            `"coordinatewise"`, see `weights_io.PRETRAINED`); a path to an
+            (`"per_tensor"`); the name of shipped weights (`"per_tensor"`,
+            `"coordinatewise"`, or `"quadratic"`: the coordinatewise rule
+            meta-trained on the paper's quadratics only; see
+            `weights_io.PRETRAINED`); a path to an
             `.npz` file written by `keras_meta.optimizers.weights_io.save_phi`
             or `examples/train_learned_optimizer.py`; a dict of arrays
             (`{name: array}` matching `lstm_rule.phi_shapes(rule)`, then
