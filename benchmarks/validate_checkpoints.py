@@ -11,8 +11,13 @@ log10 of the mean final loss. Held-out benchmark problems are not used.
 0-9), as `benchmarks/keras_fit.py` does for the held-out models, and also
 reports Adam at its best of `--adam_lrs` there.
 
+`--run_dir=<model_dir>` adds every checkpoint of a training run: the phi of
+each `checkpoints/ckpt-N.npz` is written, with the run's rule config, to
+`<model_dir>/checkpoint_phis/phi-N.npz` (ready for `LearnedOptimizer(weights=)`)
+and ranked with the others.
+
     python -m benchmarks.validate_checkpoints --phi=a.npz,b.npz
-    python -m benchmarks.validate_checkpoints --setting=fit --steps=500 --phi=a.npz
+    python -m benchmarks.validate_checkpoints --setting=fit --steps=500 --run_dir=runs/lopt
 """
 
 import math
@@ -24,6 +29,7 @@ from absl import flags
 import keras_meta  # noqa: F401
 from keras_meta.meta import baselines
 from keras_meta.meta import problems
+from keras_meta.meta import train_lib
 from keras_meta.meta import trainer
 from keras_meta.optimizers import weights_io
 
@@ -36,6 +42,8 @@ flags.DEFINE_list("problems", ["quadratic", "mlp_teacher", "mlp_omniglot"],
 flags.DEFINE_integer("steps", 200, "Optimizee steps.")
 flags.DEFINE_integer("instances", 2, "Validation instances per family.")
 flags.DEFINE_string("out", "validate_checkpoints.json", "JSON in results/.")
+flags.DEFINE_string("run_dir", None, "Also rank every checkpoint of this "
+                    "examples/train_learned_optimizer.py --model_dir.")
 flags.DEFINE_enum("setting", "unroll", ["unroll", "fit"],
                   "unroll: the families' functional problems; fit: Keras "
                   "fit on teacher datasets.")
@@ -89,6 +97,9 @@ def main_fit():
 
 def main(argv):
     del argv
+    if FLAGS.run_dir:
+        FLAGS.phi = (list(FLAGS.phi) +
+                     train_lib.checkpoint_phis(FLAGS.run_dir))
     if FLAGS.setting == "fit":
         return main_fit()
     probs = [problems.make_problem(n) for n in FLAGS.problems]

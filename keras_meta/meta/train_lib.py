@@ -7,6 +7,7 @@ histograms of the proposed updates) and saves phi files in `model_dir`:
 `phi_last.npz` and `phi_best.npz` (best evaluation score so far).
 """
 
+import glob
 import json
 import math
 import os
@@ -264,3 +265,32 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
     if not km_distribute.is_chief(distributed):
         shutil.rmtree(model_dir, ignore_errors=True)
     return summary
+
+
+def checkpoint_phis(run_dir):
+    """Writes the phi of every checkpoint of a training run as phi files.
+
+    Args:
+        run_dir: the `model_dir` of `run` (or of
+            `examples/train_learned_optimizer.py`).
+
+    Returns:
+        The paths written, in step order:
+        `<run_dir>/checkpoint_phis/phi-<step>.npz`, each with the run's rule
+        config, ready for `LearnedOptimizer(weights=path)` or
+        `benchmarks/validate_checkpoints.py`.
+    """
+    _, config = weights_io.load_phi(os.path.join(run_dir, "phi_last.npz"))
+    out_dir = os.path.join(run_dir, "checkpoint_phis")
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for ckpt in sorted(glob.glob(os.path.join(run_dir, "checkpoints",
+                                              "ckpt-*.npz"))):
+        with np.load(ckpt, allow_pickle=False) as data:
+            phi = {k[len("phi/"):]: np.array(data[k]) for k in data.files
+                   if k.startswith("phi/")}
+        path = os.path.join(out_dir,
+                            os.path.basename(ckpt).replace("ckpt-", "phi-"))
+        weights_io.save_phi(path, phi, config)
+        paths.append(path)
+    return paths
