@@ -11,7 +11,21 @@ from keras_meta import saving
 from keras_meta import signals
 
 
-class InnerRateSummary(keras.callbacks.Callback):
+class _SummaryCallback(keras.callbacks.Callback):
+    """A callback that writes TensorBoard summaries to its own `log_dir`."""
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writer = None
+
+    def _get_writer(self):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        return self._writer
+
+
+class InnerRateSummary(_SummaryCallback):
     """Writes a MAML model's learned inner rates to TensorBoard.
 
     At the end of each epoch, for each learned rate variable: a histogram
@@ -31,16 +45,6 @@ class InnerRateSummary(keras.callbacks.Callback):
     Args:
         log_dir: directory for the event files.
     """
-
-    def __init__(self, log_dir):
-        super().__init__()
-        self.log_dir = log_dir
-        self._writer = None
-
-    def _get_writer(self):
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.log_dir)
-        return self._writer
 
     def on_epoch_end(self, epoch, logs=None):
         rates = getattr(self.model, "inner_rate_variables", [])
@@ -112,6 +116,37 @@ class InnerOptimizerSummary(InnerRateSummary):
                     name = f"inner_update/step_{k + 1}"
                     tf.summary.scalar(name, float(norms[:, k].mean()))
                     tf.summary.histogram(name + "/tasks", norms[:, k])
+        self._writer.flush()
+
+
+class LearnedStepSizeSummary(_SummaryCallback):
+    """Writes the per-variable step sizes of a `LearnedOptimizer` to TensorBoard.
+
+    At the end of each epoch, one scalar per variable,
+    `learned_optimizer/step_size/<variable path>`: the step size the
+    per-tensor rule currently gives Adam's direction for that variable (see
+    `LearnedOptimizer.step_sizes`). Written outside the compiled step, like
+    `InnerRateSummary`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer=keras_meta.LearnedOptimizer(), loss="mse")
+    model.fit(x, y, epochs=10, callbacks=[
+        keras_meta.callbacks.LearnedStepSizeSummary("runs/x/step_sizes")])
+    ```
+
+    Args:
+        log_dir: directory for the event files.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        sizes = self.model.optimizer.step_sizes()
+        with self._get_writer().as_default(step=epoch):
+            for path, size in sizes.items():
+                tf.summary.scalar(
+                    "learned_optimizer/step_size/" + path.replace("/", "_"),
+                    size)
         self._writer.flush()
 
 

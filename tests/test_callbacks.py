@@ -117,3 +117,35 @@ def test_tensorboard_shows_the_skip_count(tmp_path):
                     values[event.step] = float(
                         tf.make_ndarray(value.tensor))
     assert values == {0: 2.0, 1: 4.0}
+
+
+def test_learned_step_size_summary_and_step_sizes(tmp_path):
+    import keras_meta
+    from keras_meta.optimizers import weights_io
+
+    rng = np.random.RandomState(0)
+    x = rng.randn(128, 4).astype("float32")
+    y = x.sum(1, keepdims=True)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
+                              keras.layers.Dense(1)])
+    opt = keras_meta.LearnedOptimizer(learning_rate=0.5)
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[
+        keras_meta.callbacks.LearnedStepSizeSummary(str(tmp_path))])
+    sizes = opt.step_sizes()
+    assert sorted(sizes) == sorted(v.path for v in model.trainable_variables)
+    phi, _ = weights_io.load_phi(weights_io.PRETRAINED_PATH)
+    for var, offset in zip(model.trainable_variables, opt._slots["log_lr"]):
+        expected = 0.5 * np.exp(phi["log_lr"] + offset.numpy())
+        np.testing.assert_allclose(sizes[var.path], expected, rtol=1e-5)
+    # The rule moved the step sizes apart during training.
+    assert len({round(v, 9) for v in sizes.values()}) > 1
+    tags = set()
+    for event in tf.compat.v1.train.summary_iterator(
+            str(next(tmp_path.glob("events.out*")))):
+        tags.update(v.tag for v in event.summary.value)
+    assert {"learned_optimizer/step_size/" + p.replace("/", "_")
+            for p in sizes} <= tags
+    with pytest.raises(ValueError, match="per-tensor rule"):
+        keras_meta.LearnedOptimizer(weights="coordinatewise").step_sizes()

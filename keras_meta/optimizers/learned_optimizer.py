@@ -214,6 +214,37 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             return 0
         return int(self._consecutive_nonfinite.numpy())
 
+    def step_sizes(self):
+        """Current per-variable step sizes of a per-tensor rule.
+
+        Returns:
+            dict `{variable path: step size}`: `learning_rate *
+            exp(log_lr + offset)` of each variable, the rate that scales
+            Adam's direction in its next step (before the LSTM's one-step
+            output `o_1`). Before the first step every variable has
+            `learning_rate * exp(log_lr)`.
+
+        Raises:
+            ValueError: for a coordinatewise rule (its step sizes are per
+                coordinate), or if the optimizer is not built yet.
+        """
+        if self._rule_config.granularity != "tensor":
+            raise ValueError(
+                "step_sizes() needs a per-tensor rule (e.g. the default "
+                "weights='per_tensor'); this optimizer's rule is "
+                f"granularity={self._rule_config.granularity!r}, whose step "
+                "sizes are per coordinate.")
+        if not self.built:
+            raise ValueError("step_sizes(): the optimizer is not built yet; "
+                             "call it after the first training step.")
+        base = float(np.exp(self._phi["log_lr"].numpy())) * float(
+            ops.convert_to_numpy(self.learning_rate))
+        return {
+            var.path: base * float(np.exp(offset.numpy()))
+            for var, offset in zip(self._trainable_variables,
+                                   self._slots["log_lr"])
+        }
+
     def build(self, var_list):
         """Creates the per-variable state slots.
 
