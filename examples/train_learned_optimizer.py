@@ -49,6 +49,9 @@ flags.DEFINE_float("init_hyper_rate", 0.05, "--granularity=tensor: initial "
                    "gain of the hypergradient on the log step size.")
 flags.DEFINE_float("init_lr_drift", 0.0, "--granularity=tensor: initial "
                    "constant change of the log step size per step.")
+flags.DEFINE_float("hyper_down_fraction", 1.0, "--granularity=tensor: gain "
+                   "on negative hypergradient cosines, as a fraction of the "
+                   "gain on positive ones.")
 flags.DEFINE_integer("hidden_size", 20, "LSTM units per layer.")
 flags.DEFINE_integer("num_layers", 2, "LSTM layers.")
 flags.DEFINE_bool("second_order", False, "Keep second derivatives.")
@@ -100,7 +103,8 @@ def _run():
               "num_layers": FLAGS.num_layers,
               "granularity": FLAGS.granularity, "init_lr": FLAGS.init_lr,
               "init_hyper_rate": FLAGS.init_hyper_rate,
-              "init_lr_drift": FLAGS.init_lr_drift},
+              "init_lr_drift": FLAGS.init_lr_drift,
+              "hyper_down_fraction": FLAGS.hyper_down_fraction},
         second_order=FLAGS.second_order, meta_loss=FLAGS.meta_loss,
         clip_norm=FLAGS.clip_norm,
         jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,

@@ -106,6 +106,10 @@ class RuleConfig:
             step size per step (the output bias of `o_0`, for `init_phi`);
             a small positive drift offsets the hypergradient's known
             preference for too-small steps under minibatch noise.
+        hyper_down_fraction: a `"tensor"` rule's gain on negative
+            hypergradient cosines, as a fraction of `hyper_rate` (1: the
+            plain hypergradient). Below 1 the step size falls more slowly
+            than it rises, against the same short-horizon bias.
     """
 
     hidden_size: int = 20
@@ -120,6 +124,7 @@ class RuleConfig:
     granularity: str = "coordinate"
     init_hyper_rate: float = 0.05
     init_lr_drift: float = 0.0
+    hyper_down_fraction: float = 1.0
 
     def __post_init__(self):
         if self.descent not in DESCENTS:
@@ -377,7 +382,8 @@ def tensor_features(g, m_old, v_old, nominal, v_hat, is_vector, offset):
 def _apply_tensor(phi, grad, state, config, feature_grad=None):
     """The per-tensor rule: one LSTM step per tensor steers Adam's step size.
 
-        offset_t = clip(offset_{t-1} + hyper_rate * cos(g_t, d_{t-1}) + o_0)
+        offset_t = clip(offset_{t-1} + hyper_rate * c_t + o_0)
+        c_t      = cos(g_t, d_{t-1}), times hyper_down_fraction if negative
         update   = -exp(log_lr + offset_t + o_1)
                     * (m_hat / (sqrt(v_hat) + eps) + o_2 * clip(g / sqrt(v_hat)))
 
@@ -401,7 +407,11 @@ def _apply_tensor(phi, grad, state, config, feature_grad=None):
         ops.reshape(state["c"], (1, nl, hdim)), config, dtype)
     out = out[0] * config.output_scale
     hyper = ops.cast(phi["hyper_rate"], dtype)
-    offset = ops.clip(state["log_lr"] + hyper * feats[0] + out[0],
+    cos = feats[0]
+    if config.hyper_down_fraction != 1.0:
+        cos = ops.maximum(cos, 0.0) + config.hyper_down_fraction * ops.minimum(
+            cos, 0.0)
+    offset = ops.clip(state["log_lr"] + hyper * cos + out[0],
                       *_LOG_LR_OFFSET_RANGE)
     step = ops.exp(ops.cast(phi["log_lr"], dtype) + offset + out[1])
     direction = nominal + out[2] * ops.clip(g / denom, -5.0, 5.0)

@@ -139,6 +139,27 @@ def test_hand_checked_steps_tensor_rule():
     np.testing.assert_allclose(float(st["log_lr"]), 0.1, rtol=1e-12)
 
 
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_tensor_rule_hyper_down_fraction(fraction):
+    # A negative hypergradient cosine moves the offset by
+    # hyper_rate * fraction * cos; a positive one by hyper_rate * cos.
+    cfg = lstm_rule.RuleConfig(hidden_size=3, num_layers=1,
+                               granularity="tensor",
+                               hyper_down_fraction=fraction)
+    phi = _tensor_phi(cfg, math.log(0.01), 0.5)
+    g1 = np.array([0.3, -2.0, 1.0])
+    for g2, sign in ((-g1, -1.0), (g1, 1.0)):
+        state = lstm_rule.init_state(tf.constant(g1), cfg)
+        _, state = lstm_rule.apply(phi, tf.constant(g1), state, cfg)
+        _, state = lstm_rule.apply(phi, tf.constant(g2), state, cfg)
+        d1 = 0.1 * g1 / (np.sqrt(0.001 * g1 ** 2) + 1e-12)
+        cos = np.sum(g2 * d1) / (np.linalg.norm(g2) * np.linalg.norm(d1))
+        assert np.sign(cos) == sign
+        gain = fraction if cos < 0 else 1.0
+        np.testing.assert_allclose(float(state["log_lr"]), 0.5 * gain * cos,
+                                   rtol=1e-9)
+
+
 def test_tensor_rule_is_invariant_to_the_gradient_scale():
     # Every feature is scale-free, so a loss scaled by 1000 gets the same
     # updates (up to Adam's epsilon).
