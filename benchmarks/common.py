@@ -62,6 +62,26 @@ def timings(run_steps, steps, reps):
                 step_ms=1000 * step, step_ms_all=[1000 * t for t in times])
 
 
+def fit_timings(model, data, steps, reps):
+    """`timings` of a compiled Keras model's training: the first call is a
+    `fit` of `steps` steps (it traces and compiles the train function),
+    the others call that train function on an iterator of `data`, which
+    runs `steps_per_execution` steps (= `steps`)."""
+    state = {}
+
+    def run_steps():
+        if "iterator" not in state:
+            model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+            state["iterator"] = iter(data)
+            return
+        logs = model.train_function(state["iterator"])
+        # Reading a value waits for the step to finish.
+        logs = logs.get_value() if hasattr(logs, "get_value") else logs
+        float(logs["loss"])
+
+    return timings(run_steps, steps, reps)
+
+
 def run_child(module, cfg, timeout):
     """Runs `python -m <module> --_child=<cfg as JSON>` in a fresh process
     from the repository root; returns the dict it printed after "RESULT "

@@ -162,19 +162,7 @@ def keras_meta_child(cfg):
         {k: tf.constant(v) for k, v in arrays.items()}).repeat()
     rss_before = common.current_rss_mb()
     steps = cfg["steps"]
-    state = {}
-
-    def run_steps():
-        if "iterator" not in state:  # first call: fit traces and compiles
-            maml.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
-            state["iterator"] = iter(data)
-            return
-        logs = maml.train_function(state["iterator"])
-        # Reading a value waits for the step to finish.
-        logs = logs.get_value() if hasattr(logs, "get_value") else logs
-        float(logs["loss"])
-
-    result = common.timings(run_steps, steps, cfg["reps"])
+    result = common.fit_timings(maml, data, steps, cfg["reps"])
     result.update(
         jit_compile=bool(maml.jit_compile),
         task_parallelism=maml._parallelism(),

@@ -51,21 +51,57 @@ VARIANTS = {
 # ------------------------------------------------------------ gradients
 
 
+# "vectorized" differentiates the map over tasks from outside;
+# "sequential" takes each task's meta-gradient inside its loop over tasks.
+@pytest.mark.parametrize("parallelism", ["vectorized", "sequential"])
 @pytest.mark.parametrize("variant", ["maml", "meta_sgd", "maml_plus_plus",
                                      "anil"])
-def test_meta_gradient_matches_finite_differences(variant,
+def test_meta_gradient_matches_finite_differences(variant, parallelism,
                                                   check_meta_gradient):
-    maml = make_maml(variant, tiny_net("float64"))
+    maml = make_maml(variant, tiny_net("float64"),
+                     task_parallelism=parallelism)
     maml.optimizer.iterations.assign(1)  # mid-anneal for the MSL weights
     check_meta_gradient(maml, episode("float64"))
 
 
-def test_second_order_meta_gradient_through_batch_norm(check_meta_gradient):
+@pytest.mark.parametrize("parallelism", ["vectorized", "sequential"])
+def test_second_order_meta_gradient_through_batch_norm(parallelism,
+                                                       check_meta_gradient):
     """tf.nn.moments stops the gradient of the mean inside the variance,
     which breaks second derivatives; MAML's forward passes use exact
     moments (keras_meta.models.exact_moments)."""
-    maml = make_maml("maml", tiny_net("float64", batch_norm=True))
+    maml = make_maml("maml", tiny_net("float64", batch_norm=True),
+                     task_parallelism=parallelism)
     check_meta_gradient(maml, episode("float64"))
+
+
+def test_per_task_meta_gradients_compile_with_xla():
+    """The in-loop per-task meta-gradients of a convnet with batch norm
+    (the default path for convolutional models, and on GPU/TPU under XLA)
+    give the same step compiled with XLA as in graph mode."""
+    keras.utils.set_random_seed(2)
+    net = keras.Sequential([
+        keras.Input((6, 6, 1)), keras.layers.Conv2D(3, 3, strides=2),
+        keras.layers.BatchNormalization(), keras.layers.ReLU(),
+        keras.layers.Flatten(), keras.layers.Dense(2)])
+    rng = np.random.default_rng(0)
+    data = dict(
+        support_x=rng.normal(size=(3, 4, 6, 6, 1)).astype("float32"),
+        support_y=np.tile([0, 1, 0, 1], (3, 1)).astype("int32"),
+        query_x=rng.normal(size=(3, 6, 6, 6, 1)).astype("float32"),
+        query_y=np.tile([0, 1, 1, 0, 0, 1], (3, 1)).astype("int32"))
+    maml = keras_meta.MAML(net, inner_learning_rate=0.1, inner_steps=2)
+    maml.compile(optimizer="sgd", loss=keras.losses.
+                 SparseCategoricalCrossentropy(from_logits=True))
+    assert maml._parallelism() == "sequential"
+    results = [tf.function(maml._meta_gradients, jit_compile=jit)(data)
+               for jit in (False, True)]
+    flat = [tf.nest.flatten(r[:3]) for r in results]
+    assert len(flat[0]) == len(flat[1])
+    for a, b in zip(*flat):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4,
+                                   atol=1e-5)
+    assert np.abs(results[0][1][0].numpy()).max() > 0
 
 
 def test_exact_moments_values_match_tf():
