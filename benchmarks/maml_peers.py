@@ -39,6 +39,7 @@ skipped with a message. Results: a table on stdout and
 """
 
 import json
+import math
 import platform
 import time
 
@@ -54,11 +55,13 @@ flags.DEFINE_list("conv_inner_steps", ["1", "5"], "conv4 inner steps.")
 flags.DEFINE_list("orders", ["second", "first"], "conv4 meta-gradient orders.")
 flags.DEFINE_list("tf_modes", ["auto"],
                   "keras_meta `task_parallelism` values to time.")
-flags.DEFINE_list("track_pre_adaptation", ["true", "false"],
-                  "keras_meta `track_pre_adaptation` values: true (the "
-                  "default; one more query pass per task for the "
-                  "pre_adapt_* logs) and false (the same meta-step as the "
-                  "peer).")
+flags.DEFINE_list("track_pre_adaptation", ["10", "false"],
+                  "keras_meta `track_pre_adaptation` values: an int N (the "
+                  "default is 10: one more query pass per task every N-th "
+                  "meta-step for the pre_adapt_* logs; each timed call then "
+                  "runs a multiple of N steps, so the pass's cost is "
+                  "averaged in), true (every step) and false (the same "
+                  "meta-step as the peer).")
 flags.DEFINE_list("xla", ["auto", "on", "off"],
                   "keras_meta jit_compile settings: auto (the default "
                   "MAML picks), on, off.")
@@ -133,6 +136,21 @@ def conv4_keras(filters=64):
     return keras.Model(inputs, keras.layers.Dense(WAYS)(x))
 
 
+def _track_value(flag):
+    """A `--track_pre_adaptation` entry as MAML's argument."""
+    text = str(flag).lower()
+    if text in ("true", "false"):
+        return text == "true"
+    return int(text)
+
+
+def _track_label(flag):
+    value = _track_value(flag)
+    if value is True:
+        return " pre every step"
+    return " no-pre" if value is False else f" pre every {value}"
+
+
 def keras_meta_child(cfg):
     import keras
     import tensorflow as tf
@@ -153,7 +171,8 @@ def keras_meta_child(cfg):
         net, inner_learning_rate=inner_lr, inner_steps=cfg["inner_steps"],
         first_order=cfg["order"] == "first",
         task_parallelism=cfg["mode"],
-        track_pre_adaptation=cfg.get("track_pre_adaptation", True))
+        track_pre_adaptation=_track_value(cfg.get("track_pre_adaptation",
+                                                  "10")))
     jit = {"auto": "auto", "on": True, "off": False}[cfg["xla"]]
     maml.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss,
                  jit_compile=jit, steps_per_execution=cfg["steps"])
@@ -286,7 +305,10 @@ def main(argv):
                             or (not first_conv4 and not FLAGS.conv4_xla_all)):
                         continue
                     cfg = dict(base, framework="keras_meta", mode=mode,
-                               xla=xla, track_pre_adaptation=track == "true")
+                               xla=xla, track_pre_adaptation=track)
+                    every = _track_value(track)
+                    if every is not True and every:  # whole periods
+                        cfg["steps"] = steps * every // math.gcd(steps, every)
                     if xla == "on" and bench == "conv4":
                         cfg.update(steps=1, reps=min(FLAGS.reps, 2))
                     runs.append(cfg)
@@ -315,7 +337,7 @@ def main(argv):
                     r["fraction_of_matmul_peak"] = r["gflops"] / peak_gflops
             name = r["framework"] + (
                 f" {r['mode']} xla={r['xla']}"
-                + ("" if r["track_pre_adaptation"] else " no-pre")
+                + _track_label(r["track_pre_adaptation"])
                 if r["framework"] == "keras_meta" else f" {r['mode']}")
             table.append([
                 f"{bench} mb{tasks} s{inner} {order}", name,
@@ -331,7 +353,7 @@ def main(argv):
                 cfg = dict(framework="keras_meta", benchmark="conv4", tasks=8,
                            inner_steps=int(inner), order=order, reps=1,
                            steps=1, mode=FLAGS.tf_modes[0], xla="auto",
-                           track_pre_adaptation=False)
+                           track_pre_adaptation="false")
                 result = dict(cfg, **common.run_child(MODULE, cfg,
                                                   FLAGS.timeout))
                 if "peak_rss_mb" in result:

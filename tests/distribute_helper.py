@@ -40,12 +40,13 @@ def _net(keras, seed=0):
     ])
 
 
-def _maml(keras, keras_meta, weights=None):
+def _maml(keras, keras_meta, weights=None, task_parallelism="auto"):
     net = _net(keras)
     if weights is not None:
         net.set_weights(weights)
     maml = keras_meta.MAML(net, inner_learning_rate=0.05, inner_steps=1,
-                           max_consecutive_skips=None)
+                           max_consecutive_skips=None,
+                           task_parallelism=task_parallelism)
     maml.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
     return maml
 
@@ -118,6 +119,18 @@ def check_mirrored():
     results["maml_weight_diff"] = _max_diff(single.get_weights(),
                                             mirrored.get_weights())
     results["maml_moved"] = _max_diff(init, mirrored.model.get_weights())
+    # The per-task path (each task differentiated inside the loop over
+    # tasks, the default for convolutional models) on 2 replicas.
+    with strategy.scope():
+        per_task = _maml(keras, keras_meta, init, "sequential")
+    per_task.fit(_episodes(keras_meta), steps_per_epoch=3, epochs=1,
+                 verbose=0)
+    results["per_task_weight_diff"] = _max_diff(single.get_weights(),
+                                                per_task.get_weights())
+    # Adam's moments also see the gradients' scale (its steps do not).
+    results["per_task_optimizer_diff"] = _max_diff(
+        [v.numpy() for v in single.optimizer.variables],
+        [v.numpy() for v in per_task.optimizer.variables])
     results["maml_optimizer_diff"] = _max_diff(
         [v.numpy() for v in single.optimizer.variables],
         [v.numpy() for v in mirrored.optimizer.variables])

@@ -61,6 +61,8 @@ def test_mirrored_maml_fit_equals_single_device(mirrored):
     assert mirrored["split_diff"] == 0.0
     assert mirrored["maml_moved"] > 1e-2
     assert mirrored["maml_weight_diff"] < 1e-5
+    assert mirrored["per_task_weight_diff"] < 1e-5
+    assert mirrored["per_task_optimizer_diff"] < 1e-4
     assert mirrored["maml_optimizer_diff"] < 1e-4
     assert mirrored["replica_spread"] == 0.0
     assert "outside the active" in mirrored["outside_scope_error"]

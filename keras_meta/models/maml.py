@@ -1,5 +1,7 @@
 """MAML as a `keras.Model`: meta-learn an initialization that adapts fast."""
 
+import numbers
+
 import keras
 import tensorflow as tf
 from keras.src.layers.convolutional.base_conv import BaseConv
@@ -95,6 +97,22 @@ def _first_nonfinite(pre_losses, post_losses, meta_values):
             [[pre_losses], [post_losses], meta_values], start=1))):
         quantity = tf.where(bad(tensors), index, quantity)
     return quantity
+
+
+def _pre_adaptation_interval(track):
+    """Meta-steps between pre-adaptation passes in `fit` (0: never)."""
+    if isinstance(track, bool):
+        return int(track)
+    if isinstance(track, numbers.Integral) and track >= 1:
+        return int(track)
+    raise ValueError(
+        "`track_pre_adaptation` must be a bool or an int >= 1 (run the "
+        f"pass on every N-th meta-step); got {track!r}.")
+
+
+def _flat_tasks(t):
+    """[tasks, examples, ...] -> [tasks * examples, ...]."""
+    return tf.reshape(t, [-1] + list(t.shape[2:]))
 
 
 def _agree_on_quantity(quantity):
@@ -229,11 +247,16 @@ class MAML(keras.Model):
             time for `vectorized_map` is minutes on CPU, and for
             convolutional models, where `vectorized_map` ran 3x slower;
             "vectorized" otherwise (see BUILD_NOTES.md for measurements).
-        track_pre_adaptation: bool. During `fit`, also run each task's
-            query set through the meta-weights to log `pre_adapt_*` (one
-            more forward pass per task and step: about a quarter of a
-            conv4 meta-step). False drops those training logs for speed;
-            `evaluate` always reports them.
+        track_pre_adaptation: int >= 1 or bool: how often `fit` also runs
+            each task's query set through the meta-weights to log
+            `pre_adapt_*`. That pass only feeds the logs, and costs a
+            forward pass of every query set (a third of a conv4 meta-step
+            when run every step). An int N runs it on every N-th meta-step
+            and on the first step of each epoch, so the epoch's
+            `pre_adapt_*` are means over those steps (default 10); True
+            runs it on every step, False never (no `pre_adapt_*` training
+            logs). Training is the same either way; `evaluate` always
+            reports them.
         max_consecutive_skips: int >= 1 or None. A meta-step whose losses
             or meta-gradients are not finite is skipped (weights untouched)
             and counted in `skipped_steps`; `fit` stops with a
@@ -263,7 +286,7 @@ class MAML(keras.Model):
         transductive=True,
         task_parallelism="auto",
         max_consecutive_skips=20,
-        track_pre_adaptation=True,
+        track_pre_adaptation=10,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -323,7 +346,9 @@ class MAML(keras.Model):
         self.transductive = bool(transductive)
         self.task_parallelism = task_parallelism
         self.max_consecutive_skips = max_consecutive_skips
-        self.track_pre_adaptation = bool(track_pre_adaptation)
+        self.track_pre_adaptation = track_pre_adaptation
+        self._pre_adaptation_interval = _pre_adaptation_interval(
+            track_pre_adaptation)
 
         self._adapted_indices = self._find_adapted_indices(self.adapted_layers)
         self._dense_plan = batched_dense.plan(model)
@@ -702,7 +727,7 @@ class MAML(keras.Model):
         """
         steps = self.inner_steps
         record_steps = sorted(set(record) | {0, steps})
-        pre_adaptation = self.track_pre_adaptation
+        pre_adaptation = False  # `_pre_adaptation_pass`, if at all
         params = [tf.convert_to_tensor(v)
                   for v in self.model.trainable_variables]
         rates = [tf.convert_to_tensor(v)
@@ -921,19 +946,70 @@ class MAML(keras.Model):
 
     def _update_query_metrics(self, episode, outputs):
         losses = outputs["losses"]
-        pre = "pre_pred" in outputs
-        if pre:
-            self._pre_loss_tracker.update_state(tf.reduce_mean(losses[:, 0]))
+        if "pre_pred" in outputs:
+            self._update_pre_metrics(episode, losses[:, 0],
+                                     outputs["pre_pred"])
         self._post_loss_tracker.update_state(tf.reduce_mean(losses[:, -1]))
-
-        def flat(t):
-            return tf.reshape(t, [-1] + list(t.shape[2:]))
-
-        y = flat(episode["query_y"])
-        for metric in self._pre_metrics if pre else ():
-            metric.update_state(y, flat(outputs["pre_pred"]))
+        y = _flat_tasks(episode["query_y"])
         for metric in self._post_metrics:
-            metric.update_state(y, flat(outputs["post_pred"]))
+            metric.update_state(y, _flat_tasks(outputs["post_pred"]))
+
+    def _update_pre_metrics(self, episode, losses, preds):
+        self._pre_loss_tracker.update_state(tf.reduce_mean(losses))
+        y = _flat_tasks(episode["query_y"])
+        for metric in self._pre_metrics:
+            metric.update_state(y, _flat_tasks(preds))
+
+    def _pre_adaptation_pass(self, episode):
+        """Each task's query loss and predictions at the meta-weights (the
+        training-mode forward pass, before adaptation; nothing is
+        differentiated). Returns `(losses [tasks], predictions)`."""
+        params = [tf.convert_to_tensor(v)
+                  for v in self.model.trainable_variables]
+        state = [tf.convert_to_tensor(v)
+                 for v in self.model.non_trainable_variables]
+        query = {k: episode[k] for k in ("query_x", "query_y")}
+        mode = self._parallelism()
+        if mode == "batched":
+            pred = batched_dense.forward(self._dense_plan, params,
+                                         query["query_x"])
+            losses = self._loss_fn(query["query_y"], pred)
+            return tf.reduce_mean(losses, axis=1), pred
+
+        def one_task(task):
+            pred, _, extra = self._forward(params, state, task["query_x"],
+                                           True)
+            return self._task_loss(task["query_y"], pred, extra), pred
+
+        if mode == "vectorized":
+            return tf.vectorized_map(one_task, query)
+        pred_spec = self._task_output_signature(episode, (0,), False)[
+            "post_pred"]
+        return tf.map_fn(one_task, query, fn_output_signature=(
+            tf.TensorSpec([], pred_spec.dtype), pred_spec))
+
+    def _maybe_pre_adaptation_pass(self, episode):
+        """Runs `_pre_adaptation_pass` and logs it when
+        `track_pre_adaptation` says so (every N-th meta-step, and while the
+        epoch's `pre_adapt_loss` has no value yet). Returns the per-task
+        losses, zeros where the pass did not run."""
+        interval = self._pre_adaptation_interval
+        tasks = tf.shape(episode["query_x"])[0]
+        dtype = self._post_loss_tracker.dtype
+        if not interval:
+            return tf.zeros([tasks], dtype)
+
+        def run():
+            losses, preds = self._pre_adaptation_pass(episode)
+            self._update_pre_metrics(episode, losses, preds)
+            return tf.cast(losses, dtype)
+
+        if interval == 1:
+            return run()
+        due = tf.logical_or(
+            tf.equal(self._pre_loss_tracker.count, 0),
+            tf.equal(self.optimizer.iterations % interval, 0))
+        return tf.cond(due, run, lambda: tf.zeros([tasks], dtype))
 
     def _meta_loss(self, losses):
         """Mean over tasks of the query loss the outer loop minimizes."""
@@ -971,7 +1047,7 @@ class MAML(keras.Model):
                 training=True,
                 second_order=not self.first_order,
                 record_steps=record,
-                pre_adaptation=self.track_pre_adaptation,
+                pre_adaptation=False,  # `_pre_adaptation_pass`, if at all
             )
             meta_loss = self._meta_loss(outputs["losses"])
             scaled_loss = meta_loss / replicas
@@ -1049,11 +1125,12 @@ class MAML(keras.Model):
 
     def train_step(self, data):
         episode = self._check_episode(data)
+        # Before the update: the pass reads the meta-weights.
+        pre_losses = self._maybe_pre_adaptation_pass(episode)
         meta_loss, grads, outputs, _ = self._meta_gradients(episode)
         variables = self._meta_variables()
         quantity = _first_nonfinite(
-            outputs["losses"][:, 0], outputs["losses"][:, 1:],
-            [meta_loss, *grads],
+            pre_losses, outputs["losses"][:, 1:], [meta_loss, *grads],
         )
 
         quantity = _agree_on_quantity(quantity)
@@ -1102,7 +1179,7 @@ class MAML(keras.Model):
 
     def _logs(self, training=False):
         left_out = {id(m) for m in self._step_loss_trackers}
-        if not self.track_pre_adaptation:
+        if not self._pre_adaptation_interval:
             left_out |= {id(m) for m in (self._pre_loss_tracker,
                                          *self._pre_metrics)}
         logs = {m.name: m.result() for m in self.metrics

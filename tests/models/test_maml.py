@@ -1,6 +1,7 @@
 """MAML: gradients, adaptation, variants, saving, XLA, learning."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -349,7 +350,8 @@ def test_batched_tasks_equal_per_task_map(kwargs):
         maml.compile(optimizer="sgd", loss="mse")
         maml.optimizer.iterations.assign(1)  # mid-anneal for the MSL
         loss, grads, outputs, _ = maml._meta_gradients(data)
-        results.append([loss, *grads, outputs["losses"], outputs["pre_pred"],
+        results.append([loss, *grads, outputs["losses"],
+                        *maml._pre_adaptation_pass(data),
                         outputs["post_pred"]])
     for a, b in zip(*results):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
@@ -431,10 +433,13 @@ def test_sinusoid_meta_training_learns_to_adapt(sinusoid_mlp):
     (dict(learn_inner_rates="per_layer"), "got 'per_layer'"),
     (dict(adapted_layers=["nope"]), "'nope', which is not a layer"),
     (dict(task_parallelism="threads"), "got 'threads'"),
+    (dict(track_pre_adaptation=0), "`track_pre_adaptation` must be a bool "
+     "or an int >= 1 (run the pass on every N-th meta-step); got 0"),
+    (dict(track_pre_adaptation=2.5), "int >= 1 (run the pass on every "
+     "N-th meta-step); got 2.5"),
 ])
 def test_bad_constructor_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[")
-                       .replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         keras_meta.MAML(tiny_net(), **kwargs)
 
 
@@ -512,3 +517,50 @@ def test_untracked_pre_adaptation_trains_identically(variant):
     assert maml.get_config()["track_pre_adaptation"] is False
     assert "pre_adapt_loss" in maml.evaluate(data.take(1), verbose=0,
                                              return_dict=True)
+
+
+class _BatchLogs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.logs = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs.append(dict(logs))
+
+
+def test_pre_adaptation_every_n_steps():
+    """track_pre_adaptation=3 runs the logging pass on meta-steps 0, 3, 6
+    (and on the first step of each epoch): the same training, and the
+    epoch's pre_adapt_loss is the mean of those steps' values, which the
+    running means of an every-step run give back."""
+    data = keras_meta.data.sinusoid(shots=5, queries=6, meta_batch_size=2,
+                                    seed=4)
+    runs = {}
+    for track in (True, 3):
+        maml = make_maml("maml", tiny_net(batch_norm=True),
+                         track_pre_adaptation=track)
+        batches = _BatchLogs()
+        history = maml.fit(data, steps_per_epoch=7, epochs=2, verbose=0,
+                           callbacks=[batches])
+        runs[track] = (maml, history.history, batches.logs)
+    every, sampled = runs[True], runs[3]
+    for a, b in zip(every[0].model.weights, sampled[0].model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6,
+                                   atol=1e-7)
+    # Per-step values from the every-step run's running means.
+    means = [logs["pre_adapt_loss"] for logs in every[2]]
+    per_step = []
+    for epoch in range(2):
+        m = means[7 * epoch:7 * (epoch + 1)]
+        per_step += [m[0]] + [(k + 1) * m[k] - k * m[k - 1]
+                              for k in range(1, 7)]
+    # Epoch 1: iterations 0, 3, 6; epoch 2 (7..13): 7 (first of the
+    # epoch), 9 and 12.
+    for epoch, steps in enumerate([(0, 3, 6), (7, 9, 12)]):
+        np.testing.assert_allclose(
+            sampled[1]["pre_adapt_loss"][epoch],
+            np.mean([per_step[i] for i in steps]), rtol=1e-4)
+        assert not np.isclose(sampled[1]["pre_adapt_loss"][epoch],
+                              every[1]["pre_adapt_loss"][epoch], rtol=1e-3)
+    assert float(sampled[0]._pre_loss_tracker.count.numpy()) == 3
+    assert sampled[0].get_config()["track_pre_adaptation"] == 3
