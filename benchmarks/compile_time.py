@@ -9,7 +9,7 @@ function. The compile time is the first call minus the steps it ran.
 
 Usage:
     python -m benchmarks.compile_time
-    python -m benchmarks.compile_time --tasks=omniglot20 --xla=auto,off
+    python -m benchmarks.compile_time --tasks=omniglot20 --xla=auto,off --processes=1
 """
 
 import dataclasses
@@ -28,6 +28,10 @@ flags.DEFINE_list("xla", ["auto"], "jit_compile: auto (the default), on, "
                   "off.")
 flags.DEFINE_bool("first_order", False, "Also time --first_order.")
 flags.DEFINE_integer("reps", 3, "Timed calls after the first.")
+flags.DEFINE_integer("processes", 3, "Fresh processes per configuration: "
+                     "the first call's time varies between processes (a "
+                     "few seconds, now and then), so the table gives the "
+                     "median and the largest.")
 flags.DEFINE_integer("timeout", 600, "Seconds per configuration.")
 flags.DEFINE_string("out", "compile_time.json", "JSON file in results/.")
 flags.DEFINE_string("_child", "", "Internal: one configuration as JSON.")
@@ -106,6 +110,24 @@ def child(cfg):
     return result
 
 
+def _jit_label(xla, runs):
+    done = [r for r in runs if "jit_compile" in r]
+    if not done:
+        return xla
+    return f"{xla} ({'XLA' if done[0]['jit_compile'] else 'graph'})"
+
+
+def _summary(runs):
+    """Median and largest compile time, median step time, over processes."""
+    import numpy as np
+    done = [r for r in runs if "compile_s" in r]
+    if not done:
+        return [runs[0].get("error", "-")[:40], "-", "-"]
+    compile_s = [r["compile_s"] for r in done]
+    return [f"{np.median(compile_s):.1f}", f"{max(compile_s):.1f}",
+            f"{np.median([r['step_ms'] for r in done]):.1f}"]
+
+
 def main(argv):
     del argv
     if FLAGS._child:
@@ -123,22 +145,21 @@ def main(argv):
                 for xla in FLAGS.xla:
                     cfg = dict(task=task, variant=variant, xla=xla,
                                first_order=first_order, reps=FLAGS.reps)
-                    result = dict(cfg, **common.run_child(MODULE, cfg,
-                                                          FLAGS.timeout))
-                    rows.append(result)
-                    print(json.dumps({k: v for k, v in result.items()
-                                      if k != "step_ms_all"}), flush=True)
-                    table.append([
-                        task, variant + (" first-order" if first_order
-                                         else ""),
-                        xla + (f" ({'XLA' if result.get('jit_compile') else 'graph'})"
-                               if "jit_compile" in result else ""),
-                        f"{result['compile_s']:.1f}" if "compile_s" in result
-                        else result.get("error", "-")[:40],
-                        f"{result['step_ms']:.1f}" if "step_ms" in result
-                        else "-"])
+                    runs = []
+                    for _ in range(FLAGS.processes):
+                        result = dict(cfg, **common.run_child(
+                            MODULE, cfg, FLAGS.timeout))
+                        runs.append(result)
+                        print(json.dumps({k: v for k, v in result.items()
+                                          if k != "step_ms_all"}),
+                              flush=True)
+                    rows.extend(runs)
+                    table.append([task, variant + (
+                        " first-order" if first_order else ""),
+                        _jit_label(xla, runs), *_summary(runs)])
     common.print_table(["configuration", "variant", "jit_compile",
-                        "compile s", "ms/step"], table)
+                        "compile s (median)", "compile s (max)",
+                        "ms/step (median)"], table)
     path = common.write_json(FLAGS.out, dict(rows=rows))
     print(f"wrote {path}")
 
