@@ -346,9 +346,12 @@ class MAML(keras.Model):
         self.transductive = bool(transductive)
         self.task_parallelism = task_parallelism
         self.max_consecutive_skips = max_consecutive_skips
-        self.track_pre_adaptation = track_pre_adaptation
         self._pre_adaptation_interval = _pre_adaptation_interval(
             track_pre_adaptation)
+        # A plain bool or int (not e.g. numpy's), so the config is JSON.
+        self.track_pre_adaptation = (
+            track_pre_adaptation if isinstance(track_pre_adaptation, bool)
+            else self._pre_adaptation_interval)
 
         self._adapted_indices = self._find_adapted_indices(self.adapted_layers)
         self._dense_plan = batched_dense.plan(model)

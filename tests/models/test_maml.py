@@ -564,3 +564,7 @@ def test_pre_adaptation_every_n_steps():
                               every[1]["pre_adapt_loss"][epoch], rtol=1e-3)
     assert float(sampled[0]._pre_loss_tracker.count.numpy()) == 3
     assert sampled[0].get_config()["track_pre_adaptation"] == 3
+    # A numpy int (e.g. from a flag parser) is stored as a JSON int.
+    config = keras_meta.MAML(tiny_net(), track_pre_adaptation=np.int64(
+        4)).get_config()
+    assert json.loads(json.dumps(config))["track_pre_adaptation"] == 4
