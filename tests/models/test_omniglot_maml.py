@@ -64,7 +64,7 @@ def test_short_meta_training_beats_chance_on_held_out_alphabets(omniglot):
     maml.fit(keras_meta.data.episodes(train, ways=5, shots=1, queries=1,
                                       meta_batch_size=8, seed=0,
                                       rotations=True),
-             steps_per_epoch=60, verbose=0)
+             steps_per_epoch=160, verbose=0)
     logs = maml.evaluate(
         keras_meta.data.episodes(test, ways=5, shots=1, queries=15,
                                  meta_batch_size=20, seed=1),
