@@ -37,9 +37,10 @@ flags.DEFINE_float("meta_lr", 1e-3, "Adam learning rate on phi.")
 flags.DEFINE_string("model_dir", "runs/learned_optimizer",
                     "Where phi files and TensorBoard summaries go.")
 flags.DEFINE_integer("seed", 0, "Seed of phi init and problem sampling.")
-flags.DEFINE_enum("descent", "adam", ["adam", "none"],
-                  "Rule variant: LSTM-modulated Adam direction, or the "
-                  "paper's pure LSTM output.")
+flags.DEFINE_enum("descent", "adam", ["adam", "none", "momentum"],
+                  "Rule variant: LSTM-modulated Adam direction, the "
+                  "paper's pure LSTM output, or LSTM-modulated heavy-ball "
+                  "momentum (not scale-free: for one problem family).")
 flags.DEFINE_enum("granularity", "coordinate", ["coordinate", "tensor"],
                   "coordinate: an LSTM state per coordinate (the paper's); "
                   "tensor: one per tensor, steering Adam's step size.")
@@ -52,6 +53,8 @@ flags.DEFINE_float("init_lr_drift", 0.0, "--granularity=tensor: initial "
 flags.DEFINE_float("hyper_down_fraction", 1.0, "--granularity=tensor: gain "
                    "on negative hypergradient cosines, as a fraction of the "
                    "gain on positive ones.")
+flags.DEFINE_float("beta_1", 0.9, "Decay of the rule's first moment (the "
+                   "momentum of --descent=momentum).")
 flags.DEFINE_integer("hidden_size", 20, "LSTM units per layer.")
 flags.DEFINE_integer("num_layers", 2, "LSTM layers.")
 flags.DEFINE_bool("second_order", False, "Keep second derivatives.")
@@ -100,7 +103,7 @@ def _run():
         meta_steps=FLAGS.meta_steps, meta_lr=FLAGS.meta_lr,
         model_dir=FLAGS.model_dir, seed=FLAGS.seed,
         rule={"descent": FLAGS.descent, "hidden_size": FLAGS.hidden_size,
-              "num_layers": FLAGS.num_layers,
+              "num_layers": FLAGS.num_layers, "beta_1": FLAGS.beta_1,
               "granularity": FLAGS.granularity, "init_lr": FLAGS.init_lr,
               "init_hyper_rate": FLAGS.init_hyper_rate,
               "init_lr_drift": FLAGS.init_lr_drift,

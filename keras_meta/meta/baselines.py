@@ -100,10 +100,13 @@ class Learned(UpdateRule):
         return lstm_rule.apply(phi, grads, state, self.config)
 
 
-def make_baseline(name, lr):
-    """`sgd`, `nag` (momentum 0.9), `rmsprop` or `adam` with learning rate lr."""
+def make_baseline(name, lr, momentum=0.9):
+    """`sgd`, `nag` (momentum 0.9), `heavy_ball` (momentum `momentum`),
+    `rmsprop` or `adam` with learning rate lr."""
     if name == "sgd":
         return SGD(lr)
+    if name == "heavy_ball":
+        return SGD(lr, momentum=momentum)
     if name == "nag":
         return SGD(lr, momentum=0.9, nesterov=True)
     if name == "rmsprop":

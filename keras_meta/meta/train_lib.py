@@ -144,7 +144,8 @@ def run(problem_names, unroll=20, horizon=100, meta_steps=1000, meta_lr=1e-3,
             raise ValueError(
                 f"init_weights {init_weights!r} were trained for rule "
                 f"{file_cfg}, but the rule asked for is {config} (e.g. pass "
-                "the same --granularity, --hidden_size, --num_layers).")
+                "the same --granularity, --descent, --beta_1, --hidden_size, "
+                "--num_layers).")
         config = file_cfg
     problems = build_problems(problem_names)
     if problem_weights is not None:

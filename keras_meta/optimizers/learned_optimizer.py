@@ -53,9 +53,11 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             `1.0` uses it unchanged.
         weights: `None` (default) for the shipped pretrained phi
             (`"per_tensor"`); the name of shipped weights (`"per_tensor"`,
-            `"coordinatewise"`, or `"quadratic"`: the coordinatewise rule
-            meta-trained on the paper's quadratics only; see
-            `weights_io.PRETRAINED`); a path to an
+            `"coordinatewise"`, or `"quadratic"`: a coordinatewise LSTM
+            that modulates heavy-ball momentum at a rate set by a secant
+            estimate of the curvature, meta-trained on the paper's
+            quadratics only, for deterministic (full-batch) problems whose
+            conditioning dominates; see `weights_io.PRETRAINED`); a path to an
             `.npz` file written by `keras_meta.optimizers.weights_io.save_phi`
             or `examples/train_learned_optimizer.py`; a dict of arrays
             (`{name: array}` matching `lstm_rule.phi_shapes(rule)`, then
@@ -79,6 +81,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
           "Learning to learn by gradient descent by gradient descent".
         - [Baydin et al., 2018](https://arxiv.org/abs/1703.04782),
           "Online learning rate adaptation with hypergradient descent".
+        - [Malitsky and Mishchenko, 2020](https://arxiv.org/abs/1910.09529),
+          "Adaptive gradient descent without descent" (the secant curvature
+          of `weights="quadratic"`).
     """
 
     def __init__(
@@ -295,6 +300,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             phi, gradient, state, self._rule_config
         )
         update = update * lr
+        if "dx" in new_state:
+            # The "momentum" rule measures curvature against the step
+            # actually taken.
+            new_state["dx"] = update
         ok = ops.logical_and(
             ops.all(ops.isfinite(update)),
             ops.logical_and(

@@ -41,6 +41,23 @@ learned log-scale of the rate):
 
 so a zero output layer gives exactly `-init_lr * g`, one step of plain SGD.
 
+With `descent="momentum"` the nominal direction is heavy-ball momentum
+whose rate is set by the tensor's curvature, measured along the way as in
+adaptive gradient descent (Malitsky and Mishchenko, 2020): `L_t` is the
+largest secant `||g_t - g_{t-1}|| / ||x_t - x_{t-1}||` seen so far (a lower
+bound on the largest Hessian eigenvalue along the path), and
+
+    update    = -(exp(log_lr) / L_t) * exp(out_scale * s)
+                * (m / (1 - beta_1) + out_scale * d * sqrt(v_hat))
+
+with the *uncorrected* first moment `m` (the sum of past gradients decayed
+by `beta_1`). Until a curvature has been seen (the first step) the update is
+a probe of RMS size `MOMENTUM_PROBE_STEP` along `-g`. A zero output layer is
+heavy ball with rate `exp(log_lr) / L_t` and momentum `beta_1`; the rule is
+invariant to the scale of the loss and of the curvature, and made for
+problems whose curvature matters more than their noise (the paper's
+quadratics, `weights="quadratic"`).
+
 With `granularity="tensor"` (the shipped default weights) the LSTM runs once
 per tensor instead of once per coordinate. Its inputs are scale-free
 statistics of the whole tensor (`tensor_features`); it keeps a per-tensor
@@ -66,9 +83,14 @@ import math
 import numpy as np
 from keras import ops
 
-DESCENTS = ("adam", "none", "sgd")
+DESCENTS = ("adam", "none", "sgd", "momentum")
 GRANULARITIES = ("coordinate", "tensor")
 STATE_KEYS = ("h", "c", "m", "v", "t")  # coordinatewise rules
+# descent="momentum" also keeps the previous gradient and update, and the
+# largest secant curvature seen (see `_secant_curvature`).
+MOMENTUM_STATE_KEYS = STATE_KEYS + ("g_prev", "dx", "curv")
+# RMS size of the first step of a "momentum" rule, before any curvature.
+MOMENTUM_PROBE_STEP = 1e-3
 TENSOR_STATE_KEYS = ("h", "c", "m", "v", "t", "log_lr")
 # Features of the per-tensor rule (see `tensor_features`).
 NUM_TENSOR_FEATURES = 6
@@ -87,8 +109,10 @@ class RuleConfig:
         num_layers: stacked LSTM layers (paper: 2).
         preprocess_p: the `p` of the log/sign gradient preprocessing (10).
         descent: `"adam"` (LSTM modulates a nominal Adam direction),
-            `"none"` (the paper's pure LSTM output) or `"sgd"` (LSTM
-            modulates the plain gradient at the fixed rate `init_lr`).
+            `"none"` (the paper's pure LSTM output), `"sgd"` (LSTM
+            modulates the plain gradient at the fixed rate `init_lr`) or
+            `"momentum"` (LSTM modulates heavy-ball momentum whose rate
+            follows a secant estimate of the curvature).
         output_scale: scale of the LSTM's linear outputs (paper: 0.1).
         beta_1: decay of the first-moment average used in the features.
         beta_2: decay of the second-moment average used in the features.
@@ -151,7 +175,7 @@ class RuleConfig:
     def input_size(self):
         if self.granularity == "tensor":
             return NUM_TENSOR_FEATURES
-        return 4 if self.descent == "adam" else 2
+        return 4 if self.descent in ("adam", "momentum") else 2
 
     @property
     def output_size(self):
@@ -249,7 +273,9 @@ def init_state(shape_or_tensor, config=RuleConfig(), dtype=None):
 
 def state_keys(config=RuleConfig()):
     """The keys of a state dict of `config`'s rule, in a fixed order."""
-    return TENSOR_STATE_KEYS if config.granularity == "tensor" else STATE_KEYS
+    if config.granularity == "tensor":
+        return TENSOR_STATE_KEYS
+    return MOMENTUM_STATE_KEYS if config.descent == "momentum" else STATE_KEYS
 
 
 def state_shapes(shape, config=RuleConfig()):
@@ -266,7 +292,10 @@ def state_shapes(shape, config=RuleConfig()):
         return {"h": s, "c": s, "m": shape, "v": shape, "t": (),
                 "log_lr": ()}
     s = shape + (config.state_size,)
-    return {"h": s, "c": s, "m": shape, "v": shape, "t": ()}
+    shapes = {"h": s, "c": s, "m": shape, "v": shape, "t": ()}
+    if config.descent == "momentum":
+        shapes.update(g_prev=shape, dx=shape, curv=())
+    return shapes
 
 
 def preprocess(x, p=10.0):
@@ -345,6 +374,21 @@ def _cosine(a, b):
     norms = ops.sqrt((ops.sum(ops.square(a)) + 1e-30) *
                      (ops.sum(ops.square(b)) + 1e-30))
     return _finite_or_zero(ops.sum(a * b) / norms)
+
+
+def _secant_curvature(g, state):
+    """max(previous, ||g - g_prev|| / ||dx_prev||): the curvature seen so far.
+
+    0 until a step has been taken (and while steps are zero); a ratio that
+    is not finite leaves the previous value.
+    """
+    g_prev = ops.reshape(state["g_prev"], (-1,))
+    dx = ops.reshape(state["dx"], (-1,))
+    # sqrt(sum x^2 + tiny): finite derivatives at 0.
+    secant = ops.sqrt(ops.sum(ops.square(g - g_prev)) + 1e-30) / ops.sqrt(
+        ops.sum(ops.square(dx)) + 1e-30)
+    secant = ops.where(ops.greater(state["t"], 0.0), secant, 0.0)
+    return ops.maximum(state["curv"], _finite_or_zero(secant))
 
 
 def tensor_features(g, m_old, v_old, nominal, v_hat, is_vector, offset):
@@ -435,7 +479,7 @@ def _apply_one(phi, grad, state, config, feature_grad=None):
     nominal = m_hat / denom
 
     feats = preprocess(g, config.preprocess_p)
-    if config.descent == "adam":
+    if config.descent in ("adam", "momentum"):
         feats = ops.concatenate(
             [
                 feats,
@@ -456,10 +500,24 @@ def _apply_one(phi, grad, state, config, feature_grad=None):
     elif config.descent == "sgd":
         s = out[:, 1] * config.output_scale
         update = -config.init_lr * ops.exp(s) * (nominal_g + d)
+    elif config.descent == "momentum":
+        s = out[:, 1] * config.output_scale
+        curv = _secant_curvature(g, state)
+        seen = ops.greater(curv, 0.0)
+        rate = ops.exp(ops.cast(phi["log_lr"], dtype)) / ops.where(
+            seen, curv, ops.ones_like(curv))
+        heavy_ball = m / (1.0 - config.beta_1)
+        learned = -rate * ops.exp(s) * (heavy_ball + d * ops.sqrt(v_hat))
+        probe = -MOMENTUM_PROBE_STEP * g / ops.sqrt(
+            ops.mean(ops.square(g)) + 1e-30)
+        update = ops.where(seen, learned, probe)
     else:
         update = d
-    return ops.reshape(update, shape), _new_state(state, hs, cs, m, v, t,
-                                                   shape)
+    new_state = _new_state(state, hs, cs, m, v, t, shape)
+    if config.descent == "momentum":
+        new_state.update(g_prev=ops.reshape(g, shape),
+                         dx=ops.reshape(update, shape), curv=curv)
+    return ops.reshape(update, shape), new_state
 
 
 def apply(phi, grads, state, config=RuleConfig(), feature_grads=None):

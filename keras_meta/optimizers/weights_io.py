@@ -23,8 +23,10 @@ PRETRAINED = {
     "per_tensor": "per_tensor_lstm_phi.npz",
     # The paper's coordinatewise 2 x 20 LSTM modulating Adam per coordinate.
     "coordinatewise": "lstm_phi.npz",
-    # The same coordinatewise rule meta-trained on the paper's quadratic
-    # family only (the paper trains one optimizer per problem family).
+    # A coordinatewise LSTM modulating heavy-ball momentum whose rate follows
+    # a secant estimate of the curvature (descent="momentum"), meta-trained
+    # on the paper's quadratic family only (the paper trains one optimizer
+    # per problem family).
     "quadratic": "quadratic_lstm_phi.npz",
 }
 DEFAULT_PRETRAINED = "per_tensor"

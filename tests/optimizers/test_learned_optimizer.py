@@ -40,8 +40,9 @@ def _compile(model, jit, **opt_kwargs):
 
 
 SHIPPED = sorted(weights_io.PRETRAINED)
-# One per rule architecture ("quadratic" shares the coordinatewise code).
-RULES = ["per_tensor", "coordinatewise"]
+# One per rule architecture: per-tensor, coordinatewise Adam-modulating,
+# and the quadratic specialist's secant heavy ball (descent="momentum").
+RULES = ["per_tensor", "coordinatewise", "quadratic"]
 
 
 def test_default_loads_shipped_weights():
@@ -84,6 +85,34 @@ def test_fit_lowers_loss(weights):
     losses = hist.history["loss"]
     assert losses[-1] < 0.3 * losses[0], losses
     assert int(model.optimizer.nonfinite_count.numpy()) == 0
+
+
+def test_quadratic_weights_as_keras_optimizer_match_the_meta_trainer():
+    # The quadratic specialist driven by Keras (apply_gradients on a
+    # variable) follows the meta-trainer's functional path step for step,
+    # and optimizes the paper's quadratic.
+    from keras_meta.meta import baselines
+    from keras_meta.meta import problems
+    from keras_meta.meta import trainer
+
+    problem = problems.QuadraticProblem()
+    instance = problem.sample(7)
+    task = problem.task_tensors(instance)
+    phi, cfg = weights_io.load_phi(weights_io.pretrained_path("quadratic"))
+    steps = 40
+    expected = trainer.run_rule(baselines.Learned(phi, cfg), problem,
+                                instance, steps)
+    x = keras.Variable(instance.params[0])
+    opt = keras_meta.LearnedOptimizer(weights="quadratic")
+    got = []
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = problem.loss([x.value], task, None)
+        got.append(float(loss))
+        opt.apply_gradients([(tape.gradient(loss, x.value), x)])
+    got.append(float(problem.loss([x.value], task, None)))
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    assert got[-1] < 0.1 * got[0], (got[0], got[-1])
 
 
 def test_state_slots_match_variable_shapes():

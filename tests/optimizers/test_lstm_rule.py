@@ -93,6 +93,79 @@ def test_sgd_rule_with_zero_output_is_sgd_and_modulates_otherwise():
         upd.numpy(), -0.25 * math.exp(0.2) * (g.numpy() + 0.1), rtol=1e-12)
 
 
+def test_momentum_rule_with_zero_output_is_secant_heavy_ball():
+    # descent="momentum", zero output layer: a probe step, then heavy ball
+    # with momentum beta_1 and rate exp(log_lr) / L, L the largest secant
+    # ||g_t - g_{t-1}|| / ||dx_{t-1}|| so far.
+    cfg = lstm_rule.RuleConfig(hidden_size=3, num_layers=2,
+                               descent="momentum", beta_1=0.8, init_lr=2.0)
+    assert cfg.input_size == 4
+    phi = {k: tf.constant(v, tf.float64)
+           for k, v in lstm_rule.init_phi(cfg, seed=1, dtype="float64").items()}
+    np.testing.assert_allclose(float(phi["log_lr"]), math.log(2.0))
+    zero = dict(phi, **{"out/kernel": tf.zeros_like(phi["out/kernel"]),
+                        "out/bias": tf.zeros_like(phi["out/bias"])})
+    gs = [np.array([[0.3, -2.0], [1e-3, 7.0]]),
+          np.array([[-0.1, 1.0], [2e-3, 7.0]]),
+          np.array([[0.5, 0.5], [-1.0, 0.0]]),
+          np.array([[0.4, 0.6], [-0.9, 0.1]])]
+    state = lstm_rule.init_state(tf.constant(gs[0]), cfg)
+    m, curv, dx, g_prev = np.zeros_like(gs[0]), 0.0, None, None
+    for i, g in enumerate(gs):
+        upd, state = lstm_rule.apply(zero, tf.constant(g), state, cfg)
+        m = 0.8 * m + 0.2 * g
+        if i == 0:
+            expected = -1e-3 * g / np.sqrt(np.mean(g ** 2))
+        else:
+            curv = max(curv, np.linalg.norm(g - g_prev) / np.linalg.norm(dx))
+            expected = -(2.0 / curv) * m / 0.2
+        np.testing.assert_allclose(upd.numpy(), expected, rtol=1e-9)
+        np.testing.assert_allclose(float(state["curv"]), curv, rtol=1e-9)
+        dx, g_prev = expected, g
+    # Output bias (d, s) = (1, 2): the step is scaled by exp(0.2) and
+    # 0.1 * sqrt(v_hat) is added to the direction, at every coordinate.
+    biased = dict(zero, **{"out/bias": tf.constant([1.0, 2.0], tf.float64)})
+    upd, _ = lstm_rule.apply(biased, tf.constant(gs[-1]), state, cfg)
+    m_next = 0.8 * m + 0.2 * gs[-1]
+    v = np.zeros_like(m)
+    for g in gs + [gs[-1]]:
+        v = 0.999 * v + 0.001 * g ** 2
+    v_hat = v / (1 - 0.999 ** 5)
+    np.testing.assert_allclose(
+        upd.numpy(),
+        -(2.0 / curv) * math.exp(0.2) * (m_next / 0.2 + 0.1 * np.sqrt(v_hat)),
+        rtol=1e-9)
+
+
+def test_momentum_rule_is_invariant_to_loss_and_curvature_scale():
+    # On f(x) = c/2 ||A x||^2 the rule's path is the same for every c > 0.
+    cfg = lstm_rule.RuleConfig(descent="momentum", init_lr=2.0, beta_1=0.9)
+    phi = {k: tf.constant(v, tf.float64)
+           for k, v in lstm_rule.init_phi(cfg, seed=0, dtype="float64").items()}
+    # Only the LSTM's log-magnitude inputs see the scale: with a zero
+    # output layer the paths must agree to rounding.
+    phi["out/kernel"] = tf.zeros_like(phi["out/kernel"])
+    a = tf.constant(np.random.default_rng(0).normal(size=(6, 4)), tf.float64)
+    paths = []
+    for c in (1.0, 1e-3, 1e3):
+        x = tf.constant([1.0, -2.0, 0.5, 3.0], tf.float64)
+        state = lstm_rule.init_state(x, cfg)
+        path = []
+        for _ in range(100):
+            g = c * tf.linalg.matvec(a, tf.linalg.matvec(a, x), adjoint_a=True)
+            upd, state = lstm_rule.apply(phi, g, state, cfg)
+            x = x + upd
+            path.append(x.numpy())
+        paths.append(np.array(path))
+    for p in paths[1:]:
+        np.testing.assert_allclose(p, paths[0], rtol=1e-8, atol=1e-12)
+    def loss(x):
+        return float(tf.reduce_sum(tf.linalg.matvec(a, x) ** 2))
+
+    x0 = tf.constant([1.0, -2.0, 0.5, 3.0], tf.float64)
+    assert loss(tf.constant(paths[0][-1])) < 1e-2 * loss(x0)
+
+
 def _tensor_phi(cfg, log_lr, hyper, out_bias=(0.0, 0.0, 0.0)):
     phi = {k: tf.constant(v, tf.float64)
            for k, v in lstm_rule.init_phi(cfg, seed=1, dtype="float64").items()}
@@ -183,6 +256,7 @@ def test_tensor_rule_is_invariant_to_the_gradient_scale():
                           (20, 2, "none", "coordinate"),
                           (5, 1, "adam", "coordinate"),
                           (4, 1, "sgd", "coordinate"),
+                          (20, 2, "momentum", "coordinate"),
                           (20, 2, "adam", "tensor")])
 def test_state_shapes_per_variable(shape, hidden, layers, descent,
                                    granularity):
@@ -250,7 +324,8 @@ def test_list_apply_matches_single_and_bad_lengths():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"descent": "momentum"}, "descent must be one of"),
+    ({"descent": "rmsprop"}, "descent must be one of"),
+    ({"granularity": "tensor", "descent": "momentum"}, "needs descent='adam'"),
     ({"hidden_size": 0}, "must be positive"),
     ({"granularity": "layer"}, "granularity must be one of"),
     ({"granularity": "tensor", "descent": "sgd"}, "needs descent='adam'"),
