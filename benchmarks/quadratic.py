@@ -90,10 +90,10 @@ def main(argv):
         for t in steps:
             finite = {lr: r[str(t)] for lr, r in per_lr.items()
                       if np.isfinite(r[str(t)])}
-            lr = min(finite, key=finite.get)
-            best[str(t)] = {"log10_loss": finite[lr], "lr": lr}
-            if name == "heavy_ball":
-                best[str(t)].update(lr=lr[0], momentum=lr[1])
+            key = min(finite, key=finite.get)
+            best[str(t)] = {"log10_loss": finite[key],
+                            **({"lr": key[0], "momentum": key[1]}
+                               if name == "heavy_ball" else {"lr": key})}
         results[name] = {"best": best,
                          "grid": {str(k): v for k, v in per_lr.items()}}
     rows = [["learned (no tuning)"] + [f"{results['learned'][str(t)]:.3f}"

@@ -40,7 +40,8 @@ flags.DEFINE_integer("seed", 0, "Seed of phi init and problem sampling.")
 flags.DEFINE_enum("descent", "adam", ["adam", "none", "momentum"],
                   "Rule variant: LSTM-modulated Adam direction, the "
                   "paper's pure LSTM output, or LSTM-modulated heavy-ball "
-                  "momentum (not scale-free: for one problem family).")
+                  "momentum at a secant-curvature rate (for full-batch "
+                  "problems).")
 flags.DEFINE_enum("granularity", "coordinate", ["coordinate", "tensor"],
                   "coordinate: an LSTM state per coordinate (the paper's); "
                   "tensor: one per tensor, steering Adam's step size.")

@@ -159,6 +159,7 @@ def test_momentum_rule_is_invariant_to_loss_and_curvature_scale():
         paths.append(np.array(path))
     for p in paths[1:]:
         np.testing.assert_allclose(p, paths[0], rtol=1e-8, atol=1e-12)
+
     def loss(x):
         return float(tf.reduce_sum(tf.linalg.matvec(a, x) ** 2))
 
