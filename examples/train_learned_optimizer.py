@@ -54,6 +54,9 @@ flags.DEFINE_float("init_lr_drift", 0.0, "--granularity=tensor: initial "
 flags.DEFINE_float("hyper_down_fraction", 1.0, "--granularity=tensor: gain "
                    "on negative hypergradient cosines, as a fraction of the "
                    "gain on positive ones.")
+flags.DEFINE_float("hyper_horizon", 1.0, "--granularity=tensor: horizon, "
+                   "in steps, of the hypergradient (1: one step; above 1: "
+                   "against an average of past directions).")
 flags.DEFINE_float("beta_1", 0.9, "Decay of the rule's first moment (the "
                    "momentum of --descent=momentum).")
 flags.DEFINE_integer("hidden_size", 20, "LSTM units per layer.")
@@ -108,7 +111,8 @@ def _run():
               "granularity": FLAGS.granularity, "init_lr": FLAGS.init_lr,
               "init_hyper_rate": FLAGS.init_hyper_rate,
               "init_lr_drift": FLAGS.init_lr_drift,
-              "hyper_down_fraction": FLAGS.hyper_down_fraction},
+              "hyper_down_fraction": FLAGS.hyper_down_fraction,
+              "hyper_horizon": FLAGS.hyper_horizon},
         second_order=FLAGS.second_order, meta_loss=FLAGS.meta_loss,
         clip_norm=FLAGS.clip_norm,
         jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,

@@ -26,10 +26,11 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     The default rule (`weights="per_tensor"`) runs one small LSTM step per
     variable (2 layers of 20 units, weights shared by all variables, each
     variable keeping its own LSTM state). It reads scale-free statistics of
-    the variable's gradient (its cosine with the previous Adam direction,
-    a hypergradient of the step size; Adam's signal-to-noise ratio; the
-    gradient's size against its running average) and steers the log step
-    size of Adam for that variable: a step costs about what an Adam step
+    the variable's gradient (its cosine with the previous Adam direction;
+    Adam's signal-to-noise ratio; the gradient's size against its running
+    average) and steers the log step size of Adam for that variable, which
+    also follows a hypergradient: the gradient's cosine with the average of
+    about the last 100 Adam directions. A step costs about what an Adam step
     costs. `weights="coordinatewise"` is the paper's form: the LSTM runs
     for every coordinate, fed with the log-magnitude and sign of its
     gradient and Adam-like moment features, and scales Adam's direction per
@@ -53,6 +54,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             `1.0` uses it unchanged.
         weights: `None` (default) for the shipped pretrained phi
             (`"per_tensor"`); the name of shipped weights (`"per_tensor"`,
+            `"per_tensor_one_step"`: the same LSTM with a one-step
+            hypergradient, the default until 2026-12-01;
             `"coordinatewise"`, or `"quadratic"`: a coordinatewise LSTM
             that modulates heavy-ball momentum at a rate set by a secant
             estimate of the curvature, meta-trained on the paper's

@@ -69,7 +69,11 @@ output, and scales Adam's direction for the whole tensor:
                                                + o_2 * clip(g / sqrt(v_hat)))
 
 (`d` is Adam's previous direction; `o = output_scale * (W_out h + b_out)`),
-so a step costs a few elementwise passes more than Adam.
+so a step costs a few elementwise passes more than Adam. With
+`hyper_horizon=H > 1` (the shipped default: 100) the hypergradient cosine
+is taken against `u_{t-1}`, an average of past directions with decay
+`1 - 1/H`, instead of `d_{t-1}`: a step-size signal over about H steps,
+less biased towards small steps than the one-step one.
 
 Preprocessing (paper, appendix A) with p = 10:
 
@@ -134,6 +138,12 @@ class RuleConfig:
             hypergradient cosines, as a fraction of `hyper_rate` (1: the
             plain hypergradient). Below 1 the step size falls more slowly
             than it rises, against the same short-horizon bias.
+        hyper_horizon: a `"tensor"` rule's hypergradient horizon in steps.
+            1 (the default): `cos(g_t, d_{t-1})`, the one-step
+            hypergradient. Above 1: `cos(g_t, u_{t-1})`, `u` an average of
+            past directions with decay `1 - 1/hyper_horizon`, i.e. the
+            derivative of the current loss with respect to a step size held
+            over about that many past steps. Costs one more tensor of state.
     """
 
     hidden_size: int = 20
@@ -149,6 +159,7 @@ class RuleConfig:
     init_hyper_rate: float = 0.05
     init_lr_drift: float = 0.0
     hyper_down_fraction: float = 1.0
+    hyper_horizon: float = 1.0
 
     def __post_init__(self):
         if self.descent not in DESCENTS:
@@ -164,6 +175,10 @@ class RuleConfig:
             raise ValueError(
                 "granularity='tensor' needs descent='adam' (the per-tensor "
                 f"LSTM modulates Adam's direction); got descent={self.descent!r}."
+            )
+        if not self.hyper_horizon >= 1.0:
+            raise ValueError(
+                f"hyper_horizon must be >= 1 (steps), got {self.hyper_horizon!r}."
             )
         if self.hidden_size < 1 or self.num_layers < 1:
             raise ValueError(
@@ -274,6 +289,8 @@ def init_state(shape_or_tensor, config=RuleConfig(), dtype=None):
 def state_keys(config=RuleConfig()):
     """The keys of a state dict of `config`'s rule, in a fixed order."""
     if config.granularity == "tensor":
+        if config.hyper_horizon > 1.0:
+            return TENSOR_STATE_KEYS + ("u",)
         return TENSOR_STATE_KEYS
     return MOMENTUM_STATE_KEYS if config.descent == "momentum" else STATE_KEYS
 
@@ -289,8 +306,11 @@ def state_shapes(shape, config=RuleConfig()):
     shape = tuple(shape)
     if config.granularity == "tensor":
         s = (config.state_size,)
-        return {"h": s, "c": s, "m": shape, "v": shape, "t": (),
-                "log_lr": ()}
+        shapes = {"h": s, "c": s, "m": shape, "v": shape, "t": (),
+                  "log_lr": ()}
+        if config.hyper_horizon > 1.0:
+            shapes["u"] = shape
+        return shapes
     s = shape + (config.state_size,)
     shapes = {"h": s, "c": s, "m": shape, "v": shape, "t": ()}
     if config.descent == "momentum":
@@ -428,6 +448,8 @@ def _apply_tensor(phi, grad, state, config, feature_grad=None):
 
         offset_t = clip(offset_{t-1} + hyper_rate * c_t + o_0)
         c_t      = cos(g_t, d_{t-1}), times hyper_down_fraction if negative
+                   (with hyper_horizon H > 1: cos(g_t, u_{t-1}),
+                   u_t = (1 - 1/H) u_{t-1} + d_t / H)
         update   = -exp(log_lr + offset_t + o_1)
                     * (m_hat / (sqrt(v_hat) + eps) + o_2 * clip(g / sqrt(v_hat)))
 
@@ -452,6 +474,9 @@ def _apply_tensor(phi, grad, state, config, feature_grad=None):
     out = out[0] * config.output_scale
     hyper = ops.cast(phi["hyper_rate"], dtype)
     cos = feats[0]
+    if config.hyper_horizon > 1.0:
+        u_old = ops.reshape(state["u"], (-1,))
+        cos = _cosine(g, u_old)
     if config.hyper_down_fraction != 1.0:
         cos = ops.maximum(cos, 0.0) + config.hyper_down_fraction * ops.minimum(
             cos, 0.0)
@@ -462,6 +487,10 @@ def _apply_tensor(phi, grad, state, config, feature_grad=None):
     update = -step * direction
     new_state = _new_state(state, hs, cs, m, v, t, shape)
     new_state["log_lr"] = offset
+    if config.hyper_horizon > 1.0:
+        decay = 1.0 - 1.0 / config.hyper_horizon
+        new_state["u"] = ops.reshape(decay * u_old + (1.0 - decay) * nominal,
+                                     shape)
     return ops.reshape(update, shape), new_state
 
 

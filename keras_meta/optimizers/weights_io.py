@@ -19,8 +19,13 @@ PRETRAINED_DIR = os.path.join(
 # Shipped meta-trained weights, by the name `LearnedOptimizer(weights=...)`
 # takes. BUILD_NOTES.md says how each file was made.
 PRETRAINED = {
-    # One LSTM state per tensor steering Adam's step size (the default).
+    # One LSTM state per tensor steering Adam's step size (the default); its
+    # hypergradient looks about 100 steps back (hyper_horizon=100).
     "per_tensor": "per_tensor_lstm_phi.npz",
+    # The same meta-parameters with the one-step hypergradient
+    # (hyper_horizon=1): the default until 2026-12-01, kept so that models
+    # saved with it load, and for comparison.
+    "per_tensor_one_step": "per_tensor_one_step_lstm_phi.npz",
     # The paper's coordinatewise 2 x 20 LSTM modulating Adam per coordinate.
     "coordinatewise": "lstm_phi.npz",
     # A coordinatewise LSTM modulating heavy-ball momentum whose rate follows

@@ -12,9 +12,11 @@ from keras_meta.optimizers import lstm_rule
 from keras_meta.optimizers import weights_io
 
 
-def _tiny(dtype="float64", granularity="coordinate", descent="adam"):
+def _tiny(dtype="float64", granularity="coordinate", descent="adam",
+          hyper_horizon=1.0):
     cfg = lstm_rule.RuleConfig(hidden_size=4, num_layers=2,
-                               granularity=granularity, descent=descent)
+                               granularity=granularity, descent=descent,
+                               hyper_horizon=hyper_horizon)
     prob = problems.QuadraticProblem(batch_size=2, num_dims=3, dtype=dtype)
     phi = {k: tf.constant(v) for k, v in
            lstm_rule.init_phi(cfg, seed=3, dtype=dtype).items()}
@@ -24,12 +26,14 @@ def _tiny(dtype="float64", granularity="coordinate", descent="adam"):
     return cfg, prob, phi
 
 
-@pytest.mark.parametrize("meta_loss,granularity,descent", [
-    ("mean", "coordinate", "adam"), ("log", "coordinate", "adam"),
-    ("log", "tensor", "adam"), ("log", "coordinate", "momentum")])
+@pytest.mark.parametrize("meta_loss,granularity,descent,hyper_horizon", [
+    ("mean", "coordinate", "adam", 1.0), ("log", "coordinate", "adam", 1.0),
+    ("log", "tensor", "adam", 1.0), ("log", "tensor", "adam", 2.0),
+    ("log", "coordinate", "momentum", 1.0)])
 def test_meta_gradient_matches_finite_differences(meta_loss, granularity,
-                                                  descent):
-    cfg, prob, phi = _tiny(granularity=granularity, descent=descent)
+                                                  descent, hyper_horizon):
+    cfg, prob, phi = _tiny(granularity=granularity, descent=descent,
+                           hyper_horizon=hyper_horizon)
     inst = prob.sample(0)
     batches = prob.batches(inst, 4, 0)
     state0 = [lstm_rule.init_state(p, cfg) for p in inst.params]

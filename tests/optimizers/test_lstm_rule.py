@@ -1,5 +1,6 @@
 """Tests of the functional LSTM update rule."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -234,6 +235,35 @@ def test_tensor_rule_hyper_down_fraction(fraction):
                                    rtol=1e-9)
 
 
+def test_tensor_rule_hyper_horizon_by_hand():
+    # hyper_horizon H: the hypergradient cosine is taken against u, the
+    # average of past Adam directions with decay 1 - 1/H, not against d_{t-1}.
+    cfg = lstm_rule.RuleConfig(hidden_size=3, num_layers=1,
+                               granularity="tensor", hyper_horizon=4.0)
+    assert lstm_rule.state_keys(cfg)[-1] == "u"
+    phi = _tensor_phi(cfg, math.log(0.01), 0.5)
+    gs = [np.array([0.3, -2.0, 1.0]), np.array([0.2, 1.0, -1.0]),
+          np.array([-0.5, 0.5, 2.0])]
+    state = lstm_rule.init_state(tf.constant(gs[0]), cfg)
+    m, v, u, offset = np.zeros(3), np.zeros(3), np.zeros(3), 0.0
+    for t, g in enumerate(gs, start=1):
+        _, state = lstm_rule.apply(phi, tf.constant(g), state, cfg)
+        cos = (0.0 if not u.any() else
+               np.sum(g * u) / (np.linalg.norm(g) * np.linalg.norm(u)))
+        offset += 0.5 * cos
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g ** 2
+        nominal = (m / (1 - 0.9 ** t)) / (
+            np.sqrt(v / (1 - 0.999 ** t)) + cfg.epsilon)
+        u = 0.75 * u + 0.25 * nominal
+        np.testing.assert_allclose(float(state["log_lr"]), offset, rtol=1e-9,
+                                   atol=1e-12)
+        np.testing.assert_allclose(state["u"].numpy(), u, rtol=1e-9)
+    assert offset < 0.0  # the third gradient opposes the average direction
+    # H = 1 is the one-step rule and keeps no u.
+    one = dataclasses.replace(cfg, hyper_horizon=1.0)
+    assert "u" not in lstm_rule.state_keys(one)
+
+
 def test_tensor_rule_is_invariant_to_the_gradient_scale():
     # Every feature is scale-free, so a loss scaled by 1000 gets the same
     # updates (up to Adam's epsilon).
@@ -258,11 +288,15 @@ def test_tensor_rule_is_invariant_to_the_gradient_scale():
                           (5, 1, "adam", "coordinate"),
                           (4, 1, "sgd", "coordinate"),
                           (20, 2, "momentum", "coordinate"),
-                          (20, 2, "adam", "tensor")])
+                          (20, 2, "adam", "tensor"),
+                          (20, 2, "adam", "tensor_h100")])
 def test_state_shapes_per_variable(shape, hidden, layers, descent,
                                    granularity):
+    horizon = 100.0 if granularity == "tensor_h100" else 1.0
+    granularity = granularity.removesuffix("_h100")
     cfg = lstm_rule.RuleConfig(hidden_size=hidden, num_layers=layers,
-                               descent=descent, granularity=granularity)
+                               descent=descent, granularity=granularity,
+                               hyper_horizon=horizon)
     phi = {k: tf.constant(v) for k, v in lstm_rule.init_phi(cfg).items()}
     g = tf.random.normal(shape)
     state = lstm_rule.init_state(g, cfg)
@@ -330,6 +364,7 @@ def test_list_apply_matches_single_and_bad_lengths():
     ({"hidden_size": 0}, "must be positive"),
     ({"granularity": "layer"}, "granularity must be one of"),
     ({"granularity": "tensor", "descent": "sgd"}, "needs descent='adam'"),
+    ({"granularity": "tensor", "hyper_horizon": 0.5}, "hyper_horizon must"),
 ])
 def test_bad_rule_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
