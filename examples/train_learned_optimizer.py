@@ -57,6 +57,11 @@ flags.DEFINE_float("hyper_down_fraction", 1.0, "--granularity=tensor: gain "
 flags.DEFINE_float("hyper_horizon", 1.0, "--granularity=tensor: horizon, "
                    "in steps, of the hypergradient (1: one step; above 1: "
                    "against an average of past directions).")
+flags.DEFINE_float("min_offset", -12.0, "--granularity=tensor: lowest log "
+                   "step-size offset from the base rate (log(1/10): at most "
+                   "10x below).")
+flags.DEFINE_float("max_offset", 8.0, "--granularity=tensor: highest log "
+                   "step-size offset from the base rate.")
 flags.DEFINE_float("beta_1", 0.9, "Decay of the rule's first moment (the "
                    "momentum of --descent=momentum).")
 flags.DEFINE_integer("hidden_size", 20, "LSTM units per layer.")
@@ -112,7 +117,9 @@ def _run():
               "init_hyper_rate": FLAGS.init_hyper_rate,
               "init_lr_drift": FLAGS.init_lr_drift,
               "hyper_down_fraction": FLAGS.hyper_down_fraction,
-              "hyper_horizon": FLAGS.hyper_horizon},
+              "hyper_horizon": FLAGS.hyper_horizon,
+              "min_offset": FLAGS.min_offset,
+              "max_offset": FLAGS.max_offset},
         second_order=FLAGS.second_order, meta_loss=FLAGS.meta_loss,
         clip_norm=FLAGS.clip_norm,
         jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,

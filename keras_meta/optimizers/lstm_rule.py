@@ -98,7 +98,8 @@ MOMENTUM_PROBE_STEP = 1e-3
 TENSOR_STATE_KEYS = ("h", "c", "m", "v", "t", "log_lr")
 # Features of the per-tensor rule (see `tensor_features`).
 NUM_TENSOR_FEATURES = 6
-# Range of the per-tensor log learning-rate offset from phi["log_lr"].
+# Widest range of the per-tensor log learning-rate offset from phi["log_lr"];
+# RuleConfig.min_offset / max_offset narrow it.
 _LOG_LR_OFFSET_RANGE = (-12.0, 8.0)
 # phi keys whose arrays are LSTM / output layer weights (plus "log_lr").
 _MIN_EPS = 1e-30
@@ -144,6 +145,13 @@ class RuleConfig:
             past directions with decay `1 - 1/hyper_horizon`, i.e. the
             derivative of the current loss with respect to a step size held
             over about that many past steps. Costs one more tensor of state.
+        min_offset, max_offset: a `"tensor"` rule's range of the log
+            step-size offset (defaults -12 and 8: practically unbounded).
+            `(log(1/F), log(G))` keeps every tensor's step size between F
+            times below and G times above its meta-learned base rate
+            (before the LSTM's own `o_1`): a trust region against the
+            hypergradient decaying or raising rates without end on runs
+            longer than it was meta-trained for.
     """
 
     hidden_size: int = 20
@@ -160,6 +168,8 @@ class RuleConfig:
     init_lr_drift: float = 0.0
     hyper_down_fraction: float = 1.0
     hyper_horizon: float = 1.0
+    min_offset: float = -12.0
+    max_offset: float = 8.0
 
     def __post_init__(self):
         if self.descent not in DESCENTS:
@@ -179,6 +189,12 @@ class RuleConfig:
         if not self.hyper_horizon >= 1.0:
             raise ValueError(
                 f"hyper_horizon must be >= 1 (steps), got {self.hyper_horizon!r}."
+            )
+        low, high = _LOG_LR_OFFSET_RANGE
+        if not (low <= self.min_offset <= 0.0 <= self.max_offset <= high):
+            raise ValueError(
+                f"Need {low} <= min_offset <= 0 <= max_offset <= {high}; got "
+                f"min_offset={self.min_offset!r}, max_offset={self.max_offset!r}."
             )
         if self.hidden_size < 1 or self.num_layers < 1:
             raise ValueError(
@@ -446,7 +462,8 @@ def tensor_features(g, m_old, v_old, nominal, v_hat, is_vector, offset):
 def _apply_tensor(phi, grad, state, config, feature_grad=None):
     """The per-tensor rule: one LSTM step per tensor steers Adam's step size.
 
-        offset_t = clip(offset_{t-1} + hyper_rate * c_t + o_0)
+        offset_t = clip(offset_{t-1} + hyper_rate * c_t + o_0,
+                        min_offset, max_offset)
         c_t      = cos(g_t, d_{t-1}), times hyper_down_fraction if negative
                    (with hyper_horizon H > 1: cos(g_t, u_{t-1}),
                    u_t = (1 - 1/H) u_{t-1} + d_t / H)
@@ -481,7 +498,7 @@ def _apply_tensor(phi, grad, state, config, feature_grad=None):
         cos = ops.maximum(cos, 0.0) + config.hyper_down_fraction * ops.minimum(
             cos, 0.0)
     offset = ops.clip(state["log_lr"] + hyper * cos + out[0],
-                      *_LOG_LR_OFFSET_RANGE)
+                      config.min_offset, config.max_offset)
     step = ops.exp(ops.cast(phi["log_lr"], dtype) + offset + out[1])
     direction = nominal + out[2] * ops.clip(g / denom, -5.0, 5.0)
     update = -step * direction

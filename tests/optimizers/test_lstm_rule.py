@@ -264,6 +264,40 @@ def test_tensor_rule_hyper_horizon_by_hand():
     assert "u" not in lstm_rule.state_keys(one)
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_tensor_rule_offset_stays_in_its_trust_region(sign):
+    # A gradient that keeps (or keeps flipping) its direction moves the
+    # offset by +-hyper_rate per step until min_offset / max_offset stop it.
+    cfg = lstm_rule.RuleConfig(hidden_size=3, num_layers=1,
+                               granularity="tensor", min_offset=-0.7,
+                               max_offset=0.9)
+    phi = _tensor_phi(cfg, math.log(0.01), 0.25)
+    # Equal magnitudes: Adam's direction is parallel to g, so the cosine is
+    # exactly +1 (same direction) or -1 (flipping).
+    g = tf.constant([0.5, -0.5, 0.5], tf.float64)
+    state = lstm_rule.init_state(g, cfg)
+    offsets = []
+    for t in range(8):
+        upd, state = lstm_rule.apply(phi, g * sign ** t, state, cfg)
+        offsets.append(float(state["log_lr"]))
+    expected = np.clip(0.25 * sign * np.arange(8), -0.7, 0.9)
+    np.testing.assert_allclose(offsets, expected, rtol=1e-9, atol=1e-12)
+    # The step uses the clipped offset.
+    np.testing.assert_allclose(
+        np.abs(upd.numpy()).max(),
+        0.01 * math.exp(expected[-1]) * float(
+            np.abs(_adam_nominal_last(g.numpy(), sign, 8)).max()), rtol=1e-9)
+
+
+def _adam_nominal_last(g, sign, steps, b1=0.9, b2=0.999, eps=1e-8):
+    m = v = 0.0
+    for t in range(steps):
+        gt = g * sign ** t
+        m, v = b1 * m + (1 - b1) * gt, b2 * v + (1 - b2) * gt ** 2
+    m_hat, v_hat = m / (1 - b1 ** steps), v / (1 - b2 ** steps)
+    return m_hat / (np.sqrt(v_hat) + eps)
+
+
 def test_tensor_rule_is_invariant_to_the_gradient_scale():
     # Every feature is scale-free, so a loss scaled by 1000 gets the same
     # updates (up to Adam's epsilon).
@@ -365,6 +399,8 @@ def test_list_apply_matches_single_and_bad_lengths():
     ({"granularity": "layer"}, "granularity must be one of"),
     ({"granularity": "tensor", "descent": "sgd"}, "needs descent='adam'"),
     ({"granularity": "tensor", "hyper_horizon": 0.5}, "hyper_horizon must"),
+    ({"granularity": "tensor", "min_offset": 0.5}, "min_offset <= 0"),
+    ({"granularity": "tensor", "max_offset": 9.0}, "max_offset <= 8"),
 ])
 def test_bad_rule_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
