@@ -30,7 +30,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     Adam's signal-to-noise ratio; the gradient's size against its running
     average) and steers the log step size of Adam for that variable, which
     also follows a hypergradient: the gradient's cosine with the average of
-    about the last 100 Adam directions. A step costs about what an Adam step
+    about the last 100 Adam directions, kept within 10x below and 100x
+    above its meta-learned base rate. A step costs about what an Adam step
     costs. `weights="coordinatewise"` is the paper's form: the LSTM runs
     for every coordinate, fed with the log-magnitude and sign of its
     gradient and Adam-like moment features, and scales Adam's direction per

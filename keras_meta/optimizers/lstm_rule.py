@@ -73,7 +73,9 @@ so a step costs a few elementwise passes more than Adam. With
 `hyper_horizon=H > 1` (the shipped default: 100) the hypergradient cosine
 is taken against `u_{t-1}`, an average of past directions with decay
 `1 - 1/H`, instead of `d_{t-1}`: a step-size signal over about H steps,
-less biased towards small steps than the one-step one.
+less biased towards small steps than the one-step one. `min_offset` and
+`max_offset` bound the offset (shipped: 10x below to 100x above the base
+rate), a trust region for runs longer than meta-training's.
 
 Preprocessing (paper, appendix A) with p = 10:
 
