@@ -91,15 +91,7 @@ def train(task, make_opt, seed, steps):
     """Final training loss of `task` after `steps` `fit` steps (NaN if not finite)."""
     build, data, loss = TASKS[task]
     x, y = data(seed)
-    keras.utils.set_random_seed(seed)
-    model = build()
-    model.compile(optimizer=make_opt(), loss=loss)
-    ds = (tf.data.Dataset.from_tensor_slices((x, y))
-          .shuffle(len(x), seed=seed).repeat().batch(128))
-    model.fit(ds, epochs=10, steps_per_epoch=steps // 10, verbose=0)
-    final = float(model.evaluate(x, y, batch_size=1024, verbose=0))
-    finite = all(np.all(np.isfinite(v.numpy())) for v in model.weights)
-    return final if finite else float("nan")
+    return fit_lib.train(build, make_opt, seed, x, y, steps=steps, loss=loss)
 
 
 def main(argv):

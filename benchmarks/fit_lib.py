@@ -31,22 +31,29 @@ def dataset(seed, n):
     return x[0], y[0]
 
 
-def train(model_name, make_opt, seed, x, y, steps=500, batch_size=128):
+def train(model_name, make_opt, seed, x, y, steps=500, batch_size=128,
+          loss=None):
     """Trains `steps` steps with `fit`; returns the final training loss.
+
+    Args:
+        model_name: a key of `MODELS`, or a callable that builds the model.
+        loss: the compiled loss; default sparse categorical cross-entropy
+            on logits.
 
     The loss is `evaluate` on the whole training set; NaN if any weight is
     not finite at the end.
     """
     keras.utils.set_random_seed(seed)
-    model = MODELS[model_name]()
+    build = model_name if callable(model_name) else MODELS[model_name]
+    model = build()
     model.compile(optimizer=make_opt(),
-                  loss=keras.losses.SparseCategoricalCrossentropy(
+                  loss=loss or keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True))
     ds = (tf.data.Dataset.from_tensor_slices((x, y))
           .shuffle(len(x), seed=seed).repeat().batch(batch_size))
     epochs = 10
     model.fit(ds, epochs=epochs, steps_per_epoch=steps // epochs, verbose=0)
     loss = model.evaluate(x, y, batch_size=1024, verbose=0)
-    finite = all(np.all(np.isfinite(v.numpy()))
-                 for v in model.trainable_variables)
+    # All weights, so that batch-norm statistics count too.
+    finite = all(np.all(np.isfinite(v.numpy())) for v in model.weights)
     return float(loss) if finite else float("nan")

@@ -91,13 +91,8 @@ from keras import ops
 
 DESCENTS = ("adam", "none", "sgd", "momentum")
 GRANULARITIES = ("coordinate", "tensor")
-STATE_KEYS = ("h", "c", "m", "v", "t")  # coordinatewise rules
-# descent="momentum" also keeps the previous gradient and update, and the
-# largest secant curvature seen (see `_secant_curvature`).
-MOMENTUM_STATE_KEYS = STATE_KEYS + ("g_prev", "dx", "curv")
 # RMS size of the first step of a "momentum" rule, before any curvature.
 MOMENTUM_PROBE_STEP = 1e-3
-TENSOR_STATE_KEYS = ("h", "c", "m", "v", "t", "log_lr")
 # Features of the per-tensor rule (see `tensor_features`).
 NUM_TENSOR_FEATURES = 6
 # Widest range of the per-tensor log learning-rate offset from phi["log_lr"];
@@ -306,11 +301,7 @@ def init_state(shape_or_tensor, config=RuleConfig(), dtype=None):
 
 def state_keys(config=RuleConfig()):
     """The keys of a state dict of `config`'s rule, in a fixed order."""
-    if config.granularity == "tensor":
-        if config.hyper_horizon > 1.0:
-            return TENSOR_STATE_KEYS + ("u",)
-        return TENSOR_STATE_KEYS
-    return MOMENTUM_STATE_KEYS if config.descent == "momentum" else STATE_KEYS
+    return tuple(state_shapes((), config))
 
 
 def state_shapes(shape, config=RuleConfig()):
@@ -320,6 +311,9 @@ def state_shapes(shape, config=RuleConfig()):
     (state_size,)`); the per-tensor rule keeps one LSTM state per tensor
     (`(state_size,)`) and a scalar log learning-rate offset `log_lr`.
     Both keep Adam's moments `m`, `v` (of `shape`) and a step count `t`.
+    A per-tensor rule with `hyper_horizon > 1` also keeps its average of
+    past directions `u`; `descent="momentum"` keeps the previous gradient
+    and update and the largest secant curvature seen (`_secant_curvature`).
     """
     shape = tuple(shape)
     if config.granularity == "tensor":
