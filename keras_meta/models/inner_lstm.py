@@ -112,17 +112,16 @@ class InnerLSTM(InnerOptimizer):
         """The `lstm_rule` meta-parameter dict of the weights' values."""
         return dict(zip(self._keys, weights))
 
-    def initial_state(self, values):
+    def init(self, values):
         return [lstm_rule.init_state(v, self.rule_config) for v in values]
 
-    def update(self, weights, values, grads, state, step):
+    def update(self, meta_params, grads, state, values, step):
         grads = list(grads)
         features = None if self.feature_gradients else [
             tf.stop_gradient(g) for g in grads]
-        updates, state = lstm_rule.apply(
-            self.phi(weights), grads, state, self.rule_config, features
+        return lstm_rule.apply(
+            self.phi(meta_params), grads, state, self.rule_config, features
         )
-        return [v + u for v, u in zip(values, updates)], state
 
     def get_config(self):
         return {

@@ -2,11 +2,13 @@
 
 import keras
 
+from keras_meta.rules.base import UpdateRule
+
 NAMES = ("sgd", "meta_sgd", "lslr", "lstm")
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")
-class InnerOptimizer:
+class InnerOptimizer(UpdateRule):
     """Base class of the update rules that `keras_meta.MAML` adapts with.
 
     MAML's inner loop calls a rule as a pure function: no variable is
@@ -18,10 +20,12 @@ class InnerOptimizer:
       model (`owner.add_weight`), so the outer optimizer meta-learns them
       with the initialization, `.keras` files save them and
       `get_config` holds only the rule's settings;
-    - `initial_state` is the per-task state before the first inner step
-      (e.g. per-coordinate LSTM states; `()` for a stateless rule);
-    - `update` maps the current values, gradients and state to new values
-      and state, given the meta-parameters as tensors.
+    - `init` and `update` are the `keras_meta.rules.UpdateRule` contract:
+      the per-task state before the first inner step (e.g. per-coordinate
+      LSTM states; `()` for a stateless rule), and one step mapping the
+      gradients, state and current values to additive updates and the new
+      state, given the meta-parameters (the weights `build` created) as
+      tensors.
 
     Subclass it for a new rule and pass an instance as
     `keras_meta.MAML(model, inner_optimizer=rule)`; register the subclass
@@ -32,9 +36,8 @@ class InnerOptimizer:
 
     ```python
     class SignSGD(keras_meta.models.InnerOptimizer):
-        def update(self, weights, values, grads, state, step):
-            return [v - self.learning_rate * tf.sign(g)
-                    for v, g in zip(values, grads)], state
+        def update(self, meta_params, grads, state, values, step):
+            return [-self.learning_rate * tf.sign(g) for g in grads], state
 
     maml = keras_meta.MAML(net, inner_optimizer=SignSGD())
     ```
@@ -51,43 +54,12 @@ class InnerOptimizer:
 
         Returns:
             The list of created weights (empty for a rule without any). The
-            inner loop passes them back to `update`, in this order, as
-            tensors.
+            inner loop passes them back to `update` as `meta_params`, in
+            this order, as tensors.
         """
         del owner, adapted_variables, inner_steps
         self.learning_rate = float(learning_rate)
         return []
-
-    def initial_state(self, values):
-        """The per-task state before the first inner step.
-
-        Args:
-            values: list of tensors, the adapted variables' initial values.
-
-        Returns:
-            Any nest of tensors; `()` for a stateless rule.
-        """
-        del values
-        return ()
-
-    def update(self, weights, values, grads, state, step):
-        """One inner step.
-
-        Args:
-            weights: list of tensors, the values of the weights `build`
-                returned.
-            values: list of tensors, the adapted variables' current values.
-            grads: list of tensors, the support-loss gradients at `values`.
-            state: the state from `initial_state` or the previous step.
-            step: Python int, the index of this inner step (0-based).
-
-        Returns:
-            `(new_values, new_state)`.
-        """
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement update(weights, values, "
-            "grads, state, step)."
-        )
 
     @property
     def learned_rates(self):

@@ -48,14 +48,15 @@ class InnerSGD(InnerOptimizer):
             learning_rate,
         )
 
-    def update(self, weights, values, grads, state, step):
-        new_values = []
-        for index, (value, grad) in enumerate(zip(values, grads)):
+    def update(self, meta_params, grads, state, values, step):
+        updates = []
+        for index, grad in enumerate(grads):
             rate = inner_rates.rate_for(
-                self._learned_rates, weights, self.learning_rate, index, step
+                self._learned_rates, meta_params, self.learning_rate, index,
+                step,
             )
-            new_values.append(value - rate * grad)
-        return new_values, state
+            updates.append(-(rate * grad))
+        return updates, state
 
     def get_config(self):
         return {"learned_rates": self._learned_rates}

@@ -19,6 +19,7 @@ from keras_meta.models import data_checks
 from keras_meta.models import exact_moments
 from keras_meta.models import inner_rates
 from keras_meta.models import inner_sgd
+from keras_meta.rules import inner_loop
 
 TASK_PARALLELISM = ("auto", "batched", "vectorized", "sequential",
                     "unrolled")
@@ -577,30 +578,31 @@ class MAML(keras.Model):
             The adapted ("fast") parameter list.
         """
         fast = list(params)
-        rule_state = self.inner_optimizer.initial_state(
-            [fast[i] for i in self._adapted_indices]
+        adapted_indices = self._adapted_indices
+
+        def with_adapted(adapted):
+            merged = list(fast)
+            for i, value in zip(adapted_indices, adapted):
+                merged[i] = value
+            return merged
+
+        def support_loss(adapted, step):
+            del step
+            pred, _, losses = self._forward(
+                with_adapted(adapted), non_trainable, support_x, training
+            )
+            return self._task_loss(support_y, pred, losses)
+
+        report = None
+        if on_step is not None:
+            def report(step, adapted):
+                on_step(step, with_adapted(adapted))
+
+        adapted, _, _ = inner_loop.unroll(
+            self.inner_optimizer, rates, [fast[i] for i in adapted_indices],
+            support_loss, steps, second_order=second_order, on_step=report,
         )
-        for step in range(steps):
-            with tf.GradientTape() as tape:
-                adapted = [fast[i] for i in self._adapted_indices]
-                tape.watch(adapted)
-                pred, _, losses = self._forward(
-                    fast, non_trainable, support_x, training
-                )
-                loss = self._task_loss(support_y, pred, losses)
-            grads = tape.gradient(
-                loss, adapted, unconnected_gradients="zero"
-            )
-            if not second_order:
-                grads = [tf.stop_gradient(grad) for grad in grads]
-            adapted, rule_state = self.inner_optimizer.update(
-                rates, adapted, grads, rule_state, step
-            )
-            for i, value in zip(self._adapted_indices, adapted):
-                fast[i] = value
-            if on_step is not None:
-                on_step(step + 1, fast)
-        return fast
+        return with_adapted(adapted)
 
     def _run_task(
         self, params, rates, non_trainable, task, steps, training,
@@ -796,26 +798,33 @@ class MAML(keras.Model):
         if pre_adaptation:
             results[0] = task_losses(params, episode["query_x"],
                                      episode["query_y"])
-        rule_state = self.inner_optimizer.initial_state(
-            [fast[i] for i in self._adapted_indices])
-        for step in range(steps):
-            with tf.GradientTape() as tape:
-                adapted = [fast[i] for i in self._adapted_indices]
-                tape.watch(adapted)
-                losses, _ = task_losses(fast, episode["support_x"],
-                                        episode["support_y"])
-                total = tf.reduce_sum(losses)
-            grads = tape.gradient(total, adapted,
-                                  unconnected_gradients="zero")
-            if not second_order:
-                grads = [tf.stop_gradient(grad) for grad in grads]
-            adapted, rule_state = self.inner_optimizer.update(
-                rates, adapted, grads, rule_state, step)
-            for i, value in zip(self._adapted_indices, adapted):
-                fast[i] = value
-            if step + 1 in record_steps and step + 1 != steps:
-                results[step + 1] = task_losses(
-                    fast, episode["query_x"], episode["query_y"])
+        adapted_indices = self._adapted_indices
+
+        def with_adapted(adapted):
+            merged = list(fast)
+            for i, value in zip(adapted_indices, adapted):
+                merged[i] = value
+            return merged
+
+        def support_loss(adapted, step):
+            del step
+            # The gradient of the sum of the task losses with respect to
+            # the stacked weights is every task's own gradient.
+            losses, _ = task_losses(with_adapted(adapted),
+                                    episode["support_x"], episode["support_y"])
+            return tf.reduce_sum(losses)
+
+        def on_step(step, adapted):
+            if step in record_steps and step != steps:
+                results[step] = task_losses(
+                    with_adapted(adapted), episode["query_x"],
+                    episode["query_y"])
+
+        adapted, _, _ = inner_loop.unroll(
+            self.inner_optimizer, rates, [fast[i] for i in adapted_indices],
+            support_loss, steps, second_order=second_order, on_step=on_step,
+        )
+        fast = with_adapted(adapted)
         results[steps] = task_losses(fast, episode["query_x"],
                                      episode["query_y"])
         if not pre_adaptation:

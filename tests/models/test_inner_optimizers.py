@@ -105,9 +105,8 @@ def test_bad_rule_arguments():
 
 def test_custom_rule_object():
     class SignSGD(InnerOptimizer):
-        def update(self, weights, values, grads, state, step):
-            return [v - self.learning_rate * tf.sign(g)
-                    for v, g in zip(values, grads)], state
+        def update(self, meta_params, grads, state, values, step):
+            return [-self.learning_rate * tf.sign(g) for g in grads], state
 
     maml = make(SignSGD())
     data = episode(tasks=1)

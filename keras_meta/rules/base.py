@@ -1,0 +1,64 @@
+"""The update-rule contract."""
+
+
+class UpdateRule:
+    """A functional optimizer over lists of tensors.
+
+    A rule is a pair of pure functions, so it can run inside a differentiated
+    inner loop (MAML), an unrolled meta-training truncation, or a Keras
+    optimizer's `update_step` alike:
+
+    - `init(values) -> state`: the state before the first step, for the
+      list of parameter tensors `values` (any nest of tensors; `()` for a
+      stateless rule).
+    - `update(meta_params, grads, state, values, step) -> (updates, state)`:
+      one step. `updates` is a list of tensors added to `values`
+      (`new_value = value + update`). `meta_params` are the rule's own
+      meta-parameters as tensors (learned rates, an LSTM's weights; `()`
+      for a hand-designed rule); `step` is the 0-based step index, a Python
+      int inside an unrolled loop or a scalar tensor in a Keras optimizer.
+
+    Nothing is assigned: meta-gradients flow through `update` to
+    `meta_params`, `grads` and `values`.
+
+    Example:
+
+    ```python
+    class SignSGD(keras_meta.rules.UpdateRule):
+        def __init__(self, learning_rate):
+            self.learning_rate = learning_rate
+
+        def update(self, meta_params, grads, state, values, step):
+            return [-self.learning_rate * tf.sign(g) for g in grads], state
+    ```
+    """
+
+    def init(self, values):
+        """The state before the first step.
+
+        Args:
+            values: list of tensors, the parameters' initial values.
+
+        Returns:
+            Any nest of tensors; `()` for a stateless rule.
+        """
+        del values
+        return ()
+
+    def update(self, meta_params, grads, state, values, step):
+        """One step.
+
+        Args:
+            meta_params: the rule's meta-parameters as tensors.
+            grads: list of tensors, the loss gradients at `values`.
+            state: from `init` or the previous `update`.
+            values: list of tensors, the parameters' current values.
+            step: the 0-based index of this step.
+
+        Returns:
+            `(updates, new_state)`, `updates` a list like `values`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement update(meta_params, grads, "
+            "state, values, step)."
+        )
