@@ -12,7 +12,7 @@ from keras_meta.backend import ensure_tensorflow_backend
 
 ensure_tensorflow_backend()
 
-__version__ = "0.2.0"
+from keras_meta.version import __version__  # noqa: E402,F401
 
 from keras_meta import data  # noqa: E402
 from keras_meta import distribute  # noqa: E402

@@ -11,6 +11,10 @@ file. Also: atomic writes of saved files.
 import json
 import os
 
+import tensorflow as tf
+
+from keras_meta.version import __version__
+
 VERSION_KEY = "keras_meta_version"
 FORMAT_KEY = "keras_meta_format"
 # Bump when a saved config changes so that older releases cannot read it.
@@ -19,15 +23,9 @@ FORMAT = 1
 UNSTAMPED_VERSION = "0.1.0"
 
 
-def _version():
-    import keras_meta
-
-    return keras_meta.__version__
-
-
 def stamp(config):
     """Adds the package version and format to a `get_config` dict."""
-    config[VERSION_KEY] = _version()
+    config[VERSION_KEY] = __version__
     config[FORMAT_KEY] = FORMAT
     return config
 
@@ -50,7 +48,7 @@ def check(config, class_name):
     if not isinstance(saved_format, int) or saved_format > FORMAT:
         raise ValueError(
             f"This {class_name} was saved by keras_meta {saved} (file "
-            f"format {saved_format}); this is keras_meta {_version()}, which "
+            f"format {saved_format}); this is keras_meta {__version__}, which "
             f"reads formats up to {FORMAT}. Upgrade keras_meta to load it."
         )
     return saved
@@ -70,7 +68,7 @@ def build(cls, config, class_name=None):
     except (TypeError, ValueError) as e:
         raise ValueError(
             f"Cannot load this {class_name}: it was saved by keras_meta "
-            f"{saved} and this is keras_meta {_version()}; its config does "
+            f"{saved} and this is keras_meta {__version__}; its config does "
             f"not fit this release ({e})."
         ) from e
 
@@ -115,8 +113,6 @@ def unsaved_counter(value, dtype, name):
     earlier releases from loading. Under a `tf.distribute` strategy the
     first replica's value is the one kept.
     """
-    import tensorflow as tf
-
     return tf.Variable(
         tf.constant(value, dtype), trainable=False, name=name,
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)

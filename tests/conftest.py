@@ -25,3 +25,22 @@ def omniglot_dir():
                                        "images_background_small1.zip")):
         pytest.skip(f"Omniglot archives not found in {OMNIGLOT_DIR}")
     return OMNIGLOT_DIR
+
+# Integration tests: they run training scripts, subprocesses, several
+# devices or the real Omniglot data. `pytest -m "not slow"` runs the fast
+# unit tests alone; the README's command runs everything.
+SLOW_PATHS = (
+    "tests/experiments/",
+    "tests/benchmarks/",
+    "tests/test_distribute.py",
+    "tests/models/test_omniglot_maml.py",
+    "tests/meta/test_interruption.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    root = str(config.rootpath)
+    for item in items:
+        path = os.path.relpath(str(item.path), root).replace(os.sep, "/")
+        if path.startswith(SLOW_PATHS):
+            item.add_marker(pytest.mark.slow)
