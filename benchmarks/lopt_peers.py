@@ -55,7 +55,7 @@ def keras_meta_child(cfg):
     import keras_meta  # noqa: F401
     from keras_meta.meta import problems
     from keras_meta.meta import trainer
-    from keras_meta.optimizers import lstm_rule
+    from keras_meta.rules import lstm as lstm_rule
 
     rule = lstm_rule.RuleConfig(hidden_size=20, num_layers=2, descent="adam")
     mt = trainer.MetaTrainer(

@@ -19,10 +19,10 @@ from absl import app
 from absl import flags
 
 import keras_meta  # noqa: F401
-from keras_meta.meta import baselines
 from keras_meta.meta import problems
 from keras_meta.meta import trainer
 from keras_meta.optimizers import weights_io
+from keras_meta.rules import baselines
 
 from benchmarks import common
 

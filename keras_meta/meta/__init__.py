@@ -1,4 +1,6 @@
-"""Meta-training of the learned optimizer: problems, baselines, trainer."""
+"""Meta-training of the learned optimizer: problems, the truncated step,
+its gradient estimator (truncated backpropagation), the outer learner
+(`MetaTrainer`) and the evaluation of rules (`rollout.run_rule`)."""
 
 from keras_meta.meta import baselines  # noqa: F401
 from keras_meta.meta import problems  # noqa: F401

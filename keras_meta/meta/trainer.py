@@ -1,29 +1,29 @@
-"""Unrolled meta-training of the LSTM update rule (truncated BPTT).
+"""Unrolled meta-training of the LSTM update rule (truncated BPTT): the
+outer learner.
 
-`MetaTrainer` optimizes phi, the meta-parameters of `lstm_rule`, by gradient
-descent on the optimizee losses along unrolled optimization runs:
+`MetaTrainer` optimizes phi, the meta-parameters of the LSTM rule
+(`keras_meta.rules.lstm`), by gradient descent on the optimizee losses
+along unrolled optimization runs:
 
   * a run samples a problem (from a mixture of `problems.Problem` families)
     and optimizes it for `horizon` steps with the rule;
-  * the run is cut into truncations of `unroll` steps; each truncation is one
-    compiled `tf.function` that unrolls the steps functionally (the optimizee
-    is a pure function of its parameter list: `model.stateless_call` for
-    Keras models, nothing is assigned), returns the meta-loss, its gradient
-    with respect to phi, and the final parameters and rule state, which are
-    carried (without gradient) into the next truncation;
-  * meta-loss = mean over the truncation's steps t = 1..T of f(theta_t)
-    (`meta_loss="mean"`, the paper's sum divided by T), or of log f(theta_t)
-    (`meta_loss="log"`, default, which weights problems of different scales
-    alike);
+  * the run is cut into truncations of `unroll` steps
+    (`truncated_step.truncated_step`: the optimizee is a pure function of
+    its parameter list, `model.stateless_call` for Keras models, nothing
+    is assigned); each truncation's meta-gradient comes from
+    `tbptt.TruncatedBackprop`, one compiled `tf.function` per problem, and
+    its final parameters and rule state are carried (without gradient)
+    into the next truncation;
   * `second_order=False` (default, as the paper) stops gradients through the
     optimizee gradients; meta-gradients are clipped by global norm and
-    applied with Adam; a non-finite meta-gradient is skipped and counted.
+    applied with Adam; a truncation whose losses or meta-gradient are not
+    finite is skipped and counted (`keras_meta.nonfinite`).
 
-`run_rule` evaluates any `baselines.UpdateRule` (learned or hand-designed) on
-a problem instance for many steps, for benchmarks and TensorBoard curves.
+`run_rule`, `adam_reference_lr` and `log10_mean` (evaluation of any
+`keras_meta.rules.UpdateRule`) live in `rollout` and are importable from
+here too.
 """
 
-import math
 import time
 
 import keras
@@ -32,53 +32,18 @@ import tensorflow as tf
 
 from keras_meta import backend as km_backend
 from keras_meta import errors
-from keras_meta.meta import problems as problems_lib
-from keras_meta.optimizers import lstm_rule
+from keras_meta import nonfinite
+from keras_meta.meta.rollout import adam_reference_lr  # noqa: F401
+from keras_meta.meta.rollout import log10_mean  # noqa: F401
+from keras_meta.meta.rollout import run_rule  # noqa: F401
+from keras_meta.meta.tbptt import TruncatedBackprop
+from keras_meta.meta.truncated_step import unrolled_meta_loss  # noqa: F401
+from keras_meta.rules import lstm
 
-
-def _objective(losses, kind):
-    if kind == "log":
-        return tf.reduce_mean(tf.math.log(losses + 1e-12))
-    if kind == "mean":
-        return tf.reduce_mean(losses)
-    raise ValueError(f"meta_loss must be 'log' or 'mean', got {kind!r}")
-
-
-def unrolled_meta_loss(phi, problem, params, state, task, batches, unroll,
-                       config, second_order=False, meta_loss="log"):
-    """Unrolls `unroll` rule steps from `params`; returns losses and outputs.
-
-    Pure function (traceable). `batches` has `unroll + 1` entries on its
-    leading axis: the last one evaluates the final parameters.
-
-    Returns:
-        dict with `objective` (the meta-loss), `losses` (f(theta_t) for
-        t = 1..unroll), `params`, `state` and `updates` (of the last step).
-    """
-    losses = []
-    updates = None
-    for t in range(unroll):
-        batch = tf.nest.map_structure(lambda b: b[t], batches)
-        with tf.GradientTape() as tape:
-            tape.watch(params)
-            loss = problem.loss(params, task, batch)
-        grads = tape.gradient(loss, params)
-        if not second_order:
-            grads = [tf.stop_gradient(g) for g in grads]
-        if t > 0:
-            losses.append(loss)
-        updates, state = lstm_rule.apply(phi, grads, state, config)
-        params = [p + u for p, u in zip(params, updates)]
-    batch = tf.nest.map_structure(lambda b: b[unroll], batches)
-    losses.append(problem.loss(params, task, batch))
-    losses = tf.stack(losses)
-    return {
-        "objective": _objective(losses, meta_loss),
-        "losses": losses,
-        "params": params,
-        "state": state,
-        "updates": updates,
-    }
+# What stops a truncation, by `nonfinite.first_nonfinite` index.
+_NONFINITE_QUANTITIES = {1: "optimizee loss", 2: "meta-gradient"}
+# Minibatch seeds of a run: its seed plus this times the truncation's end.
+_BATCH_SEED_STRIDE = 7919
 
 
 class MetaTrainer:
@@ -86,14 +51,14 @@ class MetaTrainer:
 
     Args:
         problems: list of `problems.Problem` (the meta-training mixture).
-        config: `lstm_rule.RuleConfig`.
-        phi: initial phi (dict of arrays); default `lstm_rule.init_phi`.
+        config: `keras_meta.rules.lstm.RuleConfig`.
+        phi: initial phi (dict of arrays); default `lstm.init_phi`.
         unroll: steps per truncation (paper: 20).
         horizon: steps per optimization run (paper: 100).
         meta_lr: Adam learning rate for phi.
         clip_norm: global-norm clip of the meta-gradient.
         second_order: keep second derivatives (default False, as the paper).
-        meta_loss: `"log"` or `"mean"` (see module docstring).
+        meta_loss: `"log"` or `"mean"` (see `truncated_step`).
         jit_compile: compile each truncation with XLA; "auto" (default):
             `keras_meta.backend.default_jit_compile()`, XLA on GPU and TPU.
         seed: seeds problem sampling.
@@ -104,16 +69,16 @@ class MetaTrainer:
             non-finite truncations in a row, `meta_step` raises
             `keras_meta.errors.NonFiniteError` (None: never).
         strategy: a `tf.distribute.Strategy` to split problems across
-            replicas (None: one device, as before). Each meta-step then
-            runs one truncation per replica, every replica on its own
-            instance of the same family (its own seed), with
-            `strategy.run`; the meta-gradient is the cross-replica mean
-            (the single-device meta-gradient of the mean objective over
-            those instances), applied to phi once. `get_state` then omits
-            the runs in progress: a resumed job starts fresh runs.
+            replicas (None: one device). Each meta-step then runs one
+            truncation per replica, every replica on its own instance of
+            the same family (its own seed), with `strategy.run`; the
+            meta-gradient is the cross-replica mean (the single-device
+            meta-gradient of the mean objective over those instances),
+            applied to phi once. `get_state` then omits the runs in
+            progress: a resumed job starts fresh runs.
     """
 
-    def __init__(self, problems, config=lstm_rule.RuleConfig(), phi=None,
+    def __init__(self, problems, config=lstm.RuleConfig(), phi=None,
                  unroll=20, horizon=100, meta_lr=1e-3, clip_norm=1.0,
                  second_order=False, meta_loss="log", jit_compile="auto",
                  seed=0, dtype="float32", problem_weights=None,
@@ -123,16 +88,9 @@ class MetaTrainer:
                 f"horizon ({horizon}) must be a multiple of unroll ({unroll})."
             )
         self.problems = list(problems)
-        if problem_weights is None:
-            problem_weights = [1.0] * len(self.problems)
-        if len(problem_weights) != len(self.problems):
-            raise ValueError(
-                f"Got {len(problem_weights)} problem_weights for "
-                f"{len(self.problems)} problems."
-            )
-        w = np.asarray(problem_weights, dtype=np.float64)
-        self.problem_probs = w / w.sum()
+        self.problem_probs = self._problem_probs(problem_weights)
         self.config = config
+        self.rule = lstm.LSTMRule(config)
         self.unroll, self.horizon = unroll, horizon
         self.clip_norm = clip_norm
         self.second_order = second_order
@@ -141,7 +99,7 @@ class MetaTrainer:
             jit_compile = km_backend.default_jit_compile(strategy=strategy)
         self.jit_compile = bool(jit_compile)
         self.dtype = dtype
-        phi = phi if phi is not None else lstm_rule.init_phi(config, seed)
+        phi = phi if phi is not None else lstm.init_phi(config, seed)
         self.phi = {
             k: keras.Variable(np.asarray(v, dtype), dtype=dtype,
                               name="phi_" + k.replace("/", "_"))
@@ -149,41 +107,43 @@ class MetaTrainer:
         }
         self.meta_optimizer = keras.optimizers.Adam(meta_lr)
         self.meta_optimizer.build(list(self.phi.values()))
+        self.estimator = TruncatedBackprop(
+            self.rule, sorted(self.phi), unroll, second_order, meta_loss,
+            self.jit_compile)
         self.rng = np.random.default_rng(seed)
         self.skipped_meta_steps = 0
         self.consecutive_skips = 0
         self.max_consecutive_skips = max_consecutive_skips
         self.meta_steps_done = 0
-        self._fns = {}
         self._run = None
         self.strategy = strategy
-        self._dist_fns = {}
+
+    def _problem_probs(self, problem_weights):
+        if problem_weights is None:
+            problem_weights = [1.0] * len(self.problems)
+        if len(problem_weights) != len(self.problems):
+            raise ValueError(
+                f"Got {len(problem_weights)} problem_weights for "
+                f"{len(self.problems)} problems."
+            )
+        w = np.asarray(problem_weights, dtype=np.float64)
+        return w / w.sum()
 
     def phi_numpy(self):
         """Current phi as a dict of numpy arrays."""
         return {k: v.numpy() for k, v in self.phi.items()}
 
+    def _phi_values(self):
+        return [self.phi[k].value for k in sorted(self.phi)]
+
     def _truncation_fn(self, problem):
-        key = id(problem)
-        if key not in self._fns:
-            keys = sorted(self.phi)
+        """The compiled truncation of `problem` (`TruncatedBackprop`)."""
+        return self.estimator.truncation_fn(problem)
 
-            def truncation(phi_values, params, state, task, batches):
-                with tf.GradientTape() as tape:
-                    tape.watch(phi_values)
-                    phi = dict(zip(keys, phi_values))
-                    out = unrolled_meta_loss(
-                        phi, problem, params, state, task, batches,
-                        self.unroll, self.config, self.second_order,
-                        self.meta_loss)
-                grads = tape.gradient(out["objective"], phi_values)
-                out["meta_grads"] = grads
-                return out
-
-            self._fns[key] = tf.function(
-                truncation, jit_compile=self.jit_compile,
-                reduce_retracing=True)
-        return self._fns[key]
+    def _start(self, instance):
+        """The parameters and initial rule state of a new run."""
+        params = [tf.cast(p, self.dtype) for p in instance.params]
+        return params, self.rule.init(params)
 
     def _new_run(self):
         problem = self.problems[
@@ -197,10 +157,55 @@ class MetaTrainer:
             return {"problem": problem, "seeds": seeds, "instances": {},
                     "params": None, "state": None, "step": 0, "seed": seed}
         instance = problem.sample(seed)
-        params = [tf.cast(p, self.dtype) for p in instance.params]
-        state = [lstm_rule.init_state(p, self.config) for p in params]
+        params, state = self._start(instance)
         return {"problem": problem, "instance": instance, "params": params,
                 "state": state, "step": 0, "seed": seed}
+
+    def _truncation(self, run):
+        """The current truncation's `TruncatedBackprop` output."""
+        if self.strategy is not None:
+            return self._distributed_truncation(run)
+        problem = run["problem"]
+        batches = problem.batches(
+            run["instance"], self.unroll + 1,
+            run["seed"] + _BATCH_SEED_STRIDE * (run["step"] + 1))
+        return self._truncation_fn(problem)(
+            self._phi_values(), run["params"], run["state"],
+            problem.task_tensors(run["instance"]), batches)
+
+    def _apply_or_skip(self, run, out, norm):
+        """Applies the meta-gradient if finite, else skips and counts.
+
+        Returns the `nonfinite.first_nonfinite` index (0: applied).
+        """
+        bad = int(nonfinite.first_nonfinite([out["losses"], norm]))
+        if not bad:
+            clipped, _ = tf.clip_by_global_norm(out["meta_grads"],
+                                                self.clip_norm)
+            self.meta_optimizer.apply(clipped, [self.phi[k] for k in
+                                                sorted(self.phi)])
+            run["params"], run["state"] = out["params"], out["state"]
+            run["step"] += self.unroll
+        else:
+            self.skipped_meta_steps += 1
+            self._run = None  # start a fresh run
+        self.consecutive_skips = int(nonfinite.consecutive_count(
+            self.consecutive_skips, bool(bad)))
+        return bad
+
+    def _check_skips(self, bad, problem):
+        if (self.max_consecutive_skips is None
+                or self.consecutive_skips < self.max_consecutive_skips):
+            return
+        quantity = _NONFINITE_QUANTITIES.get(bad, "meta-gradient")
+        raise errors.NonFiniteError(
+            f"Meta-training stopped at meta-step {self.meta_steps_done}: "
+            f"the {quantity} was not finite in {self.consecutive_skips} "
+            f"consecutive truncations (on {problem.name!r}), which were "
+            f"skipped ({self.skipped_meta_steps} in all; phi holds its "
+            "last finite values). Lower --meta_lr or --clip_norm, or "
+            "check the problem.", step=self.meta_steps_done,
+            quantity=quantity)
 
     def meta_step(self):
         """Runs one truncation and applies one meta-update.
@@ -216,50 +221,17 @@ class MetaTrainer:
         run = self._run
         problem = run["problem"]
         start = time.perf_counter()
-        if self.strategy is not None:
-            out = self._distributed_truncation(run)
-        else:
-            batches = problem.batches(
-                run["instance"], self.unroll + 1,
-                run["seed"] + 7919 * (run["step"] + 1))
-            fn = self._truncation_fn(problem)
-            out = fn([self.phi[k].value for k in sorted(self.phi)],
-                     run["params"], run["state"],
-                     problem.task_tensors(run["instance"]), batches)
-        grads = out["meta_grads"]
-        norm = tf.linalg.global_norm(grads)
-        finite = bool(tf.math.is_finite(norm)) and bool(
-            tf.reduce_all(tf.math.is_finite(out["losses"])))
-        if finite:
-            clipped, _ = tf.clip_by_global_norm(grads, self.clip_norm)
-            self.meta_optimizer.apply(clipped, [self.phi[k] for k in
-                                                sorted(self.phi)])
-            run["params"], run["state"] = out["params"], out["state"]
-            run["step"] += self.unroll
-            self.consecutive_skips = 0
-        else:
-            self.skipped_meta_steps += 1
-            self.consecutive_skips += 1
-            self._run = None  # start a fresh run
+        out = self._truncation(run)
+        norm = tf.linalg.global_norm(out["meta_grads"])
+        bad = self._apply_or_skip(run, out, norm)
         self.meta_steps_done += 1
-        if (self.max_consecutive_skips is not None
-                and self.consecutive_skips >= self.max_consecutive_skips):
-            losses_ok = bool(tf.reduce_all(tf.math.is_finite(out["losses"])))
-            quantity = "meta-gradient" if losses_ok else "optimizee loss"
-            raise errors.NonFiniteError(
-                f"Meta-training stopped at meta-step {self.meta_steps_done}: "
-                f"the {quantity} was not finite in {self.consecutive_skips} "
-                f"consecutive truncations (on {problem.name!r}), which were "
-                f"skipped ({self.skipped_meta_steps} in all; phi holds its "
-                "last finite values). Lower --meta_lr or --clip_norm, or "
-                "check the problem.", step=self.meta_steps_done,
-                quantity=quantity)
+        self._check_skips(bad, problem)
         return {
             "problem": problem.name,
             "objective": float(out["objective"]),
             "mean_loss": float(tf.reduce_mean(out["losses"])),
             "grad_norm": float(norm),
-            "applied": finite,
+            "applied": not bad,
             "run_step": run["step"],
             "seconds": time.perf_counter() - start,
             "updates": out["updates"],
@@ -268,7 +240,7 @@ class MetaTrainer:
     def _distributed_truncation(self, run):
         """One truncation per replica; cross-replica means of the results.
 
-        Returns the dict of `unrolled_meta_loss` plus `meta_grads`, with
+        Returns the dict of `truncated_step` plus `meta_grads`, with
         `objective`, `losses` and `meta_grads` averaged over replicas,
         `params` and `state` per replica (carried into the next
         truncation) and `updates` of the first local replica.
@@ -286,35 +258,15 @@ class MetaTrainer:
                 lambda ctx: fn(ctx.replica_id_in_sync_group))
 
         if run["params"] is None:
-            def start(r):
-                params = [tf.cast(p, self.dtype) for p in instance(r).params]
-                return params, [lstm_rule.init_state(p, self.config)
-                                for p in params]
-            run["params"] = per_replica(lambda r: start(r)[0])
-            run["state"] = per_replica(lambda r: start(r)[1])
+            run["params"] = per_replica(lambda r: self._start(instance(r))[0])
+            run["state"] = per_replica(lambda r: self._start(instance(r))[1])
         task = per_replica(lambda r: problem.task_tensors(instance(r)))
         batches = per_replica(lambda r: problem.batches(
             instance(r), self.unroll + 1,
-            run["seeds"][r] + 7919 * (run["step"] + 1)))
-        key = id(problem)
-        if key not in self._dist_fns:
-            truncation = self._truncation_fn(problem)
-            mean = tf.distribute.ReduceOp.MEAN
-
-            @tf.function
-            def step(phi_values, params, state, task, batches):
-                out = strategy.run(truncation, args=(
-                    phi_values, params, state, task, batches))
-                reduced = {k: strategy.reduce(mean, out[k], axis=None)
-                           for k in ("objective", "losses")}
-                reduced["meta_grads"] = [strategy.reduce(mean, g, axis=None)
-                                         for g in out["meta_grads"]]
-                return reduced, out["params"], out["state"], out["updates"]
-
-            self._dist_fns[key] = step
-        reduced, params, state, updates = self._dist_fns[key](
-            [self.phi[k].value for k in sorted(self.phi)], run["params"],
-            run["state"], task, batches)
+            run["seeds"][r] + _BATCH_SEED_STRIDE * (run["step"] + 1)))
+        step = self.estimator.distributed_fn(problem, strategy)
+        reduced, params, state, updates = step(
+            self._phi_values(), run["params"], run["state"], task, batches)
         reduced.update(params=params, state=state, updates=[
             strategy.experimental_local_results(u)[0] for u in updates])
         return reduced
@@ -391,60 +343,3 @@ class MetaTrainer:
             if callback is not None:
                 callback(i, logs)
         return history
-
-
-def run_rule(rule, problem, instance, steps, seed=0, chunk=50):
-    """Optimizes `instance` for `steps` steps with an `UpdateRule`.
-
-    Args:
-        rule: a `baselines.UpdateRule` (learned or hand-designed).
-        problem: its `problems.Problem`.
-        instance: from `problem.sample`.
-        steps: number of updates.
-        seed: seeds the minibatches.
-        chunk: minibatches drawn at a time.
-
-    Returns:
-        numpy array of `steps + 1` losses: f(theta_0) .. f(theta_steps),
-        each on the minibatch of its step (non-finite values kept).
-    """
-    task = problem.task_tensors(instance)
-
-    @tf.function(reduce_retracing=True)
-    def step(params, state, batch):
-        with tf.GradientTape() as tape:
-            tape.watch(params)
-            loss = problem.loss(params, task, batch)
-        grads = tape.gradient(loss, params)
-        updates, state = rule.apply(grads, state)
-        return loss, [p + u for p, u in zip(params, updates)], state
-
-    @tf.function(reduce_retracing=True)
-    def final_loss(params, batch):
-        return problem.loss(params, task, batch)
-
-    params = list(instance.params)
-    state = rule.init_state(params)
-    losses = []
-    done = 0
-    while done < steps:
-        n = min(chunk, steps - done)
-        batches = problem.batches(instance, n + 1, seed + done)
-        for i in range(n):
-            batch = tf.nest.map_structure(lambda b: b[i], batches)
-            loss, params, state = step(params, state, batch)
-            losses.append(float(loss))
-        done += n
-    last = tf.nest.map_structure(lambda b: b[n], batches)
-    losses.append(float(final_loss(params, last)))
-    return np.asarray(losses)
-
-
-def adam_reference_lr(problem):
-    """A reasonable untuned Adam learning rate for TensorBoard comparisons."""
-    return 0.1 if isinstance(problem, problems_lib.QuadraticProblem) else 1e-2
-
-
-def log10_mean(x):
-    x = np.asarray(x, dtype=np.float64)
-    return math.log10(float(np.mean(x))) if np.all(np.isfinite(x)) else float("nan")

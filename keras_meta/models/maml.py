@@ -13,12 +13,12 @@ from keras_meta import distribute as km_distribute
 from keras_meta import saving
 from keras_meta.data.episode import EPISODE_KEYS
 from keras_meta.data.episode import validate_episode
-from keras_meta.models import inner_optimizer as inner_optimizers
+from keras_meta.maml import inner_rules as inner_optimizers
 from keras_meta.models import batched_dense
 from keras_meta.models import data_checks
 from keras_meta.models import exact_moments
 from keras_meta.models import inner_rates
-from keras_meta.models import inner_sgd
+from keras_meta.maml.inner_rules import sgd as inner_sgd
 from keras_meta.rules import inner_loop
 
 TASK_PARALLELISM = ("auto", "batched", "vectorized", "sequential",

@@ -1,4 +1,11 @@
-"""`LearnedOptimizer`: the meta-trained LSTM update rule as a Keras optimizer."""
+"""`LearnedOptimizer`: the meta-trained LSTM update rule as a Keras optimizer.
+
+A thin Keras adapter over `keras_meta.rules.lstm.LSTMRule`: phi are
+optimizer variables, the rule's per-tensor state lives in slots shaped by
+`LSTMRule.state_shapes`, and `update_step` calls `LSTMRule.update` for one
+variable, scales the update by `learning_rate` and applies it unless it is
+not finite (`keras_meta.nonfinite`).
+"""
 
 import os
 
@@ -9,9 +16,10 @@ from keras import ops
 from keras.src.saving import serialization_lib
 from tensorflow.python.ops import control_flow_util
 
+from keras_meta import nonfinite
 from keras_meta import saving
-from keras_meta.optimizers import lstm_rule
 from keras_meta.optimizers import weights_io
+from keras_meta.rules import lstm
 
 
 def _in_xla_context():
@@ -64,10 +72,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             conditioning dominates; see `weights_io.PRETRAINED`); a path to an
             `.npz` file written by `keras_meta.optimizers.weights_io.save_phi`
             or `examples/train_learned_optimizer.py`; a dict of arrays
-            (`{name: array}` matching `lstm_rule.phi_shapes(rule)`, then
+            (`{name: array}` matching `rules.lstm.phi_shapes(rule)`, then
             `rule` is required); or `"init"` for an untrained rule drawn with
             `seed` (for meta-training and tests).
-        rule: Optional dict of `lstm_rule.RuleConfig` fields. Taken from the
+        rule: Optional dict of `rules.lstm.RuleConfig` fields. Taken from the
             weights file when `weights` is a path or `None`; if also given it
             must agree with the file.
         seed: Seed of the random phi when `weights="init"`.
@@ -132,9 +140,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self.weights = weights
         self.rule = dict(rule) if rule is not None else None
         self.seed = seed
-        phi_values, self._rule_config = self._resolve_weights(
-            weights, rule, seed
-        )
+        phi_values, self._rule_config = weights_io.resolve(
+            weights, rule, seed)
+        self._rule = lstm.LSTMRule(self._rule_config)
         self._phi_keys = sorted(phi_values)
         self._phi = {}
         for key in self._phi_keys:
@@ -151,52 +159,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             name="nonfinite_count",
         )
 
-    @staticmethod
-    def _resolve_weights(weights, rule, seed):
-        rule_cfg = (
-            lstm_rule.RuleConfig.from_dict(rule) if rule is not None else None
-        )
-        if isinstance(weights, str) and weights == "init":
-            cfg = rule_cfg or lstm_rule.RuleConfig()
-            return lstm_rule.init_phi(cfg, seed=seed), cfg
-        if isinstance(weights, dict):
-            if rule_cfg is None:
-                raise ValueError(
-                    "LearnedOptimizer(weights=<dict>) needs `rule` (a dict of "
-                    "RuleConfig fields) to check the arrays against."
-                )
-            phi = {k: np.asarray(v, dtype=np.float32) for k, v in
-                   weights.items()}
-            weights_io.validate_phi(phi, rule_cfg, source="the weights dict")
-            return phi, rule_cfg
-        if weights is None and rule_cfg is not None:
-            # e.g. from_config of a model saved with other shipped weights.
-            name = weights_io.pretrained_for_rule(rule_cfg)
-            weights = name or weights_io.DEFAULT_PRETRAINED
-        if weights is None:
-            path = weights_io.PRETRAINED_PATH
-        elif isinstance(weights, str) and weights in weights_io.PRETRAINED:
-            path = weights_io.pretrained_path(weights)
-        elif isinstance(weights, (str, os.PathLike)):
-            path = os.fspath(weights)
-        else:
-            raise ValueError(
-                "LearnedOptimizer `weights` must be None (shipped pretrained "
-                f"weights), one of {sorted(weights_io.PRETRAINED)}, a path to "
-                "an .npz file, a dict of arrays or 'init'; got "
-                f"{type(weights).__name__}: {weights!r}."
-            )
-        phi, file_cfg = weights_io.load_phi(path)
-        if rule_cfg is not None and rule_cfg != file_cfg:
-            raise ValueError(
-                f"LearnedOptimizer: rule={rule_cfg} was given but the weights "
-                f"file {path!r} was trained for rule={file_cfg}."
-            )
-        return phi, file_cfg
-
     @property
     def rule_config(self):
-        """The `lstm_rule.RuleConfig` of this optimizer's phi."""
+        """The `rules.lstm.RuleConfig` of this optimizer's phi."""
         return self._rule_config
 
     @property
@@ -271,10 +236,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             -2, tf.int64, "last_nonfinite_step")
         self._consecutive_nonfinite = saving.unsaved_counter(
             0, tf.int64, "consecutive_nonfinite")
-        self._state_keys = lstm_rule.state_keys(self._rule_config)
+        self._state_keys = lstm.state_keys(self._rule_config)
         self._slots = {k: [] for k in self._state_keys}
         for var in var_list:
-            shapes = lstm_rule.state_shapes(var.shape, self._rule_config)
+            shapes = self._rule.state_shapes(var.shape)
             prefix = (
                 var.path.replace("/", "_") if hasattr(var, "path")
                 else str(var.name).replace("/", "_").replace(":", "_")
@@ -300,45 +265,41 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             for key in self._state_keys
         }
         phi = {k: ops.convert_to_tensor(v) for k, v in self._phi.items()}
-        update, new_state = lstm_rule.apply(
-            phi, gradient, state, self._rule_config
-        )
-        update = update * lr
+        updates, new_states = self._rule.update(
+            phi, [gradient], [state], [variable], self.iterations)
+        update, new_state = updates[0] * lr, new_states[0]
         if "dx" in new_state:
             # The "momentum" rule measures curvature against the step
             # actually taken.
             new_state["dx"] = update
-        ok = ops.logical_and(
-            ops.all(ops.isfinite(update)),
-            ops.logical_and(
-                ops.all(ops.isfinite(new_state["m"])),
-                ops.all(ops.isfinite(new_state["v"])),
-            ),
-        )
-        self.assign_add(variable, ops.where(ok, update, ops.zeros_like(update)))
+        ok = nonfinite.all_finite([update, new_state["m"], new_state["v"]])
+        self.assign_add(variable, nonfinite.keep_if_finite(
+            ok, update, ops.zeros_like(update)))
+        kept = nonfinite.keep_if_finite(ok, new_state, state)
         for key in self._state_keys:
-            self.assign(
-                self._slots[key][index],
-                ops.where(ok, new_state[key], state[key]),
-            )
-        bad = ops.cast(ops.logical_not(ok), "int64")
+            self.assign(self._slots[key][index], kept[key])
         if not _in_xla_context():
-            first = ops.logical_and(
-                ops.logical_not(ok), ops.equal(self._nonfinite_count, 0)
-            )
-            tf.cond(
-                first,
-                lambda: tf.print(
-                    "WARNING: LearnedOptimizer skipped an update of variable",
-                    variable.name,
-                    "because its gradient or update was not finite (NaN or "
-                    "inf). Skipped steps are counted in "
-                    "optimizer.nonfinite_count; this message is shown once.",
-                ),
-                lambda: tf.no_op(),
-            )
-        self.assign_add(self._nonfinite_count, bad)
+            self._warn_first_skip(ok, variable)
+        self.assign_add(self._nonfinite_count,
+                        ops.cast(ops.logical_not(ok), "int64"))
         self._count_nonfinite_step(ops.logical_not(ok))
+
+    def _warn_first_skip(self, ok, variable):
+        """Prints a warning at the first skipped update (outside XLA)."""
+        first = ops.logical_and(
+            ops.logical_not(ok), ops.equal(self._nonfinite_count, 0)
+        )
+        tf.cond(
+            first,
+            lambda: tf.print(
+                "WARNING: LearnedOptimizer skipped an update of variable",
+                variable.name,
+                "because its gradient or update was not finite (NaN or "
+                "inf). Skipped steps are counted in "
+                "optimizer.nonfinite_count; this message is shown once.",
+            ),
+            lambda: tf.no_op(),
+        )
 
     def _count_nonfinite_step(self, bad):
         """Tracks how many steps in a row had a skipped variable."""

@@ -1,7 +1,7 @@
 """Reading and writing learned-optimizer meta-parameters (`.npz` files).
 
 A phi file is a NumPy `.npz` archive holding one array per key of
-`lstm_rule.phi_shapes(config)` plus `__config__`, a JSON string with the
+`lstm.phi_shapes(config)` plus `__config__`, a JSON string with the
 `RuleConfig` the arrays were trained for.
 """
 
@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from keras_meta import saving
-from keras_meta.optimizers import lstm_rule
+from keras_meta.rules import lstm
 
 CONFIG_KEY = "__config__"
 PRETRAINED_DIR = os.path.join(
@@ -75,7 +75,7 @@ def save_phi(path, phi, config):
 
 def validate_phi(phi, config, source="phi"):
     """Raises ValueError unless `phi` has exactly the arrays `config` needs."""
-    expected = lstm_rule.phi_shapes(config)
+    expected = lstm.phi_shapes(config)
     missing = sorted(set(expected) - set(phi))
     extra = sorted(set(phi) - set(expected))
     if missing or extra:
@@ -137,7 +137,7 @@ def load_phi(path):
             "keras_meta.optimizers.weights_io.save_phi."
         )
     try:
-        config = lstm_rule.RuleConfig.from_dict(
+        config = lstm.RuleConfig.from_dict(
             json.loads(str(arrays.pop(CONFIG_KEY)))
         )
     except (ValueError, TypeError) as e:
@@ -147,3 +147,60 @@ def load_phi(path):
         ) from e
     validate_phi(arrays, config, source=repr(path))
     return {k: v.astype(np.float32) for k, v in arrays.items()}, config
+
+
+def resolve(weights, rule=None, seed=0):
+    """The phi and `RuleConfig` that `LearnedOptimizer(weights, rule, seed)`
+    names.
+
+    Args:
+        weights: None (the shipped default, or the shipped weights trained
+            for `rule`), a key of `PRETRAINED`, a path to an `.npz`, a dict
+            of arrays (then `rule` is required), or `"init"` (drawn with
+            `seed`).
+        rule: None or a dict of `RuleConfig` fields; if given with a file,
+            it must agree with the file's.
+        seed: seed of `"init"` weights.
+
+    Returns:
+        `(phi, config)`: a dict of float32 arrays and its `RuleConfig`.
+    """
+    rule_cfg = lstm.RuleConfig.from_dict(rule) if rule is not None else None
+    if isinstance(weights, str) and weights == "init":
+        cfg = rule_cfg or lstm.RuleConfig()
+        return lstm.init_phi(cfg, seed=seed), cfg
+    if isinstance(weights, dict):
+        if rule_cfg is None:
+            raise ValueError(
+                "LearnedOptimizer(weights=<dict>) needs `rule` (a dict of "
+                "RuleConfig fields) to check the arrays against."
+            )
+        phi = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+        validate_phi(phi, rule_cfg, source="the weights dict")
+        return phi, rule_cfg
+    path = _weights_path(weights, rule_cfg)
+    phi, file_cfg = load_phi(path)
+    if rule_cfg is not None and rule_cfg != file_cfg:
+        raise ValueError(
+            f"LearnedOptimizer: rule={rule_cfg} was given but the weights "
+            f"file {path!r} was trained for rule={file_cfg}."
+        )
+    return phi, file_cfg
+
+
+def _weights_path(weights, rule_cfg):
+    if weights is None and rule_cfg is not None:
+        # e.g. from_config of a model saved with other shipped weights.
+        weights = pretrained_for_rule(rule_cfg) or DEFAULT_PRETRAINED
+    if weights is None:
+        return PRETRAINED_PATH
+    if isinstance(weights, str) and weights in PRETRAINED:
+        return pretrained_path(weights)
+    if isinstance(weights, (str, os.PathLike)):
+        return os.fspath(weights)
+    raise ValueError(
+        "LearnedOptimizer `weights` must be None (shipped pretrained "
+        f"weights), one of {sorted(PRETRAINED)}, a path to an .npz file, a "
+        f"dict of arrays or 'init'; got {type(weights).__name__}: "
+        f"{weights!r}."
+    )

@@ -4,7 +4,7 @@ import tensorflow as tf
 
 
 def unroll(rule, meta_params, values, loss_fn, steps, state=None,
-           second_order=True, on_step=None):
+           second_order=True, on_step=None, first_step=0):
     """Runs `steps` steps of `rule` on `loss_fn`, functionally.
 
     Pure and traceable: nothing is assigned, so the result can be
@@ -17,13 +17,18 @@ def unroll(rule, meta_params, values, loss_fn, steps, state=None,
         meta_params: the rule's meta-parameters, passed to `rule.update`.
         values: list of tensors, the initial parameters.
         loss_fn: `fn(values, step) -> scalar tensor`, the loss minimized at
-            step `step` (0-based; e.g. a different minibatch per step).
+            step `step` (0-based within this call; e.g. a different
+            minibatch per step).
         steps: Python int >= 0, the number of steps.
         state: the rule's state; `rule.init(values)` when None.
         second_order: keep the dependence of the gradients on `values` for
             an outer derivative; False stops it (first-order meta-gradients).
         on_step: optional `fn(step, values)` called after each step with
             the 1-based count of steps taken and the new values.
+        first_step: the index of the first step as the rule sees it
+            (`rule.update(..., step=first_step + step)`): an int, or a
+            scalar integer tensor when the loop continues a longer run in
+            pieces (e.g. one compiled step at a time).
 
     Returns:
         `(values, state, losses)`: the final values and rule state, and the
@@ -40,7 +45,8 @@ def unroll(rule, meta_params, values, loss_fn, steps, state=None,
         grads = tape.gradient(loss, values, unconnected_gradients="zero")
         if not second_order:
             grads = [tf.stop_gradient(grad) for grad in grads]
-        updates, state = rule.update(meta_params, grads, state, values, step)
+        updates, state = rule.update(meta_params, grads, state, values,
+                                     first_step + step)
         values = [value + update for value, update in zip(values, updates)]
         losses.append(loss)
         if on_step is not None:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_meta.meta import baselines
+from keras_meta.rules import baselines
 from keras_meta.meta import problems
 
 
@@ -132,11 +132,11 @@ def test_functional_baselines_match_keras(name, keras_opt):
     grads = [rng.normal(size=(5,)).astype("float32") for _ in range(4)]
     rule = baselines.make_baseline(name, 0.1)
     params = [tf.constant(x0)]
-    state = rule.init_state(params)
+    state = rule.init(params)
     var = keras.Variable(x0)
     opt = keras_opt(0.1)
     for g in grads:
-        ups, state = rule.apply([tf.constant(g)], state)
+        ups, state = rule.update((), [tf.constant(g)], state, params, 0)
         params = [params[0] + ups[0]]
         opt.apply([tf.constant(g)], [var])
     np.testing.assert_allclose(params[0].numpy(), var.numpy(), rtol=1e-4,

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_meta.meta import baselines
+from keras_meta.rules import baselines
 from keras_meta.meta import problems
 from keras_meta.meta import train_lib
 from keras_meta.meta import trainer
-from keras_meta.optimizers import lstm_rule
+from keras_meta.rules import lstm as lstm_rule
 from keras_meta.optimizers import weights_io
 
 

@@ -11,7 +11,7 @@ import keras_meta
 from keras_meta.models import InnerLSTM
 from keras_meta.models import InnerOptimizer
 from keras_meta.models import InnerSGD
-from keras_meta.optimizers import lstm_rule
+from keras_meta.rules import lstm as lstm_rule
 
 
 def tiny_net(dtype="float32", hidden=4, seed=0):

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_meta
-from keras_meta.optimizers import lstm_rule
+from keras_meta.rules import lstm as lstm_rule
 from keras_meta.optimizers import weights_io
 
 
@@ -91,7 +91,7 @@ def test_quadratic_weights_as_keras_optimizer_match_the_meta_trainer():
     # The quadratic specialist driven by Keras (apply_gradients on a
     # variable) follows the meta-trainer's functional path step for step,
     # and optimizes the paper's quadratic.
-    from keras_meta.meta import baselines
+    from keras_meta.rules import baselines
     from keras_meta.meta import problems
     from keras_meta.meta import trainer
 

@@ -2,8 +2,8 @@
 
 import keras
 
-from keras_meta.models import inner_rates
-from keras_meta.models.inner_optimizer import InnerOptimizer
+from keras_meta.maml.inner_rules import rates as inner_rates
+from keras_meta.maml.inner_rules.base import InnerOptimizer
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")

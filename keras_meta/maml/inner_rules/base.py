@@ -4,9 +4,6 @@ import keras
 
 from keras_meta.rules.base import UpdateRule
 
-NAMES = ("sgd", "meta_sgd", "lslr", "lstm")
-
-
 @keras.saving.register_keras_serializable(package="keras_meta")
 class InnerOptimizer(UpdateRule):
     """Base class of the update rules that `keras_meta.MAML` adapts with.
@@ -63,7 +60,7 @@ class InnerOptimizer(UpdateRule):
 
     @property
     def learned_rates(self):
-        """The kind of learned rate (see `inner_rates`), or None."""
+        """The kind of learned rate (see `inner_rules.rates`), or None."""
         return None
 
     def get_config(self):
@@ -72,40 +69,3 @@ class InnerOptimizer(UpdateRule):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-def get(identifier):
-    """Resolves `MAML(inner_optimizer=...)` to an `InnerOptimizer`.
-
-    Args:
-        identifier: one of `NAMES` ("sgd": plain SGD at a fixed rate;
-            "meta_sgd": a learned rate per parameter; "lslr": a learned
-            rate per adapted variable per step, MAML++; "lstm": the
-            coordinatewise LSTM rule of `LearnedOptimizer`), an
-            `InnerOptimizer` instance, or a config dict of a serialized one.
-
-    Returns:
-        An `InnerOptimizer`.
-    """
-    # Imported here: the rules subclass this module's base class.
-    from keras_meta.models.inner_lstm import InnerLSTM
-    from keras_meta.models.inner_sgd import InnerSGD
-
-    if isinstance(identifier, InnerOptimizer):
-        return identifier
-    if isinstance(identifier, dict):
-        rule = keras.saving.deserialize_keras_object(identifier)
-        if isinstance(rule, InnerOptimizer):
-            return rule
-    if isinstance(identifier, str) and identifier in NAMES:
-        if identifier == "lstm":
-            return InnerLSTM()
-        return InnerSGD(
-            learned_rates={"sgd": None, "meta_sgd": "per_parameter",
-                           "lslr": "per_step"}[identifier]
-        )
-    raise ValueError(
-        f"`inner_optimizer` must be one of {NAMES} or a "
-        "keras_meta.models.InnerOptimizer instance; got "
-        f"{type(identifier).__name__}: {identifier!r}."
-    )

@@ -1,10 +1,9 @@
 """A meta-learned coordinatewise LSTM as MAML's inner update rule."""
 
 import keras
-import tensorflow as tf
 
-from keras_meta.models.inner_optimizer import InnerOptimizer
-from keras_meta.optimizers import lstm_rule
+from keras_meta.maml.inner_rules.base import InnerOptimizer
+from keras_meta.rules import lstm
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")
@@ -14,7 +13,7 @@ class InnerLSTM(InnerOptimizer):
     The update of every adapted coordinate comes from one small LSTM whose
     weights are shared by all coordinates while each coordinate keeps its
     own hidden state across the inner steps (the functional core
-    `keras_meta.optimizers.lstm_rule`, `descent="sgd"`):
+    `keras_meta.rules.lstm.LSTMRule`, `descent="sgd"`):
 
         update = -inner_learning_rate * exp(0.1 s) * (grad + 0.1 d)
 
@@ -38,9 +37,7 @@ class InnerLSTM(InnerOptimizer):
 
     The default LSTM (one layer of 10 units) is smaller than
     `LearnedOptimizer`'s 2 x 20: the rule runs on every coordinate of every
-    task at every inner step, inside the differentiated meta-step, and on
-    the sinusoid MLP (1,761 coordinates, 25 tasks) a meta-step with 2 x 20
-    took about 3.5 times as long as with 1 x 10 (see BUILD_NOTES.md).
+    task at every inner step, inside the differentiated meta-step.
 
     Args:
         hidden_size: units per LSTM layer.
@@ -53,8 +50,7 @@ class InnerLSTM(InnerOptimizer):
             the meta-gradient still reaches the LSTM's weights and, through
             the nominal `grad` term, keeps MAML's second-order term. The
             derivative of the log-magnitude feature is `1 / |grad|`, which
-            made the full second-order meta-gradient spiky (see
-            BUILD_NOTES.md).
+            made the full second-order meta-gradient spiky.
         seed: seed of the initial LSTM weights.
 
     Reference:
@@ -79,11 +75,12 @@ class InnerLSTM(InnerOptimizer):
         self.feature_gradients = bool(feature_gradients)
         self.seed = seed
         self.rule_config = None
+        self._rule = None
         self._keys = None
 
     def build(self, owner, adapted_variables, inner_steps, learning_rate):
         super().build(owner, adapted_variables, inner_steps, learning_rate)
-        self.rule_config = lstm_rule.RuleConfig(
+        self.rule_config = lstm.RuleConfig(
             hidden_size=self.hidden_size,
             num_layers=self.num_layers,
             preprocess_p=self.preprocess_p,
@@ -91,9 +88,10 @@ class InnerLSTM(InnerOptimizer):
             output_scale=self.output_scale,
             init_lr=self.learning_rate,
         )
+        self._rule = lstm.LSTMRule(self.rule_config, self.feature_gradients)
         dtype = adapted_variables[0].dtype
-        phi = lstm_rule.init_phi(self.rule_config, seed=self.seed,
-                                 dtype=keras.backend.standardize_dtype(dtype))
+        phi = lstm.init_phi(self.rule_config, seed=self.seed,
+                            dtype=keras.backend.standardize_dtype(dtype))
         self._keys = sorted(phi)
         weights = []
         for key in self._keys:
@@ -109,19 +107,15 @@ class InnerLSTM(InnerOptimizer):
         return weights
 
     def phi(self, weights):
-        """The `lstm_rule` meta-parameter dict of the weights' values."""
+        """The `rules.lstm` meta-parameter dict of the weights' values."""
         return dict(zip(self._keys, weights))
 
     def init(self, values):
-        return [lstm_rule.init_state(v, self.rule_config) for v in values]
+        return self._rule.init(values)
 
     def update(self, meta_params, grads, state, values, step):
-        grads = list(grads)
-        features = None if self.feature_gradients else [
-            tf.stop_gradient(g) for g in grads]
-        return lstm_rule.apply(
-            self.phi(meta_params), grads, state, self.rule_config, features
-        )
+        return self._rule.update(self.phi(meta_params), grads, state, values,
+                                 step)
 
     def get_config(self):
         return {
