@@ -86,3 +86,17 @@ def test_inner_optimizer_flag_conflicts(variant, inner, message):
     with pytest.raises(ValueError, match=message):
         maml_config.resolve(maml_config.Config(
             variant=variant, inner_optimizer=inner))
+
+
+def test_script_refuses_a_model_dir_in_use(tmp_path, lock_holder):
+    model_dir = tmp_path / "run"
+    with lock_holder(model_dir) as pid:
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "examples", "train_maml.py"),
+             f"--model_dir={model_dir}", "--train_steps=1"],
+            capture_output=True, text=True, timeout=300,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"{model_dir} is in use by another run (PID {pid}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (model_dir / "checkpoints").exists()
