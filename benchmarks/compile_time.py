@@ -2,7 +2,7 @@
 configurations of `examples/train_maml.py`.
 
 Each configuration runs in a fresh process: the MAML variant that
-`maml_training.build_maml` builds from the script's defaults (sinusoid;
+`examples/maml/train.build_maml` builds from the script's defaults (sinusoid;
 Omniglot 5-way and 20-way, on random images of the same shapes so no data
 is needed), one `fit` call, then `--reps` timed calls of the compiled train
 function. The compile time is the first call minus the steps it ran.
@@ -87,16 +87,18 @@ def child(cfg):
     import keras
     import tensorflow as tf
 
-    from keras_meta.experiments import maml_training
+    from examples.maml import config as maml_config
+    from examples.maml import tasks as maml_tasks
+    from examples.maml import train as maml_train
 
     keras.utils.set_random_seed(0)
     jit = {"auto": None, "on": True, "off": False}[cfg["xla"]]
-    config = maml_training.resolve(maml_training.Config(
+    config = maml_config.resolve(maml_config.Config(
         **TASKS[cfg["task"]], variant=cfg["variant"], jit_compile=jit,
         first_order=cfg["first_order"]))
-    task = (maml_training.SinusoidTask(config) if config.task == "sinusoid"
+    task = (maml_tasks.SinusoidTask(config) if config.task == "sinusoid"
             else _RandomOmniglot(config))
-    maml = maml_training.build_maml(config, task)
+    maml = maml_train.build_maml(config, task)
     data = task.train_episodes().repeat()
     steps = config.steps_per_execution
     result = common.fit_timings(maml, data, steps, cfg["reps"])

@@ -34,7 +34,8 @@ def child(mode, jit, inner_steps, steps, repeats):
     import numpy as np
     import keras
     import keras_meta
-    from keras_meta.experiments.maml_training import SinusoidTask, resolve, Config
+    from examples.maml.config import Config, resolve
+    from examples.maml.tasks import SinusoidTask
 
     keras.utils.set_random_seed(0)
     maml = keras_meta.MAML(SinusoidTask(resolve(Config())).model(), inner_learning_rate=0.01,

@@ -27,13 +27,13 @@ from absl import app
 from absl import flags
 
 import keras_meta  # noqa: F401
-from keras_meta.meta import baselines
+from keras_meta.rules import baselines
 from keras_meta.meta import problems
-from keras_meta.meta import train_lib
 from keras_meta.meta import trainer
 from keras_meta.optimizers import weights_io
 
 from benchmarks import common
+from examples.learned_optimizer import train as lopt_train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("phi", [], "phi files to rank.")
@@ -99,7 +99,7 @@ def main(argv):
     del argv
     if FLAGS.run_dir:
         FLAGS.phi = (list(FLAGS.phi) +
-                     train_lib.checkpoint_phis(FLAGS.run_dir))
+                     lopt_train.checkpoint_phis(FLAGS.run_dir))
     if FLAGS.setting == "fit":
         return main_fit()
     probs = [problems.make_problem(n) for n in FLAGS.problems]

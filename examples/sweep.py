@@ -12,76 +12,44 @@ median of their peers at the same step are stopped early (--early_stopping).
 Failed and diverged trials are recorded and the sweep goes on; run the same
 command again to resume: finished trials are skipped. The summary table,
 best first, is printed and written to sweep_dir/summary.csv and summary.json.
+Swept and passed flags are checked against the target application's config
+(examples/maml/config.py, examples/learned_optimizer/config.py) before
+anything runs.
 """
 
-from absl import app
-from absl import flags
+import os
+import sys
 
-from keras_meta import sweeps
-from keras_meta.sweeps import runner
-from keras_meta.sweeps import targets
+# The applications live beside this script, in the repository's `examples`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
 
-_D = sweeps.SweepConfig()
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 
-flags.DEFINE_enum("target", _D.target, sorted(targets.TARGETS),
-                  "The script whose flags are swept.")
-flags.DEFINE_string("sweep", None, "Axes 'name=v1,v2;name2=...'; random "
-                    "search also takes name=uniform(lo,hi), "
-                    "loguniform(lo,hi) or randint(lo,hi).")
-flags.DEFINE_string("sweep_dir", _D.sweep_dir, "Where trials, HParams "
-                    "summaries and summary.csv/json go.")
-flags.DEFINE_enum("search", _D.search, runner.SEARCHES,
-                  "grid: every combination; random: --trials points.")
-flags.DEFINE_integer("trials", _D.trials, "Random search: number of points.")
-flags.DEFINE_integer("seeds", _D.seeds, "Trials per point (seeds seed, "
-                     "seed+1, ...).")
-flags.DEFINE_integer("seed", _D.seed, "First trial seed; seeds the random "
-                     "search too.")
-flags.DEFINE_integer("budget_steps", None, "(Meta-)steps per trial (the "
-                     "target's --train_steps or --meta_steps).")
-flags.DEFINE_integer("parallel", None, "Trials at a time (default: half the "
-                     "CPU cores, at least 1).")
-flags.DEFINE_string("metric", None, "Final metric to rank by (train_maml: "
-                    "k<shots>_s<steps> of results.json, default k10_s1; "
-                    "learned optimizer: a key of summary.json, default "
-                    "final_eval_score).")
-flags.DEFINE_enum("goal", None, runner.GOALS, "Direction of --metric "
-                  "(default: the target's).")
-flags.DEFINE_string("progress_tag", None, "TensorBoard tag read for early "
-                    "stopping (default: the target's).")
-flags.DEFINE_enum("progress_goal", None, runner.GOALS,
-                  "Direction of --progress_tag.")
-flags.DEFINE_enum("early_stopping", _D.early_stopping, runner.EARLY_STOPPING,
-                  "median: stop a trial worse than the median of its peers.")
-flags.DEFINE_float("grace_fraction", _D.grace_fraction, "No early stop "
-                   "before this fraction of --budget_steps.")
-flags.DEFINE_integer("min_trials", _D.min_trials, "Peers needed at a step "
-                     "before the median rule may stop a trial.")
-flags.DEFINE_float("trial_timeout_minutes", None, "Fail trials running "
-                   "longer than this.")
-flags.DEFINE_float("poll_seconds", _D.poll_seconds, "Seconds between checks "
-                   "of the children.")
-flags.DEFINE_bool("retry_failed", _D.retry_failed, "On restart, run failed "
-                  "trials again.")
-flags.DEFINE_string("script", None, "Path of the target script (default: "
-                    "the one in examples/).")
+from keras_meta import run_dir  # noqa: E402
 
+from examples import config_flags  # noqa: E402
+from examples.sweeps import config  # noqa: E402
+from examples.sweeps import plan  # noqa: E402
+from examples.sweeps import runner  # noqa: E402
+
+config_flags.define(config.FLAG_SPECS)
+# Listed by --help as this script's own flags.
+flags.adopt_module_key_flags(config_flags)
 FLAGS = flags.FLAGS
 
 
-def config_from_flags(passthrough):
-    names = [f.name for f in runner.dataclasses.fields(sweeps.SweepConfig)]
-    values = {n: FLAGS[n].value for n in names if n in FLAGS}
-    return sweeps.SweepConfig(passthrough=tuple(passthrough), **values)
-
-
 def main(argv):
-    config = config_from_flags(argv[1:])
+    sweep = config.from_flags(argv[1:])
     try:
-        sweeps.make_plan(config)  # Checks everything; launches nothing.
+        plan.make_plan(sweep)  # Checks everything; launches nothing.
     except ValueError as e:
         raise app.UsageError(str(e))
-    summary = sweeps.run_sweep(config)
+    try:
+        summary = runner.run_sweep(sweep)
+    except run_dir.DirectoryInUse as e:
+        sys.exit(str(e))
     stop = summary["early_stopping"]
     print(f"\n{len(summary['trials'])} trials ({summary['counts']}); "
           f"{stop['trials_stopped']} stopped early, saving "

@@ -1,5 +1,15 @@
 """Exceptions keras_meta raises on its own account."""
 
+# What a skipped MAML meta-step found non-finite, checked in this order;
+# the index is stored in `MAML.nonfinite_quantity`.
+NONFINITE_QUANTITIES = (
+    "nothing",
+    "query loss before adaptation (the model's outputs or the data)",
+    "query loss after adaptation (the inner loop diverged; a lower "
+    "inner_learning_rate or fewer inner_steps may help)",
+    "meta-gradient",
+)
+
 
 class NonFiniteError(FloatingPointError):
     """Training kept producing non-finite values and was stopped.
@@ -22,8 +32,8 @@ class NonFiniteError(FloatingPointError):
 class TrainingInterrupted(Exception):
     """Training stopped on a signal after writing a checkpoint.
 
-    Raised by the training drivers (`keras_meta.experiments.maml_training.run`
-    and the learned-optimizer meta-trainer) so that a script exits instead
+    Raised by the training applications (`examples/maml/train.py` and
+    `examples/learned_optimizer/train.py`) so that a script exits instead
     of evaluating a half-trained model; rerun with `--resume` to continue.
 
     Attributes:

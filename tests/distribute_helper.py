@@ -189,7 +189,7 @@ def check_meta_trainer():
     split_cpu(2)
     from keras_meta.meta import problems
     from keras_meta.meta import trainer as trainer_lib
-    from keras_meta.optimizers import lstm_rule
+    from keras_meta.rules import lstm as lstm_rule
 
     problem = problems.QuadraticProblem(batch_size=4, num_dims=3)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

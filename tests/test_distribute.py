@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import keras_meta
 from keras_meta import distribute
-from keras_meta.experiments import maml_training
+from examples.maml import config as maml_training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPER = os.path.join(HERE, "distribute_helper.py")

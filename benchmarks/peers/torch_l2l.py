@@ -1,7 +1,7 @@
 """One meta-training truncation of the coordinatewise LSTM rule in PyTorch.
 
 The peer of `benchmarks/lopt_peers.py`: the same rule as
-`keras_meta.optimizers.lstm_rule` with `descent="adam"` (features: the
+`keras_meta.rules.lstm` with `descent="adam"` (features: the
 log/sign gradient preprocessing, the Adam direction and the clipped
 normalized gradient; a 2-layer LSTM shared over coordinates; two scaled
 outputs that modulate the Adam direction), the same problems (the paper's

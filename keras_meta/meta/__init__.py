@@ -2,7 +2,6 @@
 its gradient estimator (truncated backpropagation), the outer learner
 (`MetaTrainer`) and the evaluation of rules (`rollout.run_rule`)."""
 
-from keras_meta.meta import baselines  # noqa: F401
 from keras_meta.meta import problems  # noqa: F401
 from keras_meta.meta import trainer  # noqa: F401
 from keras_meta.meta.trainer import MetaTrainer  # noqa: F401

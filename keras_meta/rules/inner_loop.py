@@ -47,7 +47,11 @@ def unroll(rule, meta_params, values, loss_fn, steps, state=None,
             grads = [tf.stop_gradient(grad) for grad in grads]
         updates, state = rule.update(meta_params, grads, state, values,
                                      first_step + step)
-        values = [value + update for value, update in zip(values, updates)]
+        # `value + update`, written so that TensorFlow's graph optimizer
+        # (which removes the double negation) runs SGD's step as the usual
+        # `value - rate * grad`: hand-written SGD and this loop then agree
+        # bit for bit, with and without XLA.
+        values = [value - (-update) for value, update in zip(values, updates)]
         losses.append(loss)
         if on_step is not None:
             on_step(step + 1, values)

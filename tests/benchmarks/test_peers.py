@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import keras
 import keras_meta
-from keras_meta.optimizers import lstm_rule
+from keras_meta.rules import lstm as lstm_rule
 
 torch = pytest.importorskip("torch")
 

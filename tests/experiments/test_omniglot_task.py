@@ -1,8 +1,9 @@
-"""The Omniglot task family of examples/train_maml.py."""
+"""The Omniglot task family of examples/train_maml.py (examples/maml/tasks.py)."""
 
 import numpy as np
 
-from keras_meta.experiments import maml_training
+from examples.maml import config as maml_config
+from examples.maml import tasks
 
 
 def test_omniglot_task_through_tfds_uses_the_reference_split():
@@ -22,9 +23,9 @@ def test_omniglot_task_through_tfds_uses_the_reference_split():
             "alphabet": (labels // 40).astype(np.int64),
             "alphabet_char_id": np.zeros(len(labels), np.int64)})
 
-    cfg = maml_training.resolve(maml_training.Config(task="omniglot"))
+    cfg = maml_config.resolve(maml_config.Config(task="omniglot"))
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-        task = maml_training.OmniglotTask(cfg)
+        task = tasks.OmniglotTask(cfg)
     assert (task.train.num_classes, task.validation.num_classes,
             task.test.num_classes) == (1100, 100, 423)
     names = [set(t.class_names) for t in (task.train, task.validation,

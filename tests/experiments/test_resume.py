@@ -7,7 +7,8 @@ import pytest
 
 import keras
 from keras_meta import callbacks
-from keras_meta.experiments import maml_training
+from examples.maml import config as maml_config
+from examples.maml import train
 
 
 def config(model_dir, **overrides):
@@ -17,16 +18,16 @@ def config(model_dir, **overrides):
                   eval_shots=(5,), eval_steps=(1,), eval_queries=10,
                   jit_compile=False, keep_checkpoints=2, verbose=0)
     values.update(overrides)
-    return maml_training.Config(**values)
+    return maml_config.Config(**values)
 
 
 def test_resumed_run_matches_uninterrupted_run(tmp_path):
-    whole = maml_training.run(config(tmp_path / "whole"))
-    maml_training.run(config(tmp_path / "split", train_steps=20))
+    whole = train.run(config(tmp_path / "whole"))
+    train.run(config(tmp_path / "split", train_steps=20))
     # Starting again without --resume would silently restart: refused.
     with pytest.raises(ValueError, match="pass --resume"):
-        maml_training.run(config(tmp_path / "split"))
-    resumed = maml_training.run(config(tmp_path / "split", resume=True))
+        train.run(config(tmp_path / "split"))
+    resumed = train.run(config(tmp_path / "split", resume=True))
 
     assert whole["meta_steps"] == resumed["meta_steps"] == 40
     a = keras.models.load_model(whole["model_path"])

@@ -1,6 +1,7 @@
-"""keras_meta.sweeps and examples/sweep.py: spec parsing, planning, the
-median rule, failure handling and restart (with a fast fake target), and a
-2-trial train_maml sweep end to end with its HParams summaries."""
+"""examples/sweeps and examples/sweep.py: spec parsing, planning against
+the applications' configs, the median rule, failure handling, restart and
+directory ownership (with a fast fake target), and a 2-trial train_maml
+sweep end to end with its HParams summaries."""
 
 import csv
 import dataclasses
@@ -17,12 +18,17 @@ from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 
-from keras_meta import sweeps
-from keras_meta.sweeps import report
-from keras_meta.sweeps import runner
-from keras_meta.sweeps import spec
-from keras_meta.sweeps import stopping
-from keras_meta.sweeps import targets
+from keras_meta import run_dir
+
+from examples import config_flags
+from examples.config_flags import option
+from examples.sweeps import plan as plan_lib
+from examples.sweeps import report
+from examples.sweeps import runner
+from examples.sweeps import spec
+from examples.sweeps import stopping
+from examples.sweeps import targets
+from examples.sweeps.config import SweepConfig
 
 # --- spec parsing ----------------------------------------------------------
 
@@ -113,15 +119,15 @@ def test_median_rule():
     assert not stopping.diverged([(10, math.nan), (20, 1.0)])
 
 
-# --- planning: flags checked before anything runs --------------------------
+# --- planning: flags checked against the configs before anything runs --------------------------
 
 def _plan(sweep, *passthrough, **kwargs):
-    return runner.make_plan(sweeps.SweepConfig(
+    return plan_lib.make_plan(SweepConfig(
         target="train_maml", sweep=sweep, passthrough=passthrough,
         budget_steps=100, **kwargs))
 
 
-def test_plan_checks_names_and_values_against_the_script():
+def test_plan_checks_names_and_values_against_the_config():
     plan = _plan("inner_lr=0.1,1;inner_steps=1,5", "--task=sinusoid",
                  "--nojit_compile", seeds=2)
     assert len(plan.trials) == 8
@@ -142,13 +148,24 @@ def test_plan_checks_names_and_values_against_the_script():
         _plan("inner_lr=loguniform(1e-3,1)")
     with pytest.raises(ValueError, match="--trials applies"):
         _plan("inner_lr=0.1", trials=3)
+    # Choices come from the config, here examples.maml.config.VARIANTS.
+    with pytest.raises(ValueError, match="--variant must be one of"):
+        _plan("variant=maml,mamba")
     plan = _plan("inner_lr=0.1", "--task=omniglot")
     assert plan.goal == "maximize"
-    lopt = runner.make_plan(sweeps.SweepConfig(
+    lopt = plan_lib.make_plan(SweepConfig(
         target="train_learned_optimizer", sweep="unroll=10,20;meta_lr=1e-3"))
     assert lopt.metric == "final_eval_score"
-    cmd = runner.command(sweeps.SweepConfig(budget_steps=7), lopt,
-                         lopt.trials[0], "/m")
+    # The rule's flags come from lstm_rule.RuleConfig.
+    rule = plan_lib.make_plan(SweepConfig(
+        target="train_learned_optimizer", sweep="hidden_size=4,8",
+        passthrough=("--granularity=tensor",)))
+    assert rule.axes[0].values == (4, 8)
+    with pytest.raises(ValueError, match="--descent must be one of"):
+        plan_lib.make_plan(SweepConfig(target="train_learned_optimizer",
+                                       sweep="descent=adam,sgd"))
+    cmd = plan_lib.command(SweepConfig(budget_steps=7), lopt,
+                           lopt.trials[0], "/m")
     assert cmd[2:] == ["--unroll=10", "--meta_lr=0.001", "--seed=0",
                        "--model_dir=/m", "--meta_steps=7"]
 
@@ -196,6 +213,17 @@ FAKE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@dataclasses.dataclass
+class FakeConfig:
+    """The fake script's flags, as a sweep sees them."""
+
+    x: float = option(1.0, "Quality: the loss is x / step.")
+    steps: int = option(4, "Budget.")
+    seed: int = option(0, "Seed.")
+    model_dir: str | None = option(None, "Output.")
+    sleep: float = option(0.0, "Seconds per step.")
+
+
 class FakeTarget(targets.Target):
     def progress(self, model_dir, passthrough, tag=None):
         path = os.path.join(model_dir, "progress.jsonl")
@@ -210,7 +238,8 @@ def fake_target(tmp_path, monkeypatch):
     script = tmp_path / "fake.py"
     script.write_text(FAKE_SCRIPT)
     target = FakeTarget(
-        name="fake", script=str(script), budget_flag="steps",
+        name="fake", script=str(script),
+        flag_specs=tuple(config_flags.specs(FakeConfig)), budget_flag="steps",
         result_file="result.json", default_args=(), progress_dir="",
         progress_tag="loss", metrics_fn=dict, default_metric="loss")
     monkeypatch.setitem(targets.TARGETS, "fake", target)
@@ -218,11 +247,11 @@ def fake_target(tmp_path, monkeypatch):
 
 
 def _fake_sweep(sweep_dir, sweep, **kwargs):
-    config = sweeps.SweepConfig(target="fake", sweep=sweep,
+    config = SweepConfig(target="fake", sweep=sweep,
                                 sweep_dir=str(sweep_dir), budget_steps=4,
                                 poll_seconds=0.05, **kwargs)
     logs = []
-    return sweeps.run_sweep(config, log=logs.append), logs
+    return runner.run_sweep(config, log=logs.append), logs
 
 
 def test_failed_and_diverged_trials_are_recorded_and_restart_skips(
@@ -264,6 +293,18 @@ def test_failed_and_diverged_trials_are_recorded_and_restart_skips(
         (1.0, "completed", 1.0), (-1.0, "failed", None)]
 
 
+def test_a_second_sweep_on_the_same_directory_is_refused(
+        fake_target, tmp_path, lock_holder):
+    sweep_dir = tmp_path / "s"
+    with lock_holder(sweep_dir) as pid:
+        with pytest.raises(run_dir.DirectoryInUse,
+                           match=f"{sweep_dir} is in use.*PID {pid}"):
+            _fake_sweep(sweep_dir, "x=1", early_stopping="none")
+    summary, logs = _fake_sweep(sweep_dir, "x=1", early_stopping="none")
+    assert f"Taking over {sweep_dir}" in logs[0] and f"PID {pid}" in logs[0]
+    assert summary["counts"]["completed"] == 1
+
+
 def test_median_rule_stops_a_bad_trial(fake_target, tmp_path):
     summary, _ = _fake_sweep(tmp_path / "s", "x=1,2,3,50", parallel=1,
                              grace_fraction=0.0, passthrough=("--sleep=0.3",))
@@ -295,13 +336,13 @@ def _hparams_data(events):
 
 def test_two_trial_train_maml_sweep_writes_hparams_and_summaries(tmp_path):
     sweep_dir = str(tmp_path / "sweep")
-    config = sweeps.SweepConfig(
+    config = SweepConfig(
         target="train_maml", sweep="inner_lr=0.01,0.05", budget_steps=20,
         sweep_dir=sweep_dir, parallel=2, poll_seconds=1.0,
         passthrough=("--steps_per_epoch=10", "--steps_per_execution=10",
                      "--eval_tasks=20", "--eval_shots=10", "--eval_steps=1",
                      "--meta_batch_size=5", "--nojit_compile"))
-    summary = sweeps.run_sweep(config, log=lambda line: None)
+    summary = runner.run_sweep(config, log=lambda line: None)
     assert summary["counts"]["completed"] == 2, summary["trials"]
     assert summary["table"].startswith("| rank | trial | status | inner_lr |")
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import keras
 import keras_meta
-from keras_meta.experiments import maml_training
+from examples.maml import config as maml_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
@@ -72,7 +72,7 @@ def test_script_trains_saves_logs_and_reports(tmp_path):
     ("anil", "meta_sgd", "meta_sgd"), ("meta_sgd", "meta_sgd", "meta_sgd"),
 ])
 def test_inner_optimizer_flag_and_variant(variant, inner, expected):
-    config = maml_training.resolve(maml_training.Config(
+    config = maml_config.resolve(maml_config.Config(
         variant=variant, inner_optimizer=inner))
     assert config.inner_optimizer == expected
 
@@ -84,5 +84,19 @@ def test_inner_optimizer_flag_and_variant(variant, inner, expected):
 ])
 def test_inner_optimizer_flag_conflicts(variant, inner, message):
     with pytest.raises(ValueError, match=message):
-        maml_training.resolve(maml_training.Config(
+        maml_config.resolve(maml_config.Config(
             variant=variant, inner_optimizer=inner))
+
+
+def test_script_refuses_a_model_dir_in_use(tmp_path, lock_holder):
+    model_dir = tmp_path / "run"
+    with lock_holder(model_dir) as pid:
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "examples", "train_maml.py"),
+             f"--model_dir={model_dir}", "--train_steps=1"],
+            capture_output=True, text=True, timeout=300,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"{model_dir} is in use by another run (PID {pid}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (model_dir / "checkpoints").exists()

@@ -10,20 +10,22 @@ import pytest
 from keras_meta import callbacks
 from keras_meta import errors
 from keras_meta.meta import problems
-from keras_meta.meta import train_lib
 from keras_meta.meta import trainer
-from keras_meta.optimizers import lstm_rule
+from keras_meta.rules import lstm as lstm_rule
 from keras_meta.optimizers import weights_io
+
+from examples.learned_optimizer import config as lopt_config
+from examples.learned_optimizer import train as lopt_train
 
 RULE = {"hidden_size": 4, "num_layers": 1}
 
 
 def run(model_dir, meta_steps, **kwargs):
     # unroll 5 over horizon 10: checkpoints land mid-run and between runs.
-    return train_lib.run(["quadratic"], unroll=5, horizon=10,
-                         meta_steps=meta_steps, meta_lr=1e-2,
-                         model_dir=str(model_dir), rule=RULE, eval_every=3,
-                         checkpoint_every=3, verbose=0, **kwargs)
+    return lopt_train.run(lopt_config.Config(
+        problems=("quadratic",), unroll=5, horizon=10, meta_steps=meta_steps,
+        meta_lr=1e-2, model_dir=str(model_dir), rule=RULE, eval_every=3,
+        checkpoint_every=3, verbose=0, **kwargs))
 
 
 def phi_last(model_dir):

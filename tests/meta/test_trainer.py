@@ -6,10 +6,10 @@ import tensorflow as tf
 
 from keras_meta.rules import baselines
 from keras_meta.meta import problems
-from keras_meta.meta import train_lib
 from keras_meta.meta import trainer
 from keras_meta.rules import lstm as lstm_rule
-from keras_meta.optimizers import weights_io
+
+from examples.learned_optimizer import train as lopt_train
 
 
 def _tiny(dtype="float64", granularity="coordinate", descent="adam",
@@ -105,11 +105,11 @@ def test_short_meta_training_lowers_meta_loss():
     prob = problems.QuadraticProblem(batch_size=16, num_dims=4)
     mt = trainer.MetaTrainer([prob], config=cfg, unroll=5, horizon=20,
                              meta_lr=1e-2, seed=0)
-    before, _ = train_lib.evaluate(baselines.Learned(mt.phi_numpy(), cfg),
-                                   [prob], steps=20)
+    before, _ = lopt_train.evaluate(baselines.Learned(mt.phi_numpy(), cfg),
+                                    [prob], steps=20)
     history = mt.train(80)
-    after, _ = train_lib.evaluate(baselines.Learned(mt.phi_numpy(), cfg),
-                                  [prob], steps=20)
+    after, _ = lopt_train.evaluate(baselines.Learned(mt.phi_numpy(), cfg),
+                                   [prob], steps=20)
     assert all(h["applied"] for h in history)
     # Scores are mean log losses; ask for a clear improvement.
     assert after < before - 0.2, (before, after)
@@ -161,42 +161,3 @@ def test_nonfinite_meta_gradient_is_skipped():
     assert mt.skipped_meta_steps == 1
     for k, v in mt.phi_numpy().items():
         np.testing.assert_array_equal(v, before[k])
-
-
-def test_train_lib_writes_loadable_phi(tmp_path):
-    import keras_meta
-
-    summary = train_lib.run(["quadratic"], unroll=5, horizon=10, meta_steps=4,
-                            meta_lr=1e-3, model_dir=str(tmp_path),
-                            rule={"hidden_size": 4, "num_layers": 1},
-                            eval_every=2, verbose=0, profile_steps=(2, 3))
-    opt = keras_meta.LearnedOptimizer(weights=summary["paths"]["best"])
-    # profile_steps: a trace for the Profile tab; auto XLA is off on CPU.
-    assert list(tmp_path.glob("profile/plugins/profile/*/*.xplane.pb"))
-    from keras_meta import backend
-    assert summary["jit_compile"] is backend.default_jit_compile()
-    assert opt.rule_config.hidden_size == 4
-    assert np.isfinite(summary["final_eval_score"])
-    assert any(f.name.startswith("events.out") for f in tmp_path.iterdir())
-
-
-def test_train_lib_per_tensor_and_init_weights(tmp_path):
-    rule = {"granularity": "tensor", "hidden_size": 4, "num_layers": 1,
-            "init_lr": 3e-3}
-    first = train_lib.run(["quadratic"], unroll=5, horizon=10, meta_steps=2,
-                          model_dir=str(tmp_path / "a"), rule=rule,
-                          eval_every=2, verbose=0)
-    phi, cfg = weights_io.load_phi(first["paths"]["last"])
-    assert cfg.granularity == "tensor" and np.isfinite(phi["hyper_rate"])
-    # Warm start: init_* fields may differ (they only seed init_phi), the
-    # file's config is kept; another architecture is refused.
-    again = train_lib.run(["quadratic"], unroll=5, horizon=10, meta_steps=1,
-                          model_dir=str(tmp_path / "b"),
-                          rule=dict(rule, init_lr=1e-2), eval_every=1,
-                          verbose=0, init_weights=first["paths"]["last"])
-    assert again["rule"]["init_lr"] == 3e-3
-    with pytest.raises(ValueError, match="were trained for rule"):
-        train_lib.run(["quadratic"], unroll=5, horizon=10, meta_steps=1,
-                      model_dir=str(tmp_path / "c"),
-                      rule=dict(rule, granularity="coordinate"), verbose=0,
-                      init_weights=first["paths"]["last"])

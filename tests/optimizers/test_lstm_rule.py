@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_meta.optimizers import lstm_rule as documented
 from keras_meta.rules import lstm as lstm_rule
 
 
@@ -406,12 +405,3 @@ def test_list_apply_matches_single_and_bad_lengths():
 def test_bad_rule_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         lstm_rule.RuleConfig(**kwargs)
-
-
-def test_documented_path_is_the_same_rule():
-    # The README names keras_meta.optimizers.lstm_rule.apply; it is the
-    # rule of keras_meta.rules.lstm, not a copy.
-    for name in ("apply", "RuleConfig", "init_phi", "init_state",
-                 "phi_shapes", "state_shapes", "state_keys", "preprocess",
-                 "LSTMRule"):
-        assert getattr(documented, name) is getattr(lstm_rule, name)

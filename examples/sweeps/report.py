@@ -11,12 +11,18 @@ Layout under the sweep directory:
 """
 
 import csv
-import json
 import math
 import os
 import time
 
-from keras_meta.sweeps import targets
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams import summary as hp_summary
+
+from keras_meta import saving
+
+from examples.sweeps import goals
 
 FINAL_TAG = "sweep/final_metric"
 PROGRESS_TAG = "sweep/best_progress"
@@ -24,13 +30,7 @@ STEPS_TAG = "sweep/steps"
 STATUS_ORDER = ("completed", "stopped", "diverged", "failed")
 
 
-def _hp():
-    from tensorboard.plugins.hparams import api as hp  # Pulls in TensorFlow.
-    return hp
-
-
 def _domain(axis):
-    hp = _hp()
     if axis.discrete:
         return hp.Discrete(list(axis.values))
     if axis.distribution == "randint":
@@ -45,9 +45,6 @@ def write_hparams_config(sweep_dir, axes, seeds, metric, goal, progress_tag,
     and scatter views. Metrics: the final held-out metric, the best progress
     value and the steps trained (written by the sweep), and the trial's own
     progress curve (written by the trial)."""
-    import tensorflow as tf
-
-    hp = _hp()
     hparams = [hp.HParam(a.name, _domain(a)) for a in axes]
     hparams.append(hp.HParam("seed", hp.Discrete(sorted(set(seeds)))))
     metrics = [
@@ -63,18 +60,12 @@ def write_hparams_config(sweep_dir, axes, seeds, metric, goal, progress_tag,
 
 def write_session_start(session_dir, hparams, seed, trial):
     """The trial's hparams, so the dashboard lists it while it runs."""
-    import tensorflow as tf
-
     with tf.summary.create_file_writer(session_dir).as_default():
-        _hp().hparams(dict(hparams, seed=seed), trial_id=trial)
+        hp.hparams(dict(hparams, seed=seed), trial_id=trial)
 
 
 def write_session_end(session_dir, record):
     """The trial's end status and its final scalars."""
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api_pb2
-    from tensorboard.plugins.hparams import summary as hp_summary
-
     status = (api_pb2.STATUS_SUCCESS if record["status"] == "completed"
               else api_pb2.STATUS_FAILURE)
     step = int(record.get("steps") or 0)
@@ -82,7 +73,7 @@ def write_session_end(session_dir, record):
         tf.summary.experimental.write_raw_pb(
             hp_summary.session_end_pb(status).SerializeToString(), step=step)
         for tag, key in ((FINAL_TAG, "metric"), (PROGRESS_TAG, "progress")):
-            if targets.is_finite(record.get(key)):
+            if goals.is_finite(record.get(key)):
                 tf.summary.scalar(tag, float(record[key]), step=step)
         tf.summary.scalar(STEPS_TAG, step, step=step)
 
@@ -90,8 +81,8 @@ def write_session_end(session_dir, record):
 def _rank_key(record, goal, progress_goal):
     status = STATUS_ORDER.index(record["status"])
     if record["status"] == "completed":
-        return (status, targets.sort_key(record.get("metric"), goal))
-    return (status, targets.sort_key(record.get("progress"), progress_goal))
+        return (status, goals.sort_key(record.get("metric"), goal))
+    return (status, goals.sort_key(record.get("progress"), progress_goal))
 
 
 def summary_rows(records, names, goal, progress_goal):
@@ -142,15 +133,19 @@ def _json_safe(value):
 
 
 def write_summary(sweep_dir, rows, info):
-    """Writes summary.csv (the rows) and summary.json (`info` + rows)."""
-    os.makedirs(sweep_dir, exist_ok=True)
-    with open(os.path.join(sweep_dir, "summary.csv"), "w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    """Writes summary.csv (the rows) and summary.json (`info` + rows),
+    each atomically."""
+
+    def write_csv(temporary):
+        with open(temporary, "w", newline="") as f:
+            if rows:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+
+    saving.replace_atomically(os.path.join(sweep_dir, "summary.csv"),
+                              write_csv)
     payload = dict(info, trials=[{k: _json_safe(v) for k, v in r.items()}
                                  for r in rows],
                    written=time.strftime("%Y-%m-%d %H:%M:%S"))
-    with open(os.path.join(sweep_dir, "summary.json"), "w") as f:
-        json.dump(payload, f, indent=2, default=str)
+    saving.write_json(os.path.join(sweep_dir, "summary.json"), payload)

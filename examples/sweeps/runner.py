@@ -1,37 +1,39 @@
 """Runs a sweep: one child process per trial, a few at a time.
 
-`run_sweep(SweepConfig(...))` checks the spec against the target script's
-flags before launching anything, then runs each trial as
-`python <script> --<hparam>=<value> ... --seed=S --model_dir=<dir>
---<budget_flag>=N <pass-through flags>`, polls the children, stops clearly
+`run_sweep(SweepConfig(...))` checks the spec against the target
+application's flags (`plan.make_plan`) before launching anything, then
+runs each trial as `python <script> --<hparam>=<value> ... --seed=S
+--model_dir=<dir> --<budget_flag>=N <pass-through flags>`, polls the children, stops clearly
 bad ones (median rule), records every trial in `trials/<id>/trial.json`
 (completed, stopped, diverged or failed: a failure never stops the sweep),
 logs HParams summaries, and writes summary.csv / summary.json best first.
-Restarted with the same settings, it skips trials already finished.
+Restarted with the same settings, it skips trials already finished. One
+sweep at a time owns the sweep directory (`keras_meta.run_dir`).
 
 Example:
-    >>> config = SweepConfig(target="train_maml", sweep="inner_lr=0.01,0.1",
-    ...                      budget_steps=2000, sweep_dir="runs/sweep")
+    >>> config = SweepConfig(  # from examples.sweeps.config
+    ...     target="train_maml", sweep="inner_lr=0.01,0.1",
+    ...     budget_steps=2000, sweep_dir="runs/sweep")
     >>> summary = run_sweep(config)  # doctest: +SKIP
 """
 
 import dataclasses
-import difflib
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 
-from keras_meta.sweeps import report
-from keras_meta.sweeps import spec as spec_lib
-from keras_meta.sweeps import stopping
-from keras_meta.sweeps import targets as targets_lib
+from keras_meta import run_dir
+from keras_meta import saving
 
-GOALS = ("minimize", "maximize")
-SEARCHES = ("grid", "random")
-EARLY_STOPPING = ("median", "none")
+from examples.sweeps import goals
+from examples.sweeps import plan as plan_lib
+from examples.sweeps import report
+from examples.sweeps import spec as spec_lib
+from examples.sweeps import stopping
+from examples.sweeps import targets as targets_lib
+
 FINISHED = ("completed", "stopped", "diverged", "failed")
 
 
@@ -39,202 +41,6 @@ def default_parallel(cpus=None):
     """Trials at a time: half the CPU cores (a TensorFlow child uses two
     threads well), at least 1."""
     return max(1, (cpus or os.cpu_count() or 1) // 2)
-
-
-@dataclasses.dataclass
-class SweepConfig:
-    """Settings of a sweep (the flags of examples/sweep.py).
-
-    Attributes:
-        target: a name in `targets.TARGETS`.
-        sweep: the spec, e.g. "inner_lr=0.1,0.4;meta_lr=1e-3,3e-4".
-        sweep_dir: where everything goes.
-        search: "grid" (every combination) or "random" (`trials` points).
-        trials: number of random points.
-        seeds: runs per point, with seeds `seed`, `seed + 1`, ...
-        seed: first trial seed; also seeds the random search.
-        budget_steps: the target's step budget per trial (None: its default).
-        parallel: trials at a time (None: `default_parallel()`).
-        metric: final metric to rank by (None: the target's).
-        goal: "minimize" or "maximize" (None: the target's).
-        progress_tag: TensorBoard tag for early stopping (None: target's).
-        progress_goal: goal of the progress tag (None: target's).
-        early_stopping: "median" or "none".
-        grace_fraction: no stopping before this fraction of the budget.
-        min_trials: peers needed at a step before the rule may stop a trial.
-        trial_timeout_minutes: a trial running longer fails (None: no limit).
-        poll_seconds: how often children are checked.
-        retry_failed: on restart, run failed trials again.
-        script: path of the target script (None: the target's).
-        passthrough: further `--flag=value` arguments for every trial.
-        python: interpreter for the children.
-    """
-
-    target: str = "train_maml"
-    sweep: str = ""
-    sweep_dir: str = "runs/sweep"
-    search: str = "grid"
-    trials: int = 0
-    seeds: int = 1
-    seed: int = 0
-    budget_steps: int = None
-    parallel: int = None
-    metric: str = None
-    goal: str = None
-    progress_tag: str = None
-    progress_goal: str = None
-    early_stopping: str = "median"
-    grace_fraction: float = 0.3
-    min_trials: int = 3
-    trial_timeout_minutes: float = None
-    poll_seconds: float = 5.0
-    retry_failed: bool = False
-    script: str = None
-    passthrough: tuple = ()
-    python: str = sys.executable
-
-
-@dataclasses.dataclass(frozen=True)
-class Trial:
-    trial: str
-    hparams: dict
-    seed: int
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"--{name} must be one of {choices}; got {value!r}.")
-
-
-def _unknown(name, known, what):
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f" Did you mean {close}?" if close else ""
-    return ValueError(f"{what} --{name} is not a flag of the target script."
-                      f"{hint} Its flags: {sorted(known)}.")
-
-
-def check_axes(axes, flags, reserved):
-    """Axes with values converted to the flags' types.
-
-    Raises:
-        ValueError: an unknown or reserved flag, or a value the flag does
-            not take.
-    """
-    out = []
-    for axis in axes:
-        if axis.name in reserved:
-            raise ValueError(f"--{axis.name} is set by the sweep itself "
-                             f"({reserved[axis.name]}); do not sweep it.")
-        if axis.name not in flags:
-            raise _unknown(axis.name, flags, "The sweep names")
-        kind, choices = flags[axis.name]
-        if axis.discrete:
-            values = tuple(targets_lib.check_value(axis.name, v, kind, choices)
-                           for v in axis.values)
-            out.append(dataclasses.replace(axis, values=values))
-        elif kind is float or (kind is int and axis.distribution == "randint"):
-            out.append(axis)
-        else:
-            raise ValueError(f"--{axis.name} takes a {kind.__name__}; "
-                             f"{axis.distribution}() does not fit it.")
-    return out
-
-
-def check_passthrough(passthrough, flags, reserved):
-    """Checks pass-through flag names (`--noX` for a bool X is fine)."""
-    for name in passthrough:
-        base = name
-        if name not in flags and name.startswith("no") and \
-                flags.get(name[2:], (None,))[0] is bool:
-            base = name[2:]
-        if base in reserved:
-            raise ValueError(f"--{base} is set by the sweep itself "
-                             f"({reserved[base]}); do not pass it.")
-        if base not in flags:
-            raise _unknown(name, flags, "The pass-through flag")
-
-
-@dataclasses.dataclass
-class Plan:
-    target: object
-    axes: list
-    trials: list
-    passthrough: dict
-    metric: str
-    goal: str
-    progress_tag: str
-    progress_goal: str
-
-
-def make_plan(config):
-    """Validates the config against the target script and lists the trials
-    (nothing is launched).
-
-    Raises:
-        ValueError: a bad spec, an unknown flag, a bad value or setting.
-    """
-    if config.target not in targets_lib.TARGETS:
-        raise ValueError(f"--target must be one of "
-                         f"{sorted(targets_lib.TARGETS)}; got {config.target!r}.")
-    _check_choice("search", config.search, SEARCHES)
-    _check_choice("early_stopping", config.early_stopping, EARLY_STOPPING)
-    for name in ("goal", "progress_goal"):
-        if getattr(config, name) is not None:
-            _check_choice(name, getattr(config, name), GOALS)
-    if config.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1; got {config.seeds}.")
-    if config.budget_steps is not None and config.budget_steps < 1:
-        raise ValueError(f"--budget_steps must be >= 1; got "
-                         f"{config.budget_steps}.")
-    if config.parallel is not None and config.parallel < 1:
-        raise ValueError(f"--parallel must be >= 1; got {config.parallel}.")
-    if config.search == "grid" and config.trials:
-        raise ValueError("--trials applies to --search=random; a grid runs "
-                         "every combination.")
-    target = targets_lib.TARGETS[config.target]
-    if config.script:
-        target = dataclasses.replace(target, script=config.script)
-    if not os.path.exists(target.script):
-        raise ValueError(f"Target script {target.script} does not exist; "
-                         "pass --script.")
-    flags = target.flags()
-    reserved = {"model_dir": "one per trial", "seed": "use --seed/--seeds",
-                target.budget_flag: "use --budget_steps"}
-    axes = check_axes(spec_lib.parse_sweep(config.sweep), flags, reserved)
-    passthrough = targets_lib.parse_passthrough(config.passthrough)
-    check_passthrough(passthrough, flags, reserved)
-    if config.search == "grid":
-        points = spec_lib.grid(axes)
-    else:
-        points = spec_lib.random_search(axes, config.trials, config.seed)
-    fixed = [target.name, config.budget_steps,
-             sorted(passthrough.items(), key=str)]
-    trials = [Trial(spec_lib.trial_id(p, config.seed + r, fixed), p,
-                    config.seed + r)
-              for p in points for r in range(config.seeds)]
-    metric, goal = target.metric_and_goal(passthrough)
-    return Plan(
-        target=target, axes=axes, trials=trials, passthrough=passthrough,
-        metric=config.metric or metric, goal=config.goal or goal,
-        progress_tag=config.progress_tag or target.progress_tag,
-        progress_goal=config.progress_goal or (
-            config.goal if config.progress_tag else target.progress_goal)
-        or "minimize")
-
-
-def command(config, plan, trial, model_dir):
-    """The child's command line."""
-    args = [config.python, plan.target.script]
-    args += [f"--{k}={spec_lib.format_value(v)}"
-             for k, v in trial.hparams.items()]
-    args += [f"--seed={trial.seed}", f"--model_dir={model_dir}"]
-    if config.budget_steps is not None:
-        args.append(f"--{plan.target.budget_flag}={config.budget_steps}")
-    given = {n[2:] if n.startswith("no") else n for n in plan.passthrough}
-    args += [f"--{k}={v}" for k, v in plan.target.default_args
-             if k not in given]
-    args += list(config.passthrough)
-    return args
 
 
 def child_env(parallel, cpus=None):
@@ -265,10 +71,8 @@ def load_record(sweep_dir, trial):
 
 
 def save_record(sweep_dir, record):
-    path = record_path(sweep_dir, record["trial"])
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2, default=str)
-    os.replace(path + ".tmp", path)
+    """Writes the trial's record, atomically."""
+    saving.write_json(record_path(sweep_dir, record["trial"]), record)
 
 
 def tail(path, lines=20):
@@ -295,7 +99,7 @@ def classify(returncode, metrics, metric, result_file):
         return "failed", None, (f"metric {metric!r} not in {result_file}; "
                                 f"it has {sorted(metrics)}")
     value = metrics[metric]
-    if not targets_lib.is_finite(value):
+    if not goals.is_finite(value):
         return "diverged", float(value), f"{metric} is {value}"
     return "completed", float(value), ""
 
@@ -312,7 +116,7 @@ class _Running:
         os.makedirs(self.session_dir)
         report.write_session_start(self.session_dir, trial.hparams,
                                    trial.seed, trial.trial)
-        self.cmd = command(config, plan, trial, self.model_dir)
+        self.cmd = plan_lib.command(config, plan, trial, self.model_dir)
         self.stdout = open(os.path.join(self.session_dir, "stdout.log"), "w")
         self.stderr = open(os.path.join(self.session_dir, "stderr.log"), "w")
         self.start = time.time()
@@ -447,19 +251,12 @@ def _info(config, plan, records, wall, skipped):
         counts=counts, skipped_finished=skipped, wall_seconds=wall)
 
 
-def run_sweep(config, log=print):
-    """Runs the sweep `config` describes (see module docstring).
-
-    Returns:
-        The summary dict (also written to `sweep_dir/summary.json`), with
-        `trials` (rows best first) and `table` (Markdown).
-    """
-    plan = make_plan(config)
-    start = time.time()
-    sweep_dir = config.sweep_dir
+def _start(config, plan, sweep_dir, log):
+    """Writes the sweep's settings and HParams config; returns the records
+    of trials finished before (re-ranked) and the trials to run."""
     os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
-    with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
+    saving.write_json(os.path.join(sweep_dir, "sweep.json"),
+                      dataclasses.asdict(config))
     if not any(n.startswith("events.out") for n in os.listdir(sweep_dir)):
         report.write_hparams_config(sweep_dir, plan.axes,
                                     [t.seed for t in plan.trials], plan.metric,
@@ -473,9 +270,23 @@ def run_sweep(config, log=print):
             records[trial.trial] = rescore(record, plan, sweep_dir)
         else:
             pending.append(trial)
-    skipped = len(records)
-    if skipped:
-        log(f"Skipping {skipped} finished trial(s) of {len(plan.trials)}.")
+    if records:
+        log(f"Skipping {len(records)} finished trial(s) of "
+            f"{len(plan.trials)}.")
+    return records, pending
+
+
+def _log_record(log, record, plan, done):
+    value = record["metric"]
+    shown = "" if value is None else f" {plan.metric}={value:.4g}"
+    log(f"[{done}/{len(plan.trials)}] {record['status']} {record['trial']}:"
+        f"{shown} ({record['seconds']:.0f} s, "
+        f"{record['steps']} steps) {record['note']}".rstrip())
+
+
+def _run_trials(config, plan, sweep_dir, records, pending, log):
+    """Runs the `pending` trials, `parallel` at a time, adding their
+    records to `records`."""
     rule = None
     if config.early_stopping == "median":
         rule = stopping.MedianStoppingRule(
@@ -483,14 +294,13 @@ def run_sweep(config, log=print):
             grace_steps=int(config.grace_fraction * (config.budget_steps or 0)))
     parallel = config.parallel or default_parallel()
     running = {}
-    total = len(plan.trials)
     try:
         while pending or running:
             while pending and len(running) < parallel:
                 trial = pending.pop(0)
                 running[trial.trial] = _Running(config, plan, trial, sweep_dir)
-                log(f"[{len(records) + len(running)}/{total}] start "
-                    f"{trial.trial}: {_describe(trial)}")
+                log(f"[{len(records) + len(running)}/{len(plan.trials)}] "
+                    f"start {trial.trial}: {_describe(trial)}")
             time.sleep(config.poll_seconds)
             for run in running.values():
                 run.curve = plan.target.progress(
@@ -506,18 +316,40 @@ def run_sweep(config, log=print):
                 records[key] = record
                 save_record(sweep_dir, record)
                 report.write_session_end(run.session_dir, record)
-                value = record["metric"]
-                shown = "" if value is None else f" {plan.metric}={value:.4g}"
-                log(f"[{len(records)}/{total}] {record['status']} {key}:"
-                    f"{shown} ({record['seconds']:.0f} s, "
-                    f"{record['steps']} steps) {record['note']}".rstrip())
+                _log_record(log, record, plan, len(records))
     finally:
         for run in running.values():  # Interrupted: no record, so a
             run.stop(grace_seconds=10)  # restart runs these again.
-    names = [a.name for a in plan.axes]
-    ordered = [records[t.trial] for t in plan.trials]
-    rows = report.summary_rows(ordered, names, plan.goal, plan.progress_goal)
-    info = _info(config, plan, ordered, time.time() - start, skipped)
-    report.write_summary(sweep_dir, rows, info)
+
+
+def run_sweep(config, log=print):
+    """Runs the sweep `config` describes (see module docstring).
+
+    Raises:
+        ValueError: a bad setting, spec or flag (`plan.make_plan`).
+        keras_meta.run_dir.DirectoryInUse: another sweep runs in
+            `sweep_dir`.
+
+    Returns:
+        The summary dict (also written to `sweep_dir/summary.json`), with
+        `trials` (rows best first) and `table` (Markdown).
+    """
+    plan = plan_lib.make_plan(config)
+    start = time.time()
+    sweep_dir = config.sweep_dir
+    lock = run_dir.DirectoryLock(sweep_dir, log)
+    lock.acquire()
+    try:
+        records, pending = _start(config, plan, sweep_dir, log)
+        skipped = len(records)
+        _run_trials(config, plan, sweep_dir, records, pending, log)
+        names = [a.name for a in plan.axes]
+        ordered = [records[t.trial] for t in plan.trials]
+        rows = report.summary_rows(ordered, names, plan.goal,
+                                   plan.progress_goal)
+        info = _info(config, plan, ordered, time.time() - start, skipped)
+        report.write_summary(sweep_dir, rows, info)
+    finally:
+        lock.release()
     table = report.format_table(rows, plan.metric)
     return dict(info, trials=rows, table=table)

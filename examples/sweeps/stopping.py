@@ -10,13 +10,13 @@ it works with any `--parallel`, including 1, and never pauses a trial.
 import dataclasses
 import statistics
 
-from keras_meta.sweeps import targets
+from examples.sweeps import goals
 
 
 def best_so_far(curve, step, goal):
     """Best finite value of `curve` (`[(step, value)]`) at steps <= `step`,
     or None if there is none."""
-    values = [v for s, v in curve if s <= step and targets.is_finite(v)]
+    values = [v for s, v in curve if s <= step and goals.is_finite(v)]
     if not values:
         return None
     return min(values) if goal == "minimize" else max(values)
@@ -24,7 +24,7 @@ def best_so_far(curve, step, goal):
 
 def diverged(curve):
     """True if the latest progress value is NaN or infinite."""
-    return bool(curve) and not targets.is_finite(curve[-1][1])
+    return bool(curve) and not goals.is_finite(curve[-1][1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +69,8 @@ class MedianStoppingRule:
             if not peer or peer[-1][0] < step:
                 continue  # Not there yet: no fair comparison.
             best = best_so_far(peer, step, self.goal)
-            references.append(targets.sort_key(best, self.goal))
+            references.append(goals.sort_key(best, self.goal))
         if len(references) < self.min_trials:
             return False
-        return targets.sort_key(mine, self.goal) > statistics.median(
+        return goals.sort_key(mine, self.goal) > statistics.median(
             references)

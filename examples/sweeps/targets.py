@@ -1,58 +1,28 @@
-"""The scripts a sweep can run, their flags, and how to read their results.
+"""The applications a sweep can run, their flags, and how to read their
+results.
 
-A `Target` says which flag is the step budget, where the script writes its
-final results and intermediate (progress) metric, and which metric to rank
-trials by unless the user names another.
+A `Target` says which script runs the application, which flags it takes
+(from the application's config: `examples/config_flags`), which flag is the
+step budget, where the script writes its final results and intermediate
+(progress) metric, and which metric to rank trials by unless the user
+names another.
 """
 
-import ast
 import dataclasses
 import glob
 import json
-import math
 import os
 
-import numpy as np
+from tensorboard.backend.event_processing import event_file_loader
+from tensorboard.util import tensor_util
 
-from keras_meta.sweeps import spec as spec_lib
+from examples import config_flags
+from examples.learned_optimizer import config as lopt_config
+from examples.maml import config as maml_config
+from examples.sweeps import spec as spec_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-
-_KINDS = {"DEFINE_integer": int, "DEFINE_float": float, "DEFINE_bool": bool,
-          "DEFINE_boolean": bool, "DEFINE_string": str, "DEFINE_enum": str,
-          "DEFINE_list": list, "DEFINE_multi_string": list,
-          "DEFINE_multi_integer": list, "DEFINE_multi_float": list,
-          "DEFINE_multi_enum": list}
-
-
-def script_flags(path):
-    """The absl flags a script defines, read from its source without running
-    it: `{name: (kind, choices)}`, choices a tuple for literal enums.
-
-    Example:
-        >>> flags = script_flags("examples/train_maml.py")
-        >>> flags["inner_lr"][0]
-        <class 'float'>
-    """
-    with open(path) as f:
-        tree = ast.parse(f.read(), path)
-    found = {}
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr in _KINDS and node.args
-                and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)):
-            continue
-        choices = None
-        if node.func.attr == "DEFINE_enum" and len(node.args) > 2:
-            try:
-                choices = tuple(ast.literal_eval(node.args[2]))
-            except ValueError:
-                choices = None  # e.g. a module constant: not checked here.
-        found[node.args[0].value] = (_KINDS[node.func.attr], choices)
-    return found
 
 
 def check_value(name, value, kind, choices=None):
@@ -125,9 +95,6 @@ def read_scalars(log_dir, tag):
         ...              "epoch_query_loss_after_step_1")  # doctest: +SKIP
         [(0, 1.9), (1, 0.9)]
     """
-    from tensorboard.backend.event_processing import event_file_loader
-    from tensorboard.util import tensor_util
-
     values = {}
     for path in sorted(glob.glob(os.path.join(log_dir, "events.out.*"))):
         # Stops quietly at a record cut short by a writer still running.
@@ -150,6 +117,7 @@ class Target:
     Attributes:
         name: short name (`--target`).
         script: path of the absl script.
+        flag_specs: the script's flags (`config_flags.FlagSpec`s).
         budget_flag: the flag that sets the number of (meta-)steps.
         result_file: JSON file the script writes in its model_dir at the end.
         default_args: flags passed unless the user passes them.
@@ -168,6 +136,7 @@ class Target:
 
     name: str
     script: str
+    flag_specs: tuple
     budget_flag: str
     result_file: str
     default_args: tuple
@@ -181,7 +150,8 @@ class Target:
     epoch_default: object = 1
 
     def flags(self):
-        return script_flags(self.script)
+        """`{flag name: (kind, choices)}` of the script."""
+        return config_flags.kinds(self.flag_specs)
 
     def metric_and_goal(self, passthrough):
         """(metric, goal) unless the user overrides them."""
@@ -217,6 +187,14 @@ def _maml_metric(passthrough):
     return "k10_s1", "minimize"
 
 
+def _maml_steps_per_epoch(passthrough):
+    """train_maml's steps per epoch when the flags leave it to the task."""
+    default = maml_config.Config()
+    task = passthrough.get("task") or default.task
+    ways = int(passthrough.get("ways") or default.ways)
+    return maml_config.task_defaults(task, ways)["steps_per_epoch"]
+
+
 def _maml_metrics(results):
     out = _table_metrics(results)
     if results.get("table"):
@@ -229,6 +207,7 @@ TARGETS = {
     "train_maml": Target(
         name="train_maml",
         script=os.path.join(ROOT, "examples", "train_maml.py"),
+        flag_specs=tuple(maml_config.FLAG_SPECS),
         budget_flag="train_steps",
         result_file="results.json",
         default_args=(("verbose", "2"),),
@@ -237,12 +216,12 @@ TARGETS = {
         metrics_fn=_maml_metrics,
         default_metric=_maml_metric,
         epoch_flag="steps_per_epoch",
-        # maml_training's steps_per_epoch defaults.
-        epoch_default=lambda p: 100 if p.get("task") == "omniglot" else 1000,
+        epoch_default=_maml_steps_per_epoch,
     ),
     "train_learned_optimizer": Target(
         name="train_learned_optimizer",
         script=os.path.join(ROOT, "examples", "train_learned_optimizer.py"),
+        flag_specs=tuple(lopt_config.FLAG_SPECS),
         budget_flag="meta_steps",
         result_file="summary.json",
         default_args=(),
@@ -252,23 +231,3 @@ TARGETS = {
         default_metric="final_eval_score",
     ),
 }
-
-
-def is_finite(value):
-    """True for a finite real number."""
-    try:
-        return bool(np.isfinite(float(value)))
-    except (TypeError, ValueError):
-        return False
-
-
-def is_better(a, b, goal):
-    """True if `a` beats `b` under goal "minimize" or "maximize"."""
-    return a < b if goal == "minimize" else a > b
-
-
-def sort_key(value, goal):
-    """Key that sorts values best first (non-finite last)."""
-    if not is_finite(value):
-        return math.inf
-    return float(value) if goal == "minimize" else -float(value)

@@ -1,0 +1,113 @@
+"""The settings of a learned-optimizer meta-training run and their flags.
+
+`Config` declares the run's settings; the update rule's architecture
+flags come from `keras_meta.rules.lstm.RuleConfig` itself (its
+fields, types and defaults), with the help texts below. Together they are
+the flags of examples/train_learned_optimizer.py (`FLAG_SPECS`).
+"""
+
+import dataclasses
+
+from absl import flags
+
+from keras_meta import distribute
+from keras_meta.rules import lstm as lstm_rule
+
+from examples import config_flags
+from examples.config_flags import option
+
+
+@dataclasses.dataclass
+class Config:
+    """Settings of one meta-training run (the rule's are in `rule`)."""
+
+    problems: tuple[str, ...] = option(
+        ("quadratic", "mlp_teacher", "mlp_omniglot"),
+        "Problem families of the meta-training mixture (see "
+        "keras_meta.meta.problems.FAMILIES).")
+    problem_weights: tuple[float, ...] | None = option(
+        None, "Sampling weights of --problems (default uniform).")
+    unroll: int = option(20, "Optimizee steps per truncation.")
+    horizon: int = option(100, "Optimizee steps per run.")
+    meta_steps: int = option(1000, "Meta-updates (truncations).")
+    meta_lr: float = option(1e-3, "Adam learning rate on phi.")
+    model_dir: str = option("runs/learned_optimizer",
+                            "Where phi files and TensorBoard summaries go.")
+    seed: int = option(0, "Seed of phi init and problem sampling.")
+    second_order: bool = option(False, "Keep second derivatives.")
+    meta_loss: str = option(
+        "log", "Meta-objective: mean of log losses or of losses.",
+        choices=("log", "mean"))
+    clip_norm: float = option(1.0, "Global-norm clip of meta-gradients.")
+    jit_compile: bool | None = option(
+        None, "XLA-compile each truncation (default: on GPU and TPU, off on "
+        "CPU, where it was measured slower).")
+    profile: bool = option(
+        False, "Write a TensorBoard profile (Profile tab; needs "
+        "tensorboard-plugin-profile to view) of a few meta-steps to "
+        "model_dir/profile.")
+    profile_steps: tuple[int, ...] = option(
+        (3, 5), "With --profile: the first and last meta-step profiled.")
+    eval_every: int = option(200, "Evaluate (and keep best) every N.")
+    init_weights: str | None = option(None, "Start from this phi file.")
+    checkpoint_every: int = option(
+        100, "Meta-steps between checkpoints (also on SIGTERM/SIGINT).")
+    keep_checkpoints: int = option(3, "Checkpoints kept.")
+    resume: bool = option(
+        False, "Continue from the newest checkpoint in model_dir.")
+    max_consecutive_skips: int = option(
+        20, "Stop after this many non-finite meta-steps in a row.")
+    strategy: str = option(
+        "default", "tf.distribute strategy: default (one device), "
+        "mirrored, multi_worker (TF_CONFIG; only the chief writes "
+        "model_dir) or tpu (see --tpu). Each meta-step optimizes one "
+        "problem instance per replica.", choices=distribute.STRATEGIES)
+    tpu: str | None = option(
+        None, "With --strategy=tpu: the TPU's name or grpc:// address; "
+        "'local' on a TPU VM.")
+    rule: dict | None = option(
+        None, "RuleConfig fields (None: its defaults, or those of "
+        "init_weights).", flag=False)
+    verbose: int = option(1, "Progress bar verbosity.", flag=False)
+
+
+# The rule's flags: fields of lstm_rule.RuleConfig (type and default there).
+RULE_FLAG_HELP = {
+    "descent": "Rule variant: LSTM-modulated Adam direction, the paper's "
+               "pure LSTM output, or LSTM-modulated heavy-ball momentum at "
+               "a secant-curvature rate (for full-batch problems).",
+    "granularity": "coordinate: an LSTM state per coordinate (the paper's); "
+                   "tensor: one per tensor, steering Adam's step size.",
+    "init_lr": "Initial step size of the rule (the untrained rule is Adam "
+               "with this rate).",
+    "init_hyper_rate": "--granularity=tensor: initial gain of the "
+                       "hypergradient on the log step size.",
+    "init_lr_drift": "--granularity=tensor: initial constant change of the "
+                     "log step size per step.",
+    "hyper_down_fraction": "--granularity=tensor: gain on negative "
+                           "hypergradient cosines, as a fraction of the "
+                           "gain on positive ones.",
+    "hyper_horizon": "--granularity=tensor: horizon, in steps, of the "
+                     "hypergradient (1: one step; above 1: against an "
+                     "average of past directions).",
+    "min_offset": "--granularity=tensor: lowest log step-size offset from "
+                  "the base rate (log(1/10): at most 10x below).",
+    "max_offset": "--granularity=tensor: highest log step-size offset from "
+                  "the base rate.",
+    "beta_1": "Decay of the rule's first moment (the momentum of "
+              "--descent=momentum).",
+    "hidden_size": "LSTM units per layer.",
+    "num_layers": "LSTM layers.",
+}
+RULE_FLAG_CHOICES = {"descent": ("adam", "none", "momentum"),
+                     "granularity": lstm_rule.GRANULARITIES}
+RULE_FLAG_SPECS = config_flags.specs(lstm_rule.RuleConfig, RULE_FLAG_HELP,
+                                     RULE_FLAG_CHOICES)
+FLAG_SPECS = config_flags.specs(Config) + RULE_FLAG_SPECS
+
+
+def from_flags(flag_values=flags.FLAGS):
+    """The `Config` of the parsed flags, the rule's flags in `rule`."""
+    run = config_flags.read(config_flags.specs(Config), flag_values)
+    rule = config_flags.read(RULE_FLAG_SPECS, flag_values)
+    return Config(rule=rule, **run)

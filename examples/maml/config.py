@@ -1,0 +1,190 @@
+"""The settings of a MAML run: one `Config`, its flags, the task defaults.
+
+Every field is a flag of examples/train_maml.py (`FLAG_SPECS`). Fields
+left as None take the task's default (`resolve`): the MAML paper's
+settings for sinusoid regression and for 5-way and 20-way Omniglot.
+"""
+
+import dataclasses
+
+from absl import flags
+
+from keras_meta import distribute
+
+from examples import config_flags
+from examples.config_flags import option
+
+VARIANTS = ("maml", "meta_sgd", "maml_plus_plus", "anil")
+INNER_OPTIMIZERS = ("sgd", "meta_sgd", "lslr", "lstm")
+# The inner rule each variant implies; `--inner_optimizer` may replace it
+# for "maml" and "anil" and must agree with it for the others.
+VARIANT_INNER_OPTIMIZER = {"maml": "sgd", "meta_sgd": "meta_sgd",
+                           "maml_plus_plus": "lslr", "anil": "sgd"}
+TASKS = ("sinusoid", "omniglot")
+OFFLINE_TEST_ALPHABETS = ("Sanskrit", "Tagalog")
+
+
+@dataclasses.dataclass
+class Config:
+    """Settings of one run. None means "the task's default" (`resolve`)."""
+
+    task: str = option("sinusoid", "Task family.", choices=TASKS)
+    model_dir: str = option(
+        "runs/maml", "Logs, checkpoints, model.keras and results.json.")
+    variant: str = option(
+        "maml", "maml, meta_sgd, maml_plus_plus (LSLR + multi-step loss) "
+        "or anil (adapt only the head).", choices=VARIANTS)
+    inner_optimizer: str | None = option(
+        None, "Inner update rule: sgd (fixed rate), meta_sgd (learned "
+        "rate per parameter), lslr (learned rate per layer per step) or "
+        "lstm (learned coordinatewise LSTM). Unset: the one --variant "
+        "implies (maml and anil: sgd; meta_sgd: meta_sgd; maml_plus_plus: "
+        "lslr).", choices=INNER_OPTIMIZERS)
+    ways: int = option(5, "Omniglot: classes per episode (N).")
+    shots: int | None = option(None, "Support examples per class/task (K).")
+    queries: int | None = option(
+        None, "Query examples per class/task in training.")
+    meta_batch_size: int | None = option(None, "Tasks per meta-step.")
+    train_steps: int | None = option(None, "Meta-steps in all.")
+    steps_per_epoch: int | None = option(
+        None, "Meta-steps between logs and validation.")
+    inner_steps: int | None = option(None, "Inner steps in meta-training.")
+    eval_inner_steps: int | None = option(
+        None, "Inner steps in validation and evaluation.")
+    inner_lr: float | None = option(
+        None, "Inner learning rate (Omniglot: in the reference's "
+        "convention, loss summed over classes).")
+    meta_lr: float = option(1e-3, "Adam meta learning rate.")
+    first_order: bool = option(False, "Drop second derivatives (FOMAML).")
+    # Resolved to "auto" (XLA where it is known to help) for Omniglot.
+    jit_compile: bool | None = option(None, "Compile the steps with XLA.")
+    steps_per_execution: int | None = option(
+        None, "Meta-steps per compiled call.")
+    seed: int = option(0, "Random seed.")
+    eval_tasks: int = option(
+        1000, "New tasks (episodes) in the final evaluation.")
+    eval_shots: tuple[int, ...] | None = option(
+        None, "Support sizes K of the evaluation.")
+    eval_steps: tuple[int, ...] | None = option(
+        None, "Inner step counts of the evaluation.")
+    eval_queries: int | None = option(
+        None, "Query examples in evaluation.")
+    data_dir: str | None = option(
+        None, "Omniglot: a folder with the official zips (offline); "
+        "unset: TFDS 'omniglot' (downloads once).")
+    test_alphabets: tuple[str, ...] = option(
+        OFFLINE_TEST_ALPHABETS,
+        "Omniglot with --data_dir: held-out test alphabets.")
+    filters: int = option(64, "Omniglot: conv4 filters.")
+    checkpoint_every: int | None = option(
+        None, "Meta-steps between checkpoints (rounded to whole epochs).")
+    keep_checkpoints: int = option(3, "Checkpoints kept.")
+    resume: bool = option(
+        False, "Continue from the newest checkpoint in model_dir.")
+    max_train_minutes: float | None = option(
+        None, "Stop meta-training after this much wall time.")
+    verbose: int = option(
+        1, "Keras verbosity: 1 progress bar, 2 a line per epoch.")
+    strategy: str = option(
+        "default", "tf.distribute strategy: default (one device), mirrored "
+        "(all local GPUs), multi_worker (the cluster in TF_CONFIG; only the "
+        "chief writes model_dir) or tpu (see --tpu). The meta-batch is "
+        "split across replicas.", choices=distribute.STRATEGIES)
+    tpu: str | None = option(
+        None, "With --strategy=tpu: the TPU's name or grpc:// address; "
+        "'local' on a TPU VM.")
+    profile: bool = option(
+        False, "Write a TensorBoard profile (Profile tab; needs "
+        "tensorboard-plugin-profile to view) of a few training calls to "
+        "model_dir/logs/train.")
+    profile_batches: tuple[int, ...] = option(
+        (3, 5), "With --profile: the first and last train-function call "
+        "profiled (each call runs --steps_per_execution meta-steps).")
+
+
+FLAG_SPECS = config_flags.specs(Config)
+
+# Defaults per task. Sinusoid: the MAML paper. Omniglot: the paper's 5-way
+# and 20-way settings, except queries per class in training (the reference
+# trains with as many queries as shots; evaluation uses 15).
+SINUSOID_DEFAULTS = dict(
+    shots=10, queries=10, meta_batch_size=25, train_steps=70000,
+    steps_per_epoch=1000, inner_steps=1, eval_inner_steps=10, inner_lr=0.01,
+    jit_compile=True, steps_per_execution=100, eval_shots=(5, 10, 20),
+    eval_steps=(1, 10), eval_queries=100, checkpoint_every=10000,
+)
+OMNIGLOT_DEFAULTS = {
+    5: dict(shots=1, queries=1, meta_batch_size=32, train_steps=60000,
+            steps_per_epoch=100, inner_steps=1, eval_inner_steps=3,
+            inner_lr=0.4, jit_compile="auto", steps_per_execution=1,
+            eval_shots=None, eval_steps=None, eval_queries=15,
+            checkpoint_every=500),
+    20: dict(shots=1, queries=1, meta_batch_size=16, train_steps=60000,
+             steps_per_epoch=100, inner_steps=5, eval_inner_steps=5,
+             inner_lr=0.1, jit_compile="auto", steps_per_execution=1,
+             eval_shots=None, eval_steps=None, eval_queries=15,
+             checkpoint_every=500),
+}
+
+
+def task_defaults(task, ways):
+    """The defaults of `task` ("sinusoid" or "omniglot") with `ways`."""
+    if task == "sinusoid":
+        return SINUSOID_DEFAULTS
+    return OMNIGLOT_DEFAULTS[20 if ways >= 20 else 5]
+
+
+def _check(config):
+    if config.task not in TASKS:
+        raise ValueError(f"--task must be one of {TASKS}; got {config.task!r}.")
+    if config.variant not in VARIANTS:
+        raise ValueError(
+            f"--variant must be one of {VARIANTS}; got {config.variant!r}.")
+    implied = VARIANT_INNER_OPTIMIZER[config.variant]
+    inner = config.inner_optimizer
+    if inner is not None and inner not in INNER_OPTIMIZERS:
+        raise ValueError(
+            f"--inner_optimizer must be one of {INNER_OPTIMIZERS}; got "
+            f"{inner!r}.")
+    if (inner is not None and config.variant not in ("maml", "anil")
+            and inner != implied):
+        raise ValueError(
+            f"--variant={config.variant} implies --inner_optimizer={implied}"
+            f"; got --inner_optimizer={inner}. Use --variant=maml with "
+            "--inner_optimizer to swap the inner rule.")
+    if config.strategy not in distribute.STRATEGIES:
+        raise ValueError(f"--strategy must be one of "
+                         f"{distribute.STRATEGIES}; got {config.strategy!r}.")
+
+
+def resolve(config):
+    """`config` checked, with the task's defaults in the fields left None.
+
+    Raises:
+        ValueError: an unknown task, variant, inner optimizer or strategy,
+            or an inner optimizer that contradicts the variant.
+    """
+    _check(config)
+    if config.inner_optimizer is None:
+        config = dataclasses.replace(
+            config, inner_optimizer=VARIANT_INNER_OPTIMIZER[config.variant])
+    defaults = task_defaults(config.task, config.ways)
+    if config.strategy != "default":
+        # XLA on the whole step fails under MirroredStrategy (variables on
+        # other devices); TPUStrategy compiles with XLA anyway. Keras 3.15
+        # fails with steps_per_execution > 1 under MirroredStrategy (an
+        # unfed placeholder in its while_loop, plain Keras models too).
+        defaults = dict(defaults, jit_compile=False, steps_per_execution=1)
+    filled = {k: (defaults[k] if getattr(config, k) is None and k in defaults
+                  else getattr(config, k))
+              for k in (f.name for f in dataclasses.fields(config))}
+    if config.task == "omniglot":
+        filled["eval_shots"] = filled["eval_shots"] or (filled["shots"],)
+        filled["eval_steps"] = filled["eval_steps"] or (
+            filled["eval_inner_steps"],)
+    return Config(**filled)
+
+
+def from_flags(flag_values=flags.FLAGS):
+    """The `Config` of the parsed flags (unresolved)."""
+    return Config(**config_flags.read(FLAG_SPECS, flag_values))

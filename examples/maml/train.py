@@ -1,0 +1,191 @@
+"""Meta-train MAML (or a variant) on sinusoid regression or Omniglot.
+
+The logic behind examples/train_maml.py. A task family (`tasks`) supplies
+the network, loss, episode streams and evaluation; `run` does the rest:
+training with checkpoints and resume in an owned run directory
+(`keras_meta.run_dir`), TensorBoard, the saved model and the final
+held-out evaluation.
+"""
+
+import dataclasses
+import os
+import time
+
+import keras
+
+import keras_meta
+from keras_meta import callbacks as km_callbacks
+from keras_meta import distribute
+from keras_meta import errors
+from keras_meta import run_dir
+from keras_meta import saving
+
+from examples.maml import config as config_lib
+from examples.maml import tasks
+
+
+def build_maml(config, task):
+    """The compiled MAML variant that `config` names around the task's net."""
+    cls = {
+        "maml": keras_meta.MAML,
+        "meta_sgd": keras_meta.MetaSGD,
+        "maml_plus_plus": keras_meta.MAMLPlusPlus,
+        "anil": keras_meta.ANIL,
+    }[config.variant]
+    maml = cls(
+        task.model(),
+        inner_learning_rate=task.inner_learning_rate(),
+        inner_steps=config.inner_steps,
+        first_order=config.first_order,
+        eval_inner_steps=config.eval_inner_steps,
+        inner_optimizer=config.inner_optimizer,
+    )
+    maml.compile(
+        optimizer=keras.optimizers.Adam(config.meta_lr),
+        loss=task.loss,
+        metrics=list(task.metrics),
+        jit_compile=config.jit_compile,
+        steps_per_execution=config.steps_per_execution,
+    )
+    return maml
+
+
+def batches_consumed(maml):
+    """Episode batches a (resumed) MAML has trained on: its optimizer's
+    steps plus the skipped non-finite steps, which consumed a batch each."""
+    return int(maml.optimizer.iterations.numpy()) + int(
+        maml.skipped_steps.numpy())
+
+
+def _restore_or_build(config, task, strategy, latest):
+    """`(maml, start_step)`: from checkpoint `latest` if given, else new."""
+    with strategy.scope():
+        if latest:
+            maml = keras.models.load_model(latest)
+            start_step = batches_consumed(maml)
+            print(f"Resuming from {latest} at step {start_step}.")
+            return maml, start_step
+        return build_maml(config, task), 0
+
+
+def _callbacks(config, task, checkpoints, start_step):
+    """`(checkpointer, callbacks)` of the training run."""
+    every = max(config.steps_per_epoch, config.checkpoint_every
+                // config.steps_per_epoch * config.steps_per_epoch)
+    logs_dir = os.path.join(config.model_dir, "logs")
+    checkpointer = km_callbacks.PeriodicCheckpoint(
+        checkpoints, every, config.keep_checkpoints)
+    callbacks = [
+        checkpointer,
+        # With `profile`, a TensorBoard profile of train-function calls
+        # profile_batches[0]..[1] (each runs steps_per_execution steps).
+        keras.callbacks.TensorBoard(
+            logs_dir, profile_batch=(tuple(config.profile_batches)
+                                     if config.profile else 0)),
+        km_callbacks.InnerOptimizerSummary(
+            os.path.join(logs_dir, "inner_optimizer"),
+            episode=next(iter(task.validation_episodes()))),
+    ]
+    if config.max_train_minutes:
+        callbacks.append(
+            km_callbacks.TrainingTimeLimit(60 * config.max_train_minutes))
+    example = task.example_episode()
+    if example is not None and not start_step:
+        callbacks.append(km_callbacks.EpisodeImageSummary(
+            os.path.join(logs_dir, "episodes"), example))
+    return checkpointer, callbacks
+
+
+def _train(maml, task, config, checkpoints, start_step):
+    """Fits from `start_step` to `config.train_steps`, in whole epochs after
+    finishing an epoch a signal cut short.
+
+    Raises:
+        keras_meta.errors.TrainingInterrupted: on SIGTERM/SIGINT, after
+            the checkpoint.
+    """
+    checkpointer, callbacks = _callbacks(config, task, checkpoints,
+                                         start_step)
+    epochs = max(1, -(-config.train_steps // config.steps_per_epoch))
+
+    def fit(first_step, epoch, steps_per_epoch, epochs):
+        maml.fit(
+            task.train_episodes(skip_batches=first_step),
+            initial_epoch=epoch,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=task.validation_episodes(),
+            validation_steps=4,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+        if checkpointer.interrupted_by is not None:
+            step = int(maml.optimizer.iterations.numpy())
+            raise errors.TrainingInterrupted(
+                checkpointer.interrupted_by, step,
+                km_callbacks.checkpoint_path(checkpoints, step))
+
+    spe = config.steps_per_epoch
+    epoch, into_epoch = divmod(start_step, spe)
+    if into_epoch and epoch < epochs:
+        # Stopped mid-epoch (by a signal): finish that epoch first.
+        fit(start_step, epoch, spe - into_epoch, epoch + 1)
+        epoch += 1
+    if epoch < epochs:
+        fit(epoch * spe, epoch, spe, epochs)
+
+
+def _run_in(directory, config, strategy):
+    """Trains, saves, evaluates and writes results in an owned directory."""
+    keras.utils.set_random_seed(config.seed)
+    task = tasks.make_task(config)
+    maml, start_step = _restore_or_build(config, task, strategy,
+                                         directory.latest_checkpoint)
+    start = time.time()
+    _train(maml, task, config, directory.checkpoints, start_step)
+    train_seconds = time.time() - start
+    model_path = os.path.join(config.model_dir, "model.keras")
+    saving.save_model(maml, model_path)
+
+    start = time.time()
+    table = task.table(maml)
+    results = dict(
+        config=dataclasses.asdict(config),
+        table=table,
+        metric=task.metric_name,
+        train_seconds=train_seconds,
+        eval_seconds=time.time() - start,
+        meta_steps=int(maml.optimizer.iterations.numpy()),
+        model_path=model_path,
+    )
+    results["replicas"] = strategy.num_replicas_in_sync
+    saving.write_json(os.path.join(config.model_dir, "results.json"), results)
+    results["formatted"] = task.format(table)
+    return results
+
+
+def run(config):
+    """Meta-trains, saves `model_dir/model.keras`, evaluates and reports.
+
+    The run owns `model_dir` while it runs (`keras_meta.run_dir`): a second
+    run on the same directory is refused. With `config.resume`, training
+    continues from the newest checkpoint in `model_dir/checkpoints` (model,
+    optimizer and step count), and the episode stream continues where it
+    was, so the result is bitwise the one of an uninterrupted run; without
+    it, a directory that holds checkpoints is refused. SIGTERM or SIGINT
+    during training writes a checkpoint and raises
+    `keras_meta.errors.TrainingInterrupted`.
+
+    Returns:
+        A dict with the evaluation table, timings and paths; also written to
+        `model_dir/results.json`.
+    """
+    config = config_lib.resolve(config)
+    strategy = distribute.make_strategy(config.strategy, config.tpu)
+    with run_dir.RunDirectory(config.model_dir, resume=config.resume,
+                              strategy=strategy) as directory:
+        # Every worker reads the chief's checkpoints (a shared file system)
+        # but only the chief writes to model_dir; the others to a
+        # temporary directory.
+        config = dataclasses.replace(config, model_dir=directory.write_path)
+        return _run_in(directory, config, strategy)

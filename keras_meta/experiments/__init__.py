@@ -1,1 +1,0 @@
-"""Importable logic behind the scripts in examples/."""
