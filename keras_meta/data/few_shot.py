@@ -6,6 +6,7 @@ import tensorflow as tf
 from keras_meta.data.episode import seed_stream
 
 from keras_meta.data.image_classes import ImageClasses
+from keras_meta.data.image_classes import check_image_size
 from keras_meta.data.image_classes import load_image_classes
 
 
@@ -53,10 +54,11 @@ def check_episode_settings(classes, ways, shots, queries,
         names = ", ".join(f"{classes.class_names[c]!r} ({counts[c]})"
                           for c in short[:3])
         raise ValueError(
-            f"shots + queries = {shots} + {queries} = {needed} images per "
-            f"class are needed, but {len(short)} classes have fewer (the "
-            f"smallest has {counts.min()}; e.g. {names}). Lower "
-            "shots/queries or drop those classes with ImageClasses.subset."
+            f"shots + queries = {needed} images per class are needed "
+            f"(shots={shots}, queries={queries}), but {len(short)} classes "
+            f"have fewer (the smallest has {counts.min()}; e.g. {names}). "
+            "Lower shots/queries or drop those classes with "
+            "ImageClasses.subset."
         )
     if rotations and classes.images.shape[1] != classes.images.shape[2]:
         raise ValueError(
@@ -191,6 +193,7 @@ def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
     """
     check_episode_settings(None, ways, shots, queries, meta_batch_size,
                            rotations)
+    check_image_size(image_size)
     seeds = seed_stream(seed, skip_batches)
     classes = load_image_classes(source, split=split, data_dir=data_dir,
                                  image_size=image_size)

@@ -153,7 +153,12 @@ def _resize_uint8(images, image_size, batch=512):
     return np.concatenate(out).astype(np.uint8)
 
 
-def _check_image_size(image_size):
+def check_image_size(image_size):
+    """`image_size` as a (height, width) tuple of positive ints, or None.
+
+    Raises:
+        ValueError: anything else; the message gives what was passed.
+    """
     if image_size is None:
         return None
     if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
@@ -181,7 +186,7 @@ def stack_images(images, names, image_size=None):
             that differ with `image_size=None`; the message names the first
             image that differs from the most common shape.
     """
-    image_size = _check_image_size(image_size)
+    image_size = check_image_size(image_size)
     shapes = collections.Counter(x.shape for x in images)
     common = shapes.most_common(1)[0][0]
     for x, name in zip(images, names):
@@ -283,7 +288,7 @@ def load_omniglot(path, image_size=OMNIGLOT_IMAGE_SIZE, channels=1):
             size or channel count than the others (`image_size=None`); the
             message names the file.
     """
-    image_size = _check_image_size(image_size)
+    image_size = check_image_size(image_size)
     images, files, labels, names, groups, index = [], [], [], [], [], {}
     for alphabet, character, where, data in _omniglot_files(path):
         key = f"{alphabet}/{character}"
@@ -296,8 +301,9 @@ def load_omniglot(path, image_size=OMNIGLOT_IMAGE_SIZE, channels=1):
         labels.append(index[key])
     if not images:
         raise ValueError(
-            f"No Omniglot PNG images (nor {', '.join(IMAGE_EXTENSIONS[1:])}) "
-            f"found under {path!r}; expected alphabet/character/image files."
+            f"No Omniglot PNG images found under {path!r} (nor "
+            f"{', '.join(IMAGE_EXTENSIONS[1:])}); expected "
+            "alphabet/character/image files."
         )
     return ImageClasses(
         images=stack_images(images, files, image_size),
