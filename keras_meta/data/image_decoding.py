@@ -13,6 +13,7 @@ invert). Every encoding comes out that way:
   some (light ink on a transparent background), the ink is the alpha:
   intensity = 255 - alpha.
 
+GIFs with a transparent colour are refused (TF drops GIF transparency).
 JPEGs are decoded with the accurate integer DCT (TF's default fast DCT is
 off by up to ~20 levels at sharp strokes).
 
@@ -101,6 +102,22 @@ def to_channels(pixels, channels=1):
     return np.ascontiguousarray(color)
 
 
+def _refuse_transparent_gif(data, name):
+    """TF decodes GIFs without their transparent colour, which would turn
+    ink drawn on a transparent background into a blank image."""
+    if data[:3] != b"GIF":
+        return
+    pos = data.find(b"\x21\xf9\x04")  # a graphic control extension
+    while pos >= 0:
+        if pos + 3 < len(data) and data[pos + 3] & 1:
+            raise ValueError(
+                f"{name} is a GIF with a transparent colour, which TF "
+                "decodes without its transparency; save it as a PNG (its "
+                "transparency is handled) or without transparency."
+            )
+        pos = data.find(b"\x21\xf9\x04", pos + 1)
+
+
 def decode_image(data, channels=1, name="image"):
     """Decodes PNG, JPEG, GIF, BMP or WebP bytes to uint8 [h, w, channels].
 
@@ -110,8 +127,8 @@ def decode_image(data, channels=1, name="image"):
         name: the file, for error messages.
 
     Raises:
-        ValueError: the bytes are not an image TF can decode; the message
-            names the file.
+        ValueError: the bytes are not an image TF can decode, or a GIF with
+            a transparent colour; the message names the file.
     """
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 or 3; got {channels!r}.")
@@ -132,6 +149,7 @@ def decode_image(data, channels=1, name="image"):
             f"{name} is not a readable image (PNG, JPEG, GIF, BMP or WebP "
             f"expected; {len(data)} bytes): {reason}"
         ) from e
+    _refuse_transparent_gif(data, name)
     return to_channels(pixels, channels)
 
 

@@ -2,6 +2,7 @@
 uint8, dark ink on a white (255) background, the same array as the
 grayscale PNG of the drawing."""
 
+import re
 import struct
 import zlib
 
@@ -175,3 +176,19 @@ def test_channels_must_be_one_or_three():
     with pytest.raises(ValueError, match="`channels` must be 1 or 3; got 4"):
         decode_image(tf.io.encode_png(REFERENCE[..., None]).numpy(),
                      channels=4)
+
+
+# The classic 1x1 GIF whose one colour (index 0, black) is transparent.
+TRANSPARENT_GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff"
+                   b"\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01"
+                   b"\x00\x01\x00\x00\x02\x02D\x01\x00;")
+
+
+def test_gif_transparency_is_refused_not_dropped():
+    # TF would decode it as an opaque black pixel.
+    with pytest.raises(ValueError, match=re.escape(
+            "dot.gif is a GIF with a transparent colour, which TF decodes "
+            "without its transparency; save it as a PNG")):
+        decode_image(TRANSPARENT_GIF, name="dot.gif")
+    opaque = TRANSPARENT_GIF.replace(b"!\xf9\x04\x01", b"!\xf9\x04\x00")
+    np.testing.assert_array_equal(decode_image(opaque), [[[0]]])
