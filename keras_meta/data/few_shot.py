@@ -6,12 +6,65 @@ import tensorflow as tf
 from keras_meta.data.episode import seed_stream
 
 from keras_meta.data.image_classes import ImageClasses
+from keras_meta.data.image_classes import check_image_size
 from keras_meta.data.image_classes import load_image_classes
 
 
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+
+
+def check_episode_settings(classes, ways, shots, queries,
+                           meta_batch_size=1, rotations=False):
+    """Refuses episode settings that cannot be sampled from `classes`.
+
+    `episodes` calls it before it builds a stream; call it on every class
+    split (training, validation, evaluation, each with its own shots and
+    queries) before training starts, so that none fails later.
+
+    Args:
+        classes: an `ImageClasses`, or None to check the numbers only.
+        ways, shots, queries, meta_batch_size, rotations: as `episodes`.
+
+    Raises:
+        ValueError: a count that is not a positive int, `rotations` not a
+            bool, more ways than classes, fewer images in a class than
+            shots + queries, or rotations of non-square images; the message
+            says what was given and what was expected.
+    """
+    for name, value in (("ways", ways), ("shots", shots),
+                        ("queries", queries),
+                        ("meta_batch_size", meta_batch_size)):
+        _positive_int(name, value)
+    if not isinstance(rotations, bool):
+        raise ValueError(f"`rotations` must be a bool; got {rotations!r}.")
+    if classes is None:
+        return
+    available = classes.num_classes * (4 if rotations else 1)
+    if ways > available:
+        raise ValueError(
+            f"ways={ways} needs at least {ways} classes; the source has "
+            f"{available}{' with rotations' if rotations else ''}."
+        )
+    counts = classes.class_counts()
+    needed = shots + queries
+    if counts.min() < needed:
+        short = np.flatnonzero(counts < needed)
+        names = ", ".join(f"{classes.class_names[c]!r} ({counts[c]})"
+                          for c in short[:3])
+        raise ValueError(
+            f"shots + queries = {needed} images per class are needed "
+            f"(shots={shots}, queries={queries}), but {len(short)} classes "
+            f"have fewer (the smallest has {counts.min()}; e.g. {names}). "
+            "Lower shots/queries or drop those classes with "
+            "ImageClasses.subset."
+        )
+    if rotations and classes.images.shape[1] != classes.images.shape[2]:
+        raise ValueError(
+            "rotations need square images; got "
+            f"{classes.images.shape[1]}x{classes.images.shape[2]}."
+        )
 
 
 def _rotate_each(images, quarter_turns):
@@ -138,33 +191,14 @@ def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
         [meta_batch_size, ways * shots], and `query_x`, `query_y` likewise
         with `ways * queries`. Examples are grouped by class.
     """
-    for name, value in (("ways", ways), ("shots", shots),
-                        ("queries", queries),
-                        ("meta_batch_size", meta_batch_size)):
-        _positive_int(name, value)
+    check_episode_settings(None, ways, shots, queries, meta_batch_size,
+                           rotations)
+    check_image_size(image_size)
     seeds = seed_stream(seed, skip_batches)
     classes = load_image_classes(source, split=split, data_dir=data_dir,
                                  image_size=image_size)
-    available = classes.num_classes * (4 if rotations else 1)
-    if ways > available:
-        raise ValueError(
-            f"ways={ways} needs at least {ways} classes; the source has "
-            f"{available}{' with rotations' if rotations else ''}."
-        )
-    counts = classes.class_counts()
-    if counts.min() < shots + queries:
-        short = int(np.sum(counts < shots + queries))
-        raise ValueError(
-            f"shots + queries = {shots + queries} images per class are "
-            f"needed, but {short} classes have fewer (the smallest has "
-            f"{counts.min()}). Lower shots/queries or drop those classes "
-            "with ImageClasses.subset."
-        )
-    if rotations and classes.images.shape[1] != classes.images.shape[2]:
-        raise ValueError(
-            "rotations need square images; got "
-            f"{classes.images.shape[1]}x{classes.images.shape[2]}."
-        )
+    check_episode_settings(classes, ways, shots, queries, meta_batch_size,
+                           rotations)
     tensors = _class_tensors(classes)
     return seeds.map(
         lambda s: sample_episodes(tensors, s, ways, shots, queries,
