@@ -88,6 +88,7 @@ def child(cfg):
     import tensorflow as tf
 
     from keras_meta.experiments import maml_training
+    from keras_meta.maml import task_parallel
 
     keras.utils.set_random_seed(0)
     jit = {"auto": None, "on": True, "off": False}[cfg["xla"]]
@@ -105,7 +106,7 @@ def child(cfg):
                 if k in ("ways", "meta_batch_size", "inner_steps", "shots",
                          "queries", "steps_per_execution")},
         jit_compile=bool(maml.jit_compile),
-        task_parallelism=maml._parallelism(),
+        task_parallelism=task_parallel.choose(maml),
         device=tf.config.list_logical_devices()[-1].device_type)
     return result
 

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_meta import errors
 from keras_meta import saving
 from keras_meta import signals
 
@@ -222,8 +223,6 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
     def _counters(self):
         """(consecutive, total, step, quantity) or None if nothing counts."""
-        from keras_meta.models import maml as maml_lib
-
         model = self.model
         step = int(model.optimizer.iterations.numpy())
         if hasattr(model, "consecutive_skipped_steps"):
@@ -231,7 +230,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
             skipped = int(model.skipped_steps.numpy())
             quantity = int(model.nonfinite_quantity.numpy())
             return (int(model.consecutive_skipped_steps.numpy()), skipped,
-                    step + skipped, maml_lib.NONFINITE_QUANTITIES[quantity])
+                    step + skipped, errors.NONFINITE_QUANTITIES[quantity])
         optimizer = model.optimizer
         if hasattr(optimizer, "consecutive_nonfinite_steps"):
             return (optimizer.consecutive_nonfinite_steps,

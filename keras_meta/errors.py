@@ -1,5 +1,15 @@
 """Exceptions keras_meta raises on its own account."""
 
+# What a skipped MAML meta-step found non-finite, checked in this order;
+# the index is stored in `MAML.nonfinite_quantity`.
+NONFINITE_QUANTITIES = (
+    "nothing",
+    "query loss before adaptation (the model's outputs or the data)",
+    "query loss after adaptation (the inner loop diverged; a lower "
+    "inner_learning_rate or fewer inner_steps may help)",
+    "meta-gradient",
+)
+
 
 class NonFiniteError(FloatingPointError):
     """Training kept producing non-finite values and was stopped.

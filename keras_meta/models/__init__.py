@@ -1,10 +1,6 @@
-"""MAML and its variants as Keras models."""
+"""Architectures, and (until they move) MAML's inner update rules."""
 
-from keras_meta.models.anil import ANIL
+from keras_meta.models.conv4 import conv4_classifier
 from keras_meta.models.inner_lstm import InnerLSTM
 from keras_meta.models.inner_optimizer import InnerOptimizer
 from keras_meta.models.inner_sgd import InnerSGD
-from keras_meta.models.maml import MAML
-from keras_meta.models.maml_plus_plus import MAMLPlusPlus
-from keras_meta.models.meta_sgd import MetaSGD
-from keras_meta.models.conv4 import conv4_classifier
