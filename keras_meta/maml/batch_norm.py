@@ -5,8 +5,8 @@ statistics, and the moving statistics as a mean over tasks.
 backend, computes the variance around `tf.stop_gradient(mean)`. That leaves
 the first derivative exact (the stopped term's gradient is zero at the mean)
 but drops a term of the second derivative, so second-order MAML through a
-batch-normalized network got a wrong meta-gradient (found by comparing with
-the PyTorch peer, then confirmed by finite differences in float64). Inside
+batch-normalized network would get a wrong meta-gradient (the tests check
+it against finite differences in float64). Inside
 `exact_moments()`, Keras computes the variance around the mean itself: the
 same values, with exact derivatives of every order. MAML enters it around
 each forward pass of the wrapped model.

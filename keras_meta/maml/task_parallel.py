@@ -9,8 +9,8 @@
   body (`meta_gradients.per_task`).
 
 `choose` picks one for "auto": "batched" under XLA where it applies, else
-"sequential" under XLA (whose compile time for `vectorized_map` is minutes
-on CPU), for convolutional models (where `vectorized_map` ran 3x slower)
+"sequential" under XLA (XLA compiles `vectorized_map` slowly), for
+convolutional models (where `vectorized_map` runs slower than the loop)
 and under TPUStrategy; "vectorized" otherwise.
 """
 
