@@ -90,6 +90,7 @@ def child(cfg):
     from examples.maml import config as maml_config
     from examples.maml import tasks as maml_tasks
     from examples.maml import train as maml_train
+    from keras_meta.maml import task_parallel
 
     keras.utils.set_random_seed(0)
     jit = {"auto": None, "on": True, "off": False}[cfg["xla"]]
@@ -107,7 +108,7 @@ def child(cfg):
                 if k in ("ways", "meta_batch_size", "inner_steps", "shots",
                          "queries", "steps_per_execution")},
         jit_compile=bool(maml.jit_compile),
-        task_parallelism=maml._parallelism(),
+        task_parallelism=task_parallel.choose(maml),
         device=tf.config.list_logical_devices()[-1].device_type)
     return result
 

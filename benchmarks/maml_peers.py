@@ -156,6 +156,7 @@ def keras_meta_child(cfg):
     import tensorflow as tf
 
     import keras_meta
+    from keras_meta.maml import task_parallel
 
     keras.utils.set_random_seed(0)
     if cfg["benchmark"] == "sinusoid":
@@ -184,7 +185,7 @@ def keras_meta_child(cfg):
     result = common.fit_timings(maml, data, steps, cfg["reps"])
     result.update(
         jit_compile=bool(maml.jit_compile),
-        task_parallelism=maml._parallelism(),
+        task_parallelism=task_parallel.choose(maml),
         rss_before_mb=rss_before, peak_rss_mb=common.peak_rss_mb(),
         device=tf.config.list_logical_devices()[-1].device_type)
     if result["device"] == "GPU":

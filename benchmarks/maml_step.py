@@ -20,7 +20,7 @@ from absl import app
 from absl import flags
 
 flags.DEFINE_string("out", "benchmarks/results/maml_step.json", "JSON output.")
-flags.DEFINE_list("modes", ["vectorized", "sequential", "unrolled"],
+flags.DEFINE_list("modes", ["vectorized", "sequential", "batched"],
                   "Task formulations to measure.")
 flags.DEFINE_list("inner_steps", ["1", "5"], "Inner step counts.")
 flags.DEFINE_integer("steps", 100, "Meta-steps per timing.")

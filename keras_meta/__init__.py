@@ -16,8 +16,9 @@ from keras_meta.version import __version__  # noqa: E402,F401
 
 from keras_meta import data  # noqa: E402
 from keras_meta import distribute  # noqa: E402
-from keras_meta.models import ANIL  # noqa: E402
-from keras_meta.models import MAML  # noqa: E402
-from keras_meta.models import MAMLPlusPlus  # noqa: E402
-from keras_meta.models import MetaSGD  # noqa: E402
+from keras_meta import models  # noqa: E402
+from keras_meta.maml import ANIL  # noqa: E402
+from keras_meta.maml import MAML  # noqa: E402
+from keras_meta.maml import MAMLPlusPlus  # noqa: E402
+from keras_meta.maml import MetaSGD  # noqa: E402
 from keras_meta.optimizers import LearnedOptimizer  # noqa: E402

@@ -10,6 +10,7 @@ import pytest
 import keras
 import keras_meta
 from keras_meta import saving
+from keras_meta.maml.seed_states import seed_states
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -52,7 +53,7 @@ def test_files_saved_by_release_0_1_0_load(name):
     with zipfile.ZipFile(os.path.join(FIXTURES, name)) as z:
         assert saving.VERSION_KEY not in z.read("config.json").decode()
     if isinstance(model, keras_meta.MAML):
-        assert model.learn_inner_rates == "per_parameter"
+        assert model.inner_optimizer.learned_rates == "per_parameter"
         adapted = model.adapt(np.ones((5, 1), "float32"),
                               np.ones((5, 1), "float32"))
         assert np.all(np.isfinite(adapted.predict(np.ones((3, 1)),
@@ -117,9 +118,9 @@ def test_dropout_seed_state_is_saved_and_training_continues_identically(
     path = str(tmp_path / "dropout.keras")
     maml.save(path)
     loaded = keras.models.load_model(path)
-    (state,) = maml._seed_states()
+    (state,) = seed_states(maml.model)
     assert int(state.numpy()[1]) != 0  # the dropout seeds have advanced
-    np.testing.assert_array_equal(loaded._seed_states()[0].numpy(),
+    np.testing.assert_array_equal(seed_states(loaded.model)[0].numpy(),
                                   state.numpy())
     more = keras_meta.data.sinusoid(shots=5, meta_batch_size=2, seed=1)
     maml.fit(more, steps_per_epoch=2, verbose=0)

@@ -70,7 +70,7 @@ class InnerOptimizerSummary(InnerRateSummary):
     At the end of each epoch: the learned rates as `InnerRateSummary` does
     (`inner_rate/<variable>` histograms and means); a histogram of each of
     the rule's other meta-parameters (`inner_optimizer/<weight>`, e.g. the
-    LSTM weights of `keras_meta.models.InnerLSTM`); and, given an episode,
+    LSTM weights of `keras_meta.maml.InnerLSTM`); and, given an episode,
     the size of the inner updates per inner step on its tasks
     (`inner_update/step_<k>`: the mean over tasks of the root mean square
     update of the adapted coordinates, and `.../tasks` a histogram over

@@ -12,7 +12,7 @@ import keras
 import keras_meta
 from keras_meta.data import image_classes
 from keras_meta.data.episode import validate_episode
-from keras_meta.models import data_checks
+from keras_meta.maml import checks as data_checks
 
 # Bounded for CI: few examples, each a small TF computation.
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_meta.maml import meta_gradients
+
 
 def _sinusoid_mlp(hidden, seed=0):
     """The MAML paper's sinusoid network 1-h-h-1 (ReLU), seeded."""
@@ -23,9 +25,9 @@ def _check_meta_gradient(maml, data, rule_only=False, eps=1e-6, rtol=1e-5,
     differences (float64 models), for the wrapped model's variables and the
     inner rule's (only the rule's with `rule_only`). Returns the numeric
     gradients, one array per variable checked."""
-    _, grads, _, _ = maml._meta_gradients(data)
+    _, grads, _, _ = meta_gradients.compute(maml, data)
     # Compiled once; it reads the variables, which the loop below shifts.
-    meta_loss = tf.function(lambda d: maml._meta_gradients(d)[0])
+    meta_loss = tf.function(lambda d: meta_gradients.compute(maml, d)[0])
     variables = list(maml.model.trainable_variables) + list(
         maml.inner_optimizer_variables)
     assert len(grads) == len(variables)

@@ -9,6 +9,10 @@ import tensorflow as tf
 
 import keras
 import keras_meta
+from keras_meta.maml import batch_norm
+from keras_meta.maml import meta_gradients
+from keras_meta.maml import task_parallel
+from keras_meta.maml.multi_step_loss import multi_step_loss_weights
 
 
 def tiny_net(dtype="float32", hidden=4, batch_norm=False, seed=0):
@@ -70,7 +74,7 @@ def test_second_order_meta_gradient_through_batch_norm(parallelism,
                                                        check_meta_gradient):
     """tf.nn.moments stops the gradient of the mean inside the variance,
     which breaks second derivatives; MAML's forward passes use exact
-    moments (keras_meta.models.exact_moments)."""
+    moments (keras_meta.maml.batch_norm)."""
     maml = make_maml("maml", tiny_net("float64", batch_norm=True),
                      task_parallelism=parallelism)
     check_meta_gradient(maml, episode("float64"))
@@ -94,8 +98,9 @@ def test_per_task_meta_gradients_compile_with_xla():
     maml = keras_meta.MAML(net, inner_learning_rate=0.1, inner_steps=2)
     maml.compile(optimizer="sgd", loss=keras.losses.
                  SparseCategoricalCrossentropy(from_logits=True))
-    assert maml._parallelism() == "sequential"
-    results = [tf.function(maml._meta_gradients, jit_compile=jit)(data)
+    assert task_parallel.choose(maml) == "sequential"
+    results = [tf.function(lambda d: meta_gradients.compute(maml, d),
+                           jit_compile=jit)(data)
                for jit in (False, True)]
     flat = [tf.nest.flatten(r[:3]) for r in results]
     assert len(flat[0]) == len(flat[1])
@@ -106,10 +111,9 @@ def test_per_task_meta_gradients_compile_with_xla():
 
 
 def test_exact_moments_values_match_tf():
-    from keras_meta.models import exact_moments
     x = tf.random.normal((4, 3, 5), seed=1)
     for keepdims in (False, True):
-        for got, want in zip(exact_moments.moments(x, [0, 1], keepdims),
+        for got, want in zip(batch_norm.moments(x, [0, 1], keepdims),
                              tf.nn.moments(x, [0, 1], keepdims=keepdims)):
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5,
                                        atol=1e-6)
@@ -119,8 +123,8 @@ def test_first_order_gradient_is_query_gradient_at_adapted_weights():
     data = episode("float64")
     second = make_maml("maml", tiny_net("float64"))
     first = make_maml("fomaml", tiny_net("float64"))
-    _, g2, _, _ = second._meta_gradients(data)
-    _, g1, _, _ = first._meta_gradients(data)
+    _, g2, _, _ = meta_gradients.compute(second, data)
+    _, g1, _, _ = meta_gradients.compute(first, data)
 
     # FOMAML: the mean over tasks of grad L_query(theta') at the adapted
     # weights theta', with theta' from plain SGD steps on the support set.
@@ -241,7 +245,6 @@ def test_learned_rate_shapes():
     (7.0, [0.0, 0.0, 1.0]),
 ])
 def test_multi_step_loss_weights(progress, expected):
-    from keras_meta.models.inner_rates import multi_step_loss_weights
     np.testing.assert_allclose(multi_step_loss_weights(3, progress), expected,
                                atol=1e-7)
 
@@ -302,7 +305,8 @@ def test_xla_and_graph_steps_agree():
                  steps_per_epoch=3, verbose=0)
         # A Sequential Dense net with SGD: under XLA every task in one
         # program; in graph mode vectorized_map, which ran faster there.
-        assert maml._parallelism() == ("batched" if jit else "vectorized")
+        assert task_parallel.choose(maml) == ("batched" if jit
+                                              else "vectorized")
         results.append([w.numpy() for w in maml.model.weights])
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -335,8 +339,8 @@ def test_fused_xla_steps_equal_keras_loop():
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(), dict(first_order=True), dict(learn_inner_rates="per_parameter"),
-    dict(learn_inner_rates="per_step", multi_step_loss=True),
+    dict(), dict(first_order=True), dict(inner_optimizer="meta_sgd"),
+    dict(inner_optimizer="lslr", multi_step_loss=True),
     dict(adapted_layers=["head"]), dict(inner_optimizer="lstm"),
 ])
 def test_batched_tasks_equal_per_task_map(kwargs):
@@ -349,9 +353,9 @@ def test_batched_tasks_equal_per_task_map(kwargs):
                                inner_steps=2, task_parallelism=mode, **kwargs)
         maml.compile(optimizer="sgd", loss="mse")
         maml.optimizer.iterations.assign(1)  # mid-anneal for the MSL
-        loss, grads, outputs, _ = maml._meta_gradients(data)
+        loss, grads, outputs, _ = meta_gradients.compute(maml, data)
         results.append([loss, *grads, outputs["losses"],
-                        *maml._pre_adaptation_pass(data),
+                        *task_parallel.pre_adaptation_pass(maml, data),
                         outputs["post_pred"]])
     for a, b in zip(*results):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
@@ -362,7 +366,7 @@ def test_auto_parallelism_per_model():
     def auto(net, jit=True, **kwargs):
         maml = keras_meta.MAML(net, **kwargs)
         maml.compile(loss="mse", jit_compile=jit)
-        return maml._parallelism()
+        return task_parallel.choose(maml)
 
     assert auto(tiny_net()) == "batched"
     assert auto(tiny_net(), jit=False) == "vectorized"
@@ -430,7 +434,7 @@ def test_sinusoid_meta_training_learns_to_adapt(sinusoid_mlp):
     (dict(inner_steps=1.5), "`inner_steps` must be an int >= 1; got 1.5"),
     (dict(eval_inner_steps=-2), "`eval_inner_steps` must be an int >= 1"),
     (dict(inner_learning_rate=-0.1), "`inner_learning_rate` must be a float"),
-    (dict(learn_inner_rates="per_layer"), "got 'per_layer'"),
+    (dict(inner_optimizer="per_layer"), "got str: 'per_layer'"),
     (dict(adapted_layers=["nope"]), "'nope', which is not a layer"),
     (dict(task_parallelism="threads"), "got 'threads'"),
     (dict(track_pre_adaptation=0), "`track_pre_adaptation` must be a bool "
@@ -562,7 +566,8 @@ def test_pre_adaptation_every_n_steps():
             np.mean([per_step[i] for i in steps]), rtol=1e-4)
         assert not np.isclose(sampled[1]["pre_adapt_loss"][epoch],
                               every[1]["pre_adapt_loss"][epoch], rtol=1e-3)
-    assert float(sampled[0]._pre_loss_tracker.count.numpy()) == 3
+    (pre_loss,) = [m for m in sampled[0].metrics if m.name == "pre_adapt_loss"]
+    assert float(pre_loss.count.numpy()) == 3
     assert sampled[0].get_config()["track_pre_adaptation"] == 3
     # A numpy int (e.g. from a flag parser) is stored as a JSON int.
     config = keras_meta.MAML(tiny_net(), track_pre_adaptation=np.int64(

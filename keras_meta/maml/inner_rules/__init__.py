@@ -40,6 +40,6 @@ def get(identifier):
         return InnerSGD(learned_rates=_SGD_RATES[identifier])
     raise ValueError(
         f"`inner_optimizer` must be one of {NAMES} or a "
-        "keras_meta.models.InnerOptimizer instance; got "
+        "keras_meta.maml.InnerOptimizer instance; got "
         f"{type(identifier).__name__}: {identifier!r}."
     )

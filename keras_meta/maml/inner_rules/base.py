@@ -32,7 +32,7 @@ class InnerOptimizer(UpdateRule):
     Example:
 
     ```python
-    class SignSGD(keras_meta.models.InnerOptimizer):
+    class SignSGD(keras_meta.maml.InnerOptimizer):
         def update(self, meta_params, grads, state, values, step):
             return [-self.learning_rate * tf.sign(g) for g in grads], state
 

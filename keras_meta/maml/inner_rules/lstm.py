@@ -32,7 +32,7 @@ class InnerLSTM(InnerOptimizer):
     ```python
     maml = keras_meta.MAML(
         net, inner_steps=5,
-        inner_optimizer=keras_meta.models.InnerLSTM(hidden_size=10))
+        inner_optimizer=keras_meta.maml.InnerLSTM(hidden_size=10))
     ```
 
     The default LSTM (one layer of 10 units) is smaller than

@@ -17,7 +17,7 @@ PER_STEP = "per_step"
 LEARNABLE_RATE_KINDS = (FIXED, PER_PARAMETER, PER_STEP)
 
 
-def validate_rate_kind(kind, name="learn_inner_rates"):
+def validate_rate_kind(kind, name="learned_rates"):
     """Raises a clear error unless `kind` is a known kind of inner rate."""
     if kind not in LEARNABLE_RATE_KINDS:
         raise ValueError(

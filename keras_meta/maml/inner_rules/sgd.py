@@ -21,7 +21,7 @@ class InnerSGD(InnerOptimizer):
 
     ```python
     maml = keras_meta.MAML(
-        net, inner_optimizer=keras_meta.models.InnerSGD("per_parameter"))
+        net, inner_optimizer=keras_meta.maml.InnerSGD("per_parameter"))
     ```
 
     Args:

@@ -2,7 +2,8 @@
 
 import keras
 
-from keras_meta.models.maml import MAML
+from keras_meta.maml.model import MAML
+from keras_meta.maml.multi_step_loss import multi_step_loss_weights  # noqa: F401
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")
@@ -11,7 +12,7 @@ class MAMLPlusPlus(MAML):
 
     Each adapted variable gets one learned inner rate per inner step (LSLR),
     and the meta-loss weighs the query loss after every inner step, annealed
-    towards the last step (MSL).
+    towards the last step (MSL, `multi_step_loss_weights`).
 
     Example:
 
@@ -31,13 +32,13 @@ class MAMLPlusPlus(MAML):
     def __init__(
         self,
         model,
-        learn_inner_rates="per_step",
+        inner_optimizer="lslr",
         multi_step_loss=True,
         **kwargs,
     ):
         super().__init__(
             model,
-            learn_inner_rates=learn_inner_rates,
+            inner_optimizer=inner_optimizer,
             multi_step_loss=multi_step_loss,
             **kwargs,
         )

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_meta.models.maml import MAML
+from keras_meta.maml.model import MAML
 
 
 def last_layer_with_weights(model):

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_meta.models.maml import MAML
+from keras_meta.maml.model import MAML
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")
@@ -27,5 +27,5 @@ class MetaSGD(MAML):
         - [Li et al., 2017](https://arxiv.org/abs/1707.09835)
     """
 
-    def __init__(self, model, learn_inner_rates="per_parameter", **kwargs):
-        super().__init__(model, learn_inner_rates=learn_inner_rates, **kwargs)
+    def __init__(self, model, inner_optimizer="meta_sgd", **kwargs):
+        super().__init__(model, inner_optimizer=inner_optimizer, **kwargs)

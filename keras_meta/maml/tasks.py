@@ -1,0 +1,128 @@
+"""One task: adapt on its support set, evaluate on its query set.
+
+Every inner loop of MAML (training, evaluation, `adapt`, `task_results`,
+`inner_update_norms`) runs `adapt_one_task` or, for all tasks at once on
+stacked weights, `task_parallel.run_tasks_batched`; both run the inner
+steps with the one inner loop, `keras_meta.rules.inner_loop.unroll`. The
+wrapped model runs through `stateless_call`: nothing is assigned.
+"""
+
+import tensorflow as tf
+
+from keras_meta.maml import batch_norm
+from keras_meta.rules import inner_loop
+
+
+def current_values(maml):
+    """The meta-weights as tensors: `(params, rates, state)`, the wrapped
+    model's trainable values, the inner rule's weights and the model's
+    non-trainable values."""
+    return tuple(
+        [tf.convert_to_tensor(v) for v in variables]
+        for variables in (maml.model.trainable_variables,
+                          maml.inner_optimizer_variables,
+                          maml.model.non_trainable_variables))
+
+
+def task_loss(maml, y_true, y_pred, extra_losses):
+    """The mean per-example loss plus the model's own losses."""
+    loss = tf.reduce_mean(maml._loss_fn(y_true, y_pred))
+    if extra_losses:
+        loss = loss + tf.add_n(extra_losses)
+    return loss
+
+
+def forward(maml, params, non_trainable, x, training):
+    """`(predictions, new_non_trainable, losses)` of the wrapped model at
+    `params`, with exact second derivatives through batch statistics."""
+    with batch_norm.exact_moments():
+        return maml.model.stateless_call(
+            params, non_trainable, x, training=training, return_losses=True)
+
+
+def merge_adapted(indices, base, adapted):
+    """`base` with the entries at `indices` replaced by `adapted`."""
+    merged = list(base)
+    for i, value in zip(indices, adapted):
+        merged[i] = value
+    return merged
+
+
+def adapt_one_task(maml, params, rates, non_trainable, support_x, support_y,
+                   steps, training, second_order, on_step=None):
+    """Runs `steps` inner steps of the inner rule on one task's support.
+
+    Args:
+        maml: the `MAML` model (its wrapped model, loss, inner rule and
+            adapted variables).
+        params: list of tensors, the model's trainable values.
+        rates: list of tensors, the values of the inner rule's weights
+            (`inner_optimizer_variables`; may be empty).
+        non_trainable: list of tensors, the model's non-trainable values.
+        support_x, support_y: one task's support set (no task axis).
+        steps: Python int, the number of inner steps.
+        training: the `training` flag of the forward passes.
+        second_order: keep the second-order term of the meta-gradient.
+        on_step: optional `fn(step, fast_params)` called after each step.
+
+    Returns:
+        The adapted ("fast") parameter list.
+    """
+    indices = maml._adapted_indices
+
+    def support_loss(adapted, step):
+        del step
+        pred, _, losses = forward(
+            maml, merge_adapted(indices, params, adapted), non_trainable,
+            support_x, training)
+        return task_loss(maml, support_y, pred, losses)
+
+    report = None
+    if on_step is not None:
+        def report(step, adapted):
+            on_step(step, merge_adapted(indices, params, adapted))
+
+    adapted, _, _ = inner_loop.unroll(
+        maml.inner_optimizer, rates, [params[i] for i in indices],
+        support_loss, steps, second_order=second_order, on_step=report)
+    return merge_adapted(indices, params, adapted)
+
+
+def run_task(maml, params, rates, non_trainable, task, steps, training,
+             second_order, record_steps, pre_adaptation=True):
+    """Adapts on one task and evaluates the query set.
+
+    Returns a dict: `losses` [len(record_steps)] query losses after each
+    recorded number of steps; `pre_pred`/`post_pred` query predictions
+    before and after adaptation; `non_trainable` the state after the last
+    query pass. With `pre_adaptation=False` the query pass at the
+    meta-weights is skipped: no `pre_pred`, and the step-0 loss is 0.
+    """
+    results = {}
+
+    def query(step, fast):
+        pred, new_state, losses = forward(
+            maml, fast, non_trainable, task["query_x"], training)
+        results[step] = (task_loss(maml, task["query_y"], pred, losses),
+                         pred, new_state)
+
+    def on_step(step, fast):
+        if step in record_steps and step != steps:
+            query(step, fast)
+
+    if pre_adaptation:
+        query(0, params)
+    fast = adapt_one_task(
+        maml, params, rates, non_trainable, task["support_x"],
+        task["support_y"], steps, training, second_order, on_step)
+    query(steps, fast)
+    if not pre_adaptation:
+        results[0] = (tf.zeros_like(results[steps][0]), None, None)
+    outputs = {
+        "losses": tf.stack([results[s][0] for s in record_steps]),
+        "post_pred": results[steps][1],
+        "non_trainable": list(results[steps][2]),
+    }
+    if pre_adaptation:
+        outputs["pre_pred"] = results[0][1]
+    return outputs
