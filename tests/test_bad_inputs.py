@@ -174,7 +174,7 @@ CASES = {
         ValueError, "shots"),
     "episodes shots < 1": (
         lambda tmp, mp: keras_meta.data.episodes(few_classes(), shots=0),
-        ValueError, "`shots` must be a positive int; got 0"),
+        ValueError, "`shots` must be an int >= 1; got 0"),
 }
 
 

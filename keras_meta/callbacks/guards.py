@@ -5,6 +5,7 @@ import time
 import keras
 
 from keras_meta import errors
+from keras_meta import validation
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
@@ -37,12 +38,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
     def __init__(self, max_consecutive=20):
         super().__init__()
-        if (isinstance(max_consecutive, bool)
-                or not isinstance(max_consecutive, int)
-                or max_consecutive < 1):
-            raise ValueError(
-                "`max_consecutive` must be an int >= 1; got "
-                f"{max_consecutive!r}.")
+        validation.check_positive_int("max_consecutive", max_consecutive)
         self.max_consecutive = max_consecutive
 
     def _counters(self):

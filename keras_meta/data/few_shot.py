@@ -3,16 +3,12 @@
 import numpy as np
 import tensorflow as tf
 
+from keras_meta import validation
 from keras_meta.data.episode import seed_stream
 
 from keras_meta.data.image_classes import ImageClasses
 from keras_meta.data.image_classes import check_image_size
 from keras_meta.data.image_classes import load_image_classes
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
 
 
 def check_episode_settings(classes, ways, shots, queries,
@@ -36,7 +32,7 @@ def check_episode_settings(classes, ways, shots, queries,
     for name, value in (("ways", ways), ("shots", shots),
                         ("queries", queries),
                         ("meta_batch_size", meta_batch_size)):
-        _positive_int(name, value)
+        validation.check_positive_int(name, value)
     if not isinstance(rotations, bool):
         raise ValueError(f"`rotations` must be a bool; got {rotations!r}.")
     if classes is None:

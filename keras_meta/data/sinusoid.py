@@ -4,12 +4,8 @@ import math
 
 import tensorflow as tf
 
+from keras_meta import validation
 from keras_meta.data.episode import seed_stream
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
 
 
 def _check_range(name, value):
@@ -99,7 +95,7 @@ def sinusoid(
         ("queries", queries),
         ("meta_batch_size", meta_batch_size),
     ):
-        _check_positive_int(name, value)
+        validation.check_positive_int(name, value)
     ranges = dict(
         amplitude_range=_check_range("amplitude_range", amplitude_range),
         phase_range=_check_range("phase_range", phase_range),

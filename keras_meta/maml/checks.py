@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_meta import distribute as km_distribute
+from keras_meta import validation
 from keras_meta.data.episode import EPISODE_KEYS
 from keras_meta.data.episode import validate_episode
 
@@ -25,14 +26,6 @@ _REGRESSION = ("mean_squared", "mse", "mean_absolute", "mae", "huber",
 
 
 # ---------------------------------------------------------------- arguments
-
-
-def check_positive_int(name, value, allow_none=False):
-    """Raises unless `value` is an int >= 1 (or None with `allow_none`)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
 
 
 def check_model(model):
@@ -64,11 +57,11 @@ def check_arguments(inner_learning_rate, inner_steps, eval_inner_steps,
         raise ValueError(
             "`inner_learning_rate` must be a float >= 0; got "
             f"{inner_learning_rate!r}.")
-    check_positive_int("inner_steps", inner_steps)
-    check_positive_int("eval_inner_steps", eval_inner_steps, True)
-    check_positive_int("multi_step_loss_anneal_steps",
+    validation.check_positive_int("inner_steps", inner_steps)
+    validation.check_positive_int("eval_inner_steps", eval_inner_steps, True)
+    validation.check_positive_int("multi_step_loss_anneal_steps",
                        multi_step_loss_anneal_steps)
-    check_positive_int("max_consecutive_skips", max_consecutive_skips, True)
+    validation.check_positive_int("max_consecutive_skips", max_consecutive_skips, True)
     if task_parallelism not in choices:
         raise ValueError(
             f"`task_parallelism` must be one of {choices}; got "

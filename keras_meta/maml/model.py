@@ -15,6 +15,7 @@ from keras.src.saving import serialization_lib
 from keras_meta import callbacks as km_callbacks
 from keras_meta import distribute as km_distribute
 from keras_meta import saving
+from keras_meta import validation
 from keras_meta.maml import batch_norm
 from keras_meta.maml import batched_dense
 from keras_meta.maml import checks
@@ -283,7 +284,7 @@ class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
 
     def _eval_steps(self, steps):
         if steps is not None:
-            checks.check_positive_int("steps", steps)
+            validation.check_positive_int("steps", steps)
             return steps
         return self.eval_inner_steps or self.inner_steps
 

@@ -122,7 +122,7 @@ def test_class_splits_keep_held_out_classes_out():
     (dict(ways=13), "ways=13 needs at least 13 classes; the source has 12"),
     (dict(ways=49, rotations=True), "has 48 with rotations"),
     (dict(shots=5, queries=2), "7 images per class are needed"),
-    (dict(queries=0), "`queries` must be a positive int; got 0"),
+    (dict(queries=0), "`queries` must be an int >= 1; got 0"),
     (dict(skip_batches=-1), "`skip_batches` must be an int >= 0"),
 ])
 def test_bad_arguments(kwargs, message):

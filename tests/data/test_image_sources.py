@@ -250,9 +250,9 @@ def classes(counts=(6, 6, 4)):
      "queries=3), but 1 classes have fewer (the smallest has 4; e.g. 'c2' "
      "(4))."),
     (dict(meta_batch_size=0),
-     "`meta_batch_size` must be a positive int; got 0."),
-    (dict(shots=0), "`shots` must be a positive int; got 0."),
-    (dict(ways=2.0), "`ways` must be a positive int; got 2.0."),
+     "`meta_batch_size` must be an int >= 1; got 0."),
+    (dict(shots=0), "`shots` must be an int >= 1; got 0."),
+    (dict(ways=2.0), "`ways` must be an int >= 1; got 2.0."),
     (dict(rotations="yes"), "`rotations` must be a bool; got 'yes'."),
     (dict(image_size=(0, 28)),
      "`image_size` must be (height, width) of positive ints, or None to "

@@ -52,8 +52,8 @@ def test_tasks_follow_the_maml_family():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(shots=0), "`shots` must be a positive int; got 0"),
-    (dict(queries=2.5), "`queries` must be a positive int; got 2.5"),
+    (dict(shots=0), "`shots` must be an int >= 1; got 0"),
+    (dict(queries=2.5), "`queries` must be an int >= 1; got 2.5"),
     (dict(meta_batch_size=-1), "`meta_batch_size`"),
     (dict(seed="a"), "`seed` must be an int or None"),
     (dict(input_range=(5, -5)), "low <= high"),

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_meta import validation
 from keras_meta.maml.inner_rules.base import InnerOptimizer
 from keras_meta.rules import lstm
 
@@ -61,13 +62,8 @@ class InnerLSTM(InnerOptimizer):
 
     def __init__(self, hidden_size=10, num_layers=1, output_scale=0.1,
                  preprocess_p=10.0, feature_gradients=False, seed=0):
-        for name, value in (("hidden_size", hidden_size),
-                            ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or (
-                    value < 1):
-                raise ValueError(
-                    f"InnerLSTM `{name}` must be an int >= 1; got {value!r}."
-                )
+        validation.check_positive_int("hidden_size", hidden_size)
+        validation.check_positive_int("num_layers", num_layers)
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.output_scale = float(output_scale)

@@ -1,0 +1,10 @@
+"""Argument checks shared by the package: one message per kind of mistake."""
+
+
+def check_positive_int(name, value, allow_none=False):
+    """Raises `ValueError` unless `value` is an int >= 1 (or None with
+    `allow_none`); the message names the argument and the value given."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
