@@ -44,10 +44,16 @@ RUNS = {
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Shipped weights: meta-step `step` of run `run`, config overridden."""
+    """Shipped weights: meta-step `step` of run `run`, config overridden.
+
+    `commit`: None runs today's training script; a commit runs that
+    commit's script and package (extracted with `git archive`), for files
+    that today's code no longer reproduces.
+    """
     run: str
     step: int
     config: dict = dataclasses.field(default_factory=dict)
+    commit: str = None
 
 
 RECIPES = {
@@ -60,7 +66,11 @@ RECIPES = {
                                     "min_offset": -math.log(10.0),
                                     "max_offset": math.log(100.0)}),
     "quadratic": Recipe("m4", 6750),
-    "coordinatewise": Recipe("final", 1000),
+    # Today's code changes the mlp_omniglot family (one Omniglot reader for
+    # MAML and meta-training, commit 207a523), so the run is made with the
+    # commit that shipped the file.
+    "coordinatewise": Recipe("final", 1000,
+                             commit="edff4c4aca897ed2c7880bf35e295b44c1d1e9de"),
 }
 
 
@@ -70,19 +80,27 @@ def problems(run):
     return flag.split("=", 1)[1].split(",")
 
 
-def train_command(run, meta_steps, model_dir, extra=()):
+def train_command(run, meta_steps, model_dir, extra=(), root=REPO):
     """The argv that meta-trains `run` for `meta_steps` into `model_dir`.
 
-    `extra` flags come last, so they override the run's own.
+    `extra` flags come last, so they override the run's own. `root`: the
+    source tree whose training script runs.
     """
-    return [sys.executable, TRAIN_SCRIPT, *RUNS[run],
+    script = os.path.join(root, os.path.relpath(TRAIN_SCRIPT, REPO))
+    return [sys.executable, script, *RUNS[run],
             f"--meta_steps={meta_steps}", f"--model_dir={model_dir}",
             *extra]
 
 
-def train_env():
-    """os.environ with the repository first on PYTHONPATH."""
+def train_env(root=REPO):
+    """os.environ with `root` first on PYTHONPATH, Omniglot data set.
+
+    The data stays this repository's ../shared/data/omniglot (unless
+    KERAS_META_OMNIGLOT_DIR is set) when `root` is an extracted commit.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [REPO] + [p for p in [env.get("PYTHONPATH")] if p])
+        [root] + [p for p in [env.get("PYTHONPATH")] if p])
+    env.setdefault("KERAS_META_OMNIGLOT_DIR", os.path.join(
+        REPO, "..", "shared", "data", "omniglot"))
     return env

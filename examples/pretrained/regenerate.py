@@ -17,15 +17,21 @@ result equals the shipped file re-saved by today's writer.
 
 Runs go to <out_dir>/runs/<run>-<step>. A finished run is reused
 (per_tensor and per_tensor_one_step share one); an interrupted one resumes
-from its last checkpoint, bitwise.
+from its last checkpoint, bitwise. A recipe pinned to a commit (today's
+code no longer reproduces its file) runs that commit's script and package,
+extracted from this repository's history with `git archive` into
+<out_dir>/src-<commit>; it needs a clone with that history.
 """
 
 import glob
 import hashlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 
@@ -61,21 +67,44 @@ def _finished(directory, step):
         return json.load(f).get("meta_steps") == step
 
 
-def train(recipe, directory):
+def source_tree(commit, out_dir):
+    """This repository's files at `commit`, extracted under `out_dir`."""
+    root = os.path.join(out_dir, f"src-{commit[:12]}")
+    if not os.path.exists(root):
+        partial = root + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        archive = subprocess.run(["git", "archive", "--format=tar", commit],
+                                 cwd=recipes.REPO, check=True,
+                                 capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(partial, filter="data")
+        os.rename(partial, root)
+    return root
+
+
+def train(recipe, directory, out_dir):
     """Runs (or resumes) the recipe's meta-training; returns its seconds."""
     if _finished(directory, recipe.step):
         print(f"Reusing the finished run in {directory}.")
         return 0.0
-    extra = ["--keep_checkpoints=2"]
-    if glob.glob(os.path.join(directory, "checkpoints", "ckpt-*.npz")):
-        extra.append("--resume")
-    args = recipes.train_command(recipe.run, recipe.step, directory, extra)
+    if recipe.commit:
+        # A fresh run of that commit's script, whose flags may predate
+        # checkpoints.
+        root, extra = source_tree(recipe.commit, out_dir), []
+        shutil.rmtree(directory, ignore_errors=True)
+    else:
+        root, extra = recipes.REPO, ["--keep_checkpoints=2"]
+        if glob.glob(os.path.join(directory, "checkpoints", "ckpt-*.npz")):
+            extra.append("--resume")
+    args = recipes.train_command(recipe.run, recipe.step, directory, extra,
+                                 root=root)
     os.makedirs(directory, exist_ok=True)
     log = os.path.join(directory, "train.log")
     print("Running:", " ".join(args[1:]), f"> {log}", flush=True)
     start = time.time()
     with open(log, "a") as out:
-        code = subprocess.call(args, cwd=recipes.REPO, env=recipes.train_env(),
+        code = subprocess.call(args, cwd=root, env=recipes.train_env(root),
                                stdout=out, stderr=subprocess.STDOUT)
     if code != 0:
         raise RuntimeError(f"Meta-training exited with status {code}; see "
@@ -98,8 +127,11 @@ def _check_problems(recipe, directory):
 def build(name, out_dir):
     """Writes `<out_dir>/<shipped file name>`; returns (path, seconds)."""
     recipe = recipes.RECIPES[name]
-    directory = os.path.join(out_dir, "runs", f"{recipe.run}-{recipe.step}")
-    seconds = train(recipe, directory)
+    tag = f"{recipe.run}-{recipe.step}"
+    if recipe.commit:
+        tag += f"-{recipe.commit[:12]}"
+    directory = os.path.join(out_dir, "runs", tag)
+    seconds = train(recipe, directory, out_dir)
     _check_problems(recipe, directory)
     phi, config = weights_io.load_phi(os.path.join(directory, "phi_last.npz"))
     if recipe.config:
