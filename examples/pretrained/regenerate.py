@@ -133,11 +133,15 @@ def build(name, out_dir):
     directory = os.path.join(out_dir, "runs", tag)
     seconds = train(recipe, directory, out_dir)
     _check_problems(recipe, directory)
-    phi, config = weights_io.load_phi(os.path.join(directory, "phi_last.npz"))
+    last = os.path.join(directory, "phi_last.npz")
+    phi, config = weights_io.load_phi(last)
+    path = os.path.join(out_dir, weights_io.PRETRAINED[name])
     if recipe.config:
         config = type(config).from_dict({**config.to_dict(), **recipe.config})
-    path = os.path.join(out_dir, weights_io.PRETRAINED[name])
-    weights_io.save_phi(path, phi, config)
+        weights_io.save_phi(path, phi, config)
+    else:
+        # The file as the run wrote it (a pinned commit's writer included).
+        shutil.copyfile(last, path)
     return path, seconds
 
 
