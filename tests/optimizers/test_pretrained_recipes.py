@@ -1,0 +1,112 @@
+"""The default weights' recipe (examples/pretrained) still trains the same.
+
+Runs the first two meta-steps of the recipe of the shipped default
+(`weights="per_tensor"`) through examples/train_learned_optimizer.py, as a
+subprocess with the recipe's flags, and compares phi and each step's
+meta-objective and meta-gradient norm with tests/fixtures/per_tensor_recipe_2_steps.npz.
+
+- "short" (always run): the recipe with truncations of 4 steps instead of
+  40 (--unroll=4 --horizon=8). Same problem mixture, seeds, rule and
+  meta-optimizer, so the same code paths; tracing a 40-step truncation
+  takes minutes on 2 cores.
+- "recipe" (set KERAS_META_FULL_RECIPE_TEST=1; minutes): the recipe's own
+  truncations. Its fixture entry came from the recipe's command stopped
+  after two meta-steps; the test shortens only the horizon (400 -> 80:
+  the first problem instance lasts 10 meta-steps either way) and turns off
+  checkpoints and in-training evaluation, none of which changes phi.
+
+Both fixtures were written by the code of the commit that added them, whose
+per_tensor recipe reproduced the shipped file byte for byte.
+"""
+
+import glob
+import importlib.util
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.util import event_pb2
+
+from keras_meta.optimizers import weights_io
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+FIXTURE = os.path.join(REPO, "tests", "fixtures",
+                       "per_tensor_recipe_2_steps.npz")
+META_STEPS = 2
+# Adam's first meta-updates move each coordinate by about meta_lr (3e-4)
+# whatever the gradient's size, so a coordinate whose meta-gradient changes
+# sign moves by more than this.
+PHI_ATOL = 1e-5
+
+
+def _recipes():
+    spec = importlib.util.spec_from_file_location(
+        "pretrained_recipes",
+        os.path.join(REPO, "examples", "pretrained", "recipes.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _scalars(run_dir, tag):
+    """The TensorBoard scalar `tag` of a run, one value per meta-step."""
+    out = {}
+    for path in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(path):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.tag == tag:
+                    out[event.step] = float(tf.make_ndarray(value.tensor))
+    return np.array([out[s] for s in sorted(out)])
+
+
+# Flags added after the recipe's own (later flags win): fewer meta-steps,
+# no checkpoints or in-training evaluation, and per case the truncation.
+CASES = {
+    "short": ["--unroll=4", "--horizon=8"],
+    "recipe": ["--horizon=80"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_default_recipe_first_meta_steps(case, omniglot_dir, tmp_path):
+    if case == "recipe" and not os.environ.get("KERAS_META_FULL_RECIPE_TEST"):
+        pytest.skip("minutes on 2 cores; set KERAS_META_FULL_RECIPE_TEST=1")
+    recipes = _recipes()
+    recipe = recipes.RECIPES[weights_io.DEFAULT_PRETRAINED]
+    run_dir = str(tmp_path / "run")
+    env = recipes.train_env()
+    env["KERAS_META_OMNIGLOT_DIR"] = omniglot_dir
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = recipes.train_command(
+        recipe.run, META_STEPS, run_dir,
+        extra=["--eval_every=0", "--checkpoint_every=0", *CASES[case]])
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Skipping problem" not in done.stdout, done.stdout[-3000:]
+
+    phi, config = weights_io.load_phi(os.path.join(run_dir, "phi_last.npz"))
+    with np.load(FIXTURE) as data:
+        expected = {k[len(case) + 1:]: data[k] for k in data.files
+                    if k.startswith(case + "/")}
+    scalars = {tag: expected.pop(tag)
+               for tag in ("meta/objective", "meta/grad_norm")}
+    expected = {k[len("phi/"):]: v for k, v in expected.items()}
+    assert sorted(phi) == sorted(expected)
+    for key in expected:
+        np.testing.assert_allclose(phi[key], expected[key], rtol=0,
+                                   atol=PHI_ATOL, err_msg=key)
+    # The meta-objective checks the unrolled truncation; the meta-gradient's
+    # norm checks its scale, which Adam's first updates do not see.
+    for tag in ("meta/objective", "meta/grad_norm"):
+        np.testing.assert_allclose(_scalars(run_dir, tag), scalars[tag],
+                                   rtol=1e-5, err_msg=tag)
+    # The recipe's config change turns this run's config into the shipped
+    # default's.
+    shipped_config = weights_io.load_phi(weights_io.pretrained_path())[1]
+    changed = type(config).from_dict({**config.to_dict(), **recipe.config})
+    assert changed == shipped_config
