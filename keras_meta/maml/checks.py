@@ -54,9 +54,10 @@ def check_arguments(inner_learning_rate, inner_steps, eval_inner_steps,
     `task_parallelism` (one of `choices`)."""
     if (isinstance(inner_learning_rate, bool)
             or not isinstance(inner_learning_rate, (int, float))
-            or inner_learning_rate < 0):
+            or not (math.isfinite(inner_learning_rate)
+                    and inner_learning_rate >= 0)):
         raise ValueError(
-            "`inner_learning_rate` must be a float >= 0; got "
+            "`inner_learning_rate` must be a finite float >= 0; got "
             f"{inner_learning_rate!r}.")
     validation.check_positive_int("inner_steps", inner_steps)
     validation.check_positive_int("eval_inner_steps", eval_inner_steps, True)
@@ -187,8 +188,9 @@ def check_finite(episode, keys, where):
         if bad:
             raise ValueError(
                 f"{where}: '{key}' holds {bad} non-finite value(s) (NaN or "
-                f"inf) out of {array.size}; adapting to it would give "
-                "non-finite weights and predictions. Remove or repair them.")
+                f"inf) out of {array.size}; adapting to it, or predicting "
+                "on it, gives non-finite weights or predictions. Remove or "
+                "repair them.")
 
 
 def _check_not_empty(episode, where):
