@@ -73,16 +73,22 @@ def make_strategy(name="default", tpu=None):
 
 
 def check_created_in_scope(model):
-    """Raises if a strategy is active but `model`'s variables are not
-    distributed (the model was built outside `strategy.scope()`)."""
+    """Raises if a strategy is active but `model`'s variables were not
+    created in its scope (the model was built outside `strategy.scope()`).
+
+    Asked of the strategy itself (`variable_created_in_scope`), so a
+    strategy whose variables are not distributed by design
+    (`OneDeviceStrategy`; the default strategy) accepts a model built in
+    its scope."""
     if not tf.distribute.has_strategy():
         return
+    strategy = tf.distribute.get_strategy()
     variable = _target(model.trainable_variables[0])
-    if not isinstance(variable, tf.distribute.DistributedValues):
+    if not strategy.extended.variable_created_in_scope(variable):
         raise ValueError(
             f"`model` {model.name!r} was built outside the active "
-            f"{type(tf.distribute.get_strategy()).__name__} scope, so its "
-            "variables live on one device. Build the model inside "
+            f"{type(strategy).__name__} scope, so the strategy does not "
+            "manage its variables. Build the model inside "
             "`with strategy.scope():` too, then wrap it.")
 
 

@@ -16,7 +16,8 @@ class NonFiniteError(FloatingPointError):
 
     Raised by `keras_meta.callbacks.NonFiniteGuard` (added to `MAML.fit`
     automatically) and by the learned-optimizer meta-trainer after a number
-    of consecutive skipped steps. The weights hold their last finite values.
+    of consecutive skipped steps. Skipped steps leave the weights as they
+    were; the message says whether they are still finite (`weights_state`).
 
     Attributes:
         step: the step count at which training stopped.
@@ -27,6 +28,16 @@ class NonFiniteError(FloatingPointError):
         super().__init__(message)
         self.step = step
         self.quantity = quantity
+
+
+def weights_state(finite, what="the weights"):
+    """Words for a `NonFiniteError` message: whether `what` still hold
+    finite values (`finite`), which is true only if no applied update made
+    them non-finite."""
+    if finite:
+        return f"{what} hold their last finite values"
+    return (f"{what} are NOT finite (an applied update overflowed, or "
+            "they were set so); restore them from a checkpoint")
 
 
 class TrainingInterrupted(Exception):

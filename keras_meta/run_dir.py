@@ -8,6 +8,16 @@ and its owner. The lock is the operating system's (`flock`), so it dies
 with its process: a run killed with SIGKILL leaves only its owner record,
 and the next run takes the directory over and says whose it was.
 
+A run's configuration is saved beside its checkpoints
+(`checkpoints/run_config.json`). `--resume` compares the new configuration
+with it before any checkpoint is loaded: a change to a setting that is not
+in the application's `may_change` list is refused (`ResumeRefused`, naming
+each flag with its old and new value); allowed changes are recorded in the
+file's `resumes` list, which the application copies into its results.
+Checkpoints are verified when found (`checkpoints.damage`) and when loaded:
+resuming falls back to the newest intact one and says which it skipped and
+why.
+
 Under a multi-worker `tf.distribute` strategy only the chief writes to the
 directory (and takes the lock); the other workers write to a temporary
 directory that is deleted on exit, and all of them read the chief's
@@ -16,9 +26,11 @@ checkpoints to resume.
 Example:
 
 ```python
-with RunDirectory("runs/x", resume=flags.resume) as run:
+with RunDirectory("runs/x", resume=flags.resume, config=settings,
+                  may_change={"train_steps", "verbose"}) as run:
     if run.latest_checkpoint:
-        model = keras.models.load_model(run.latest_checkpoint)
+        path, model = run.load_checkpoint(keras.models.load_model)
+    run.record_config(step)
     ...
     model.fit(..., callbacks=[PeriodicCheckpoint(run.checkpoints)])
 ```
@@ -38,6 +50,38 @@ from keras_meta.callbacks import checkpoints
 
 LOCK_FILE = ".lock"
 OWNER_FILE = ".owner.json"
+CONFIG_FILE = "run_config.json"
+
+
+class ResumeRefused(ValueError):
+    """`--resume` with settings that would make the run's record false."""
+
+
+class NoIntactCheckpoint(ValueError):
+    """Every checkpoint of the run is damaged or fails to load."""
+
+
+# Where and how a run is started, not what it trains with: never compared.
+NOT_SETTINGS = ("model_dir", "resume")
+
+
+def _jsonable(config):
+    """`config` as JSON gives it back (tuples become lists), without the
+    keys in `NOT_SETTINGS`."""
+    return json.loads(json.dumps(
+        {k: v for k, v in config.items() if k not in NOT_SETTINGS}))
+
+
+def config_changes(saved, current):
+    """`{name: (old, new)}` for every setting that differs, in name order."""
+    names = sorted(set(saved) | set(current))
+    return {name: (saved.get(name), current.get(name)) for name in names
+            if saved.get(name) != current.get(name)}
+
+
+def _flag_list(changes):
+    return "; ".join(f"--{name}: {old!r} -> {new!r}"
+                     for name, (old, new) in changes.items())
 
 
 class DirectoryInUse(RuntimeError):
@@ -146,11 +190,18 @@ class RunDirectory:
             than silently restarted.
         strategy: the `tf.distribute` strategy (None: the current one).
         checkpoint_ext: extension of this run's checkpoint files.
-        log: where a takeover of a dead owner's directory is reported.
+        log: where a takeover of a dead owner's directory, a skipped
+            checkpoint or a run without a saved configuration is reported.
+        config: the run's settings, a JSON-able dict of flag name to value
+            (None: not recorded or compared); `NOT_SETTINGS` are left out.
+        may_change: names of settings that may differ on resume (logging,
+            checkpoint cadence, longer training); any other difference is
+            refused with `ResumeRefused` when the directory is entered.
     """
 
     def __init__(self, path, resume=False, strategy=None,
-                 checkpoint_ext=".keras", log=print):
+                 checkpoint_ext=".keras", log=print, config=None,
+                 may_change=()):
         self.path = path
         self.resume = resume
         self.is_chief = distribute.is_chief(strategy)
@@ -159,6 +210,14 @@ class RunDirectory:
         self.latest_checkpoint = None
         self._checkpoint_ext = checkpoint_ext
         self._lock = DirectoryLock(path, log) if self.is_chief else None
+        self._log = log
+        self._config = None if config is None else _jsonable(config)
+        self._may_change = set(may_change)
+        self._record = None
+        self._changes = {}
+        self._candidates = []
+        self.loaded_checkpoint = None
+        self.skipped_checkpoints = []
 
     def __enter__(self):
         os.makedirs(self.write_path, exist_ok=True)
@@ -173,12 +232,102 @@ class RunDirectory:
 
     def _find_checkpoint(self):
         shared = os.path.join(self.path, "checkpoints")
-        latest = checkpoints.latest_checkpoint(shared, self._checkpoint_ext)
-        if latest and not self.resume:
+        paths = checkpoints.checkpoint_paths(shared, self._checkpoint_ext)
+        if paths and not self.resume:
             raise ValueError(
                 f"{shared} already holds checkpoints; pass --resume to "
                 "continue that run or choose a new --model_dir.")
-        self.latest_checkpoint = latest
+        for path in paths:
+            why = checkpoints.damage(path)
+            if why is None:
+                self._candidates.append(path)
+            else:
+                self._skip(path, why)
+        if paths and not self._candidates:
+            self._no_intact_checkpoint(shared)
+        self.latest_checkpoint = (self._candidates[0] if self._candidates
+                                  else None)
+        if self.latest_checkpoint and self._config is not None:
+            self._compare_config(shared)
+
+    def _skip(self, path, why):
+        self.skipped_checkpoints.append((path, why))
+        self._log(f"Skipping checkpoint {path}: {why}.")
+
+    def _no_intact_checkpoint(self, folder):
+        listing = "; ".join(f"{os.path.basename(p)}: {why}"
+                            for p, why in self.skipped_checkpoints)
+        raise NoIntactCheckpoint(
+            f"--resume found no intact checkpoint in {folder} ({listing}). "
+            "Nothing was changed; restore a checkpoint from a backup, or "
+            "start afresh in a new --model_dir.")
+
+    def _compare_config(self, folder):
+        """Refuses a resume whose settings differ where they may not."""
+        try:
+            with open(os.path.join(folder, CONFIG_FILE)) as f:
+                self._record = json.load(f)
+            saved = self._record["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            self._log(f"{folder} has no readable {CONFIG_FILE} (a run from "
+                      "an earlier release?): the settings of this resume "
+                      "cannot be compared with the run's.")
+            self._record = None
+            return
+        changes = config_changes(saved, self._config)
+        refused = {k: v for k, v in changes.items()
+                   if k not in self._may_change}
+        if refused:
+            raise ResumeRefused(
+                f"--resume in {self.path} with settings that differ from "
+                f"the run's ({_flag_list(refused)}); the checkpoints were "
+                "trained with the old values, so the results would record "
+                "settings that were not used. Resume with the old values, "
+                "or start a new --model_dir.")
+        self._changes = changes
+
+    def load_checkpoint(self, load):
+        """`(path, load(path))` for the newest checkpoint that loads.
+
+        A checkpoint that `load` fails on is skipped (and reported) in
+        favor of the next older one.
+
+        Raises:
+            NoIntactCheckpoint: none loads; the message names each file
+                and why.
+        """
+        for path in self._candidates:
+            try:
+                value = load(path)
+            except Exception as e:  # noqa: BLE001 -- reported per file
+                self._skip(path, f"failed to load ({type(e).__name__}: {e})")
+                continue
+            self.loaded_checkpoint = path
+            return path, value
+        self._no_intact_checkpoint(os.path.dirname(self._candidates[0])
+                                   if self._candidates else self.path)
+
+    def record_config(self, step):
+        """Writes the run's configuration beside its checkpoints (chief
+        only) and returns the resumes so far: a list of `{"step",
+        "checkpoint", "changed": {name: [old, new]}, "skipped":
+        {file: why}}`, the newest last."""
+        if self._config is None:
+            return []
+        resumes = list((self._record or {}).get("resumes", []))
+        if self.loaded_checkpoint:
+            resumes.append(dict(
+                step=step,
+                checkpoint=os.path.basename(self.loaded_checkpoint),
+                changed={k: list(v) for k, v in self._changes.items()},
+                skipped={os.path.basename(p): why
+                         for p, why in self.skipped_checkpoints},
+                config_compared=self._record is not None))
+        if self.is_chief:
+            saving.write_json(
+                os.path.join(self.path, "checkpoints", CONFIG_FILE),
+                dict(config=self._config, resumes=resumes))
+        return resumes
 
     def __exit__(self, *exc):
         self._close()

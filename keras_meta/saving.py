@@ -8,6 +8,7 @@ versions. Keras's safe mode is left as it is: nothing here runs code from a
 file. Also: atomic writes of saved files.
 """
 
+import errno
 import json
 import os
 
@@ -79,15 +80,48 @@ def replace_atomically(path, write):
     The file at `path` is either the old one or the complete new one, even
     if the process is killed mid-write; the temporary file (a dot-name in
     the same folder) is flushed to disk before the rename.
+
+    Raises:
+        OSError: the write failed (a full disk, a read-only folder...):
+            the temporary file is removed, the old file is left as it was,
+            and the error names `path` and keeps the original `errno`.
     """
     folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     base, ext = os.path.splitext(name)
     temporary = os.path.join(folder, f".tmp-{base}-{os.getpid()}{ext}")
-    write(temporary)
-    with open(temporary, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    try:
+        write(temporary)
+        with open(temporary, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException as e:
+        _remove_quietly(temporary)
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from e
+        raise
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _write_error(path, error):
+    """An `OSError` of the same errno that names `path` and the cause."""
+    if error.errno == errno.ENOSPC:
+        why = "the disk is full"
+    elif error.errno == errno.EDQUOT:
+        why = "the disk quota is exceeded"
+    else:
+        why = error.strerror or str(error)
+    return OSError(
+        error.errno, f"Could not write {path}: {why} ({error}). The "
+        "previous file, if any, is unchanged and no temporary file was "
+        "left; free some space or choose another directory, then rerun "
+        "(with --resume to continue a training run).")
 
 
 def save_model(model, path):

@@ -153,11 +153,11 @@ CASES = {
     "negative inner learning rate": (
         lambda tmp, mp: keras_meta.MAML(classifier(),
                                         inner_learning_rate=-0.1),
-        ValueError, "`inner_learning_rate` must be a float >= 0; got -0.1"),
+        ValueError, "`inner_learning_rate` must be a finite float >= 0; got -0.1"),
     "negative meta learning rate": (
         lambda tmp, mp: fit_regression(
             sinusoid_episode(), optimizer=keras.optimizers.SGD(-0.1)),
-        ValueError, "meta-optimizer's learning rate must be >= 0; got -0.1"),
+        ValueError, "meta-optimizer's learning rate must be a finite number >= 0; got -0.1"),
     "negative LearnedOptimizer learning rate": (
         lambda tmp, mp: keras_meta.LearnedOptimizer(learning_rate=-1.0),
         ValueError, "must be a float >= 0; got -1.0"),

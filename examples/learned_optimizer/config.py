@@ -14,7 +14,16 @@ from keras_meta import distribute
 from keras_meta.rules import lstm as lstm_rule
 
 from examples import config_flags
+from examples import flag_checks
 from examples.config_flags import option
+
+# Settings that `--resume` may change: they do not change what the
+# checkpoints were trained with (each change is recorded in summary.json).
+# Every other difference, the rule's flags included, is refused.
+MAY_CHANGE_ON_RESUME = frozenset({
+    "meta_steps", "verbose", "checkpoint_every",
+    "keep_checkpoints", "profile", "profile_steps", "eval_every",
+    "max_consecutive_skips", "tpu"})
 
 
 @dataclasses.dataclass
@@ -104,6 +113,49 @@ RULE_FLAG_CHOICES = {"descent": ("adam", "none", "momentum"),
 RULE_FLAG_SPECS = config_flags.specs(lstm_rule.RuleConfig, RULE_FLAG_HELP,
                                      RULE_FLAG_CHOICES)
 FLAG_SPECS = config_flags.specs(Config) + RULE_FLAG_SPECS
+
+
+def check_values(config, families=()):
+    """Raises `ValueError` on a setting that cannot work, before anything
+    is built: a count that is not an int >= 1 (zero is refused, not taken
+    as "never"), a horizon that is not a multiple of the unroll, a learning
+    rate or clip norm that is negative, NaN or inf, an unknown problem
+    family (when `families` is given), or problem weights that do not
+    match the problems."""
+    for name in ("unroll", "horizon", "meta_steps", "eval_every",
+                 "checkpoint_every", "keep_checkpoints",
+                 "max_consecutive_skips"):
+        flag_checks.positive_int(name, getattr(config, name))
+    if config.horizon % config.unroll:
+        raise ValueError(
+            f"--horizon ({config.horizon}) must be a multiple of --unroll "
+            f"({config.unroll}).")
+    flag_checks.number("meta_lr", config.meta_lr)
+    flag_checks.number("clip_norm", config.clip_norm, strict=True)
+    flag_checks.non_negative_int("seed", config.seed)
+    if not config.problems:
+        raise ValueError("--problems must name at least one family.")
+    unknown = [p for p in config.problems if families and p not in families]
+    if unknown:
+        raise ValueError(f"--problems names unknown families {unknown}; "
+                         f"known: {sorted(families)}.")
+    _check_weights(config.problems, config.problem_weights)
+    if config.profile:
+        flag_checks.step_range("profile_steps", config.profile_steps)
+
+
+def _check_weights(problems, weights):
+    if weights is None:
+        return
+    if len(weights) != len(problems):
+        raise ValueError(
+            f"--problem_weights gives {len(weights)} weights for "
+            f"{len(problems)} --problems ({list(problems)}).")
+    for w in weights:
+        flag_checks.number("problem_weights", w)
+    if not sum(weights) > 0:
+        raise ValueError(
+            f"--problem_weights must not all be 0; got {list(weights)}.")
 
 
 def from_flags(flag_values=flags.FLAGS):

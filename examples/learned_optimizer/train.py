@@ -10,6 +10,7 @@ saves phi files in `model_dir`: `phi_last.npz` and `phi_best.npz` (best
 evaluation score so far).
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -30,6 +31,9 @@ from keras_meta.meta import problems as problems_lib
 from keras_meta.meta import trainer as trainer_lib
 from keras_meta.rules import lstm as lstm_rule
 from keras_meta.optimizers import weights_io
+
+from examples import flag_checks
+from examples.learned_optimizer import config as config_lib
 
 EVAL_SEED = 10**6
 
@@ -84,11 +88,32 @@ def save_checkpoint(directory, step, trainer, extra, keep):
     return path
 
 
+CHECKPOINT_KEYS = ("trainer", "best")
+
+
 def load_checkpoint(path):
-    """`(arrays, info)` of a checkpoint written by `save_checkpoint`."""
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files if k != "__info__"}
-        info = json.loads(str(data["__info__"]))
+    """`(arrays, info)` of a checkpoint written by `save_checkpoint`.
+
+    Raises:
+        ValueError: the file cannot be read or is not such a checkpoint;
+            the message names the file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files if k != "__info__"}
+            info = json.loads(str(data["__info__"]))
+    except Exception as e:  # zipfile.BadZipFile, OSError, KeyError, ...
+        raise ValueError(
+            f"Could not read meta-training checkpoint {path}: "
+            f"{type(e).__name__}: {e}. Expected an .npz written by "
+            "save_checkpoint (an '__info__' entry and the trainer's "
+            "arrays).") from e
+    missing = [k for k in CHECKPOINT_KEYS
+               if not isinstance(info, dict) or k not in info]
+    if missing or not any(k.startswith("phi/") for k in arrays):
+        raise ValueError(
+            f"{path} is not a meta-training checkpoint: its '__info__' "
+            f"lacks {missing} or it holds no 'phi/' arrays.")
     return arrays, info
 
 
@@ -122,9 +147,9 @@ class _MetaTraining:
     """One meta-training run in `model_dir`: the trainer, its summaries,
     its phi files and the best evaluation score so far."""
 
-    def __init__(self, config, model_dir, strategy):
+    def __init__(self, config, model_dir, strategy, rule, phi0):
         self.config = config
-        self.rule, phi0 = rule_config(config.rule, config.init_weights)
+        self.rule = rule
         self.problems = build_problems(config.problems)
         weights = config.problem_weights
         if weights is not None:
@@ -192,19 +217,35 @@ class _MetaTraining:
             self.save_phi("last")
         return values
 
-    def start(self, latest):
-        """The first meta-step to run: after checkpoint `latest` if given;
-        else 0, after evaluating the initial rule."""
-        if latest:
-            arrays, info = load_checkpoint(latest)
-            self.trainer.set_state(arrays, info["trainer"])
+    def start(self, directory):
+        """The first meta-step to run: after the newest checkpoint of
+        `directory` that loads, if any; else 0, after evaluating the
+        initial rule.
+
+        Raises:
+            ValueError: `meta_steps` is below the checkpoint's step.
+        """
+        if directory.latest_checkpoint:
+            path, info = directory.load_checkpoint(self._restore)
             self.best = info["best"]
             step = self.trainer.meta_steps_done
-            print(f"Resuming from {latest} at meta-step {step}.")
+            flag_checks.not_below_done("meta_steps", self.config.meta_steps,
+                                       step)
+            print(f"Resuming from {path} at meta-step {step}.")
             return step
         self.best, _ = self.evaluate_and_log(0)
         self.save_phi("best")
         return 0
+
+    def _restore(self, path):
+        arrays, info = load_checkpoint(path)
+        try:
+            self.trainer.set_state(arrays, info["trainer"])
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise ValueError(
+                f"{path} does not fit this run's trainer: "
+                f"{type(e).__name__}: {e}") from e
+        return info
 
     def train(self, start_step, checkpoints, progbar):
         """Meta-steps `start_step` to `meta_steps`, checkpointing.
@@ -281,6 +322,12 @@ def run(config):
     then raises `keras_meta.errors.TrainingInterrupted`. With `resume`, the
     newest checkpoint is loaded and training continues bitwise as if it had
     never stopped; without it, a directory with checkpoints is refused.
+    The settings (the rule's included) are saved beside the checkpoints; a
+    resume that changes one outside `config.MAY_CHANGE_ON_RESUME` is
+    refused (`keras_meta.run_dir.ResumeRefused`) before anything is
+    loaded, allowed changes are listed in `summary["resumes"]`, and a
+    damaged checkpoint is skipped for the newest intact one. Every setting
+    is checked before the first meta-step.
 
     `strategy` other than "default" (see `keras_meta.distribute`): each
     meta-step runs one problem instance per replica and averages their
@@ -295,19 +342,26 @@ def run(config):
         and the wall time in seconds; also written to
         `model_dir/summary.json`.
     """
+    config_lib.check_values(config, tuple(problems_lib.FAMILIES))
+    rule, phi0 = rule_config(config.rule, config.init_weights)
     strategy = None
     if config.strategy != "default":
         strategy = distribute.make_strategy(config.strategy, config.tpu)
-    with run_dir.RunDirectory(config.model_dir, resume=config.resume,
-                              strategy=strategy,
-                              checkpoint_ext=".npz") as directory:
+    settings = {k: v for k, v in dataclasses.asdict(config).items()
+                if k != "rule"}
+    settings.update(rule.to_dict())
+    with run_dir.RunDirectory(
+            config.model_dir, resume=config.resume, strategy=strategy,
+            checkpoint_ext=".npz", config=settings,
+            may_change=config_lib.MAY_CHANGE_ON_RESUME) as directory:
         model_dir = directory.write_path
-        session = _MetaTraining(config, model_dir, strategy)
+        session = _MetaTraining(config, model_dir, strategy, rule, phi0)
         progbar = keras.utils.Progbar(
             config.meta_steps, verbose=config.verbose,
             stateful_metrics=["objective", "loss", "eval"])
         start = time.time()
-        start_step = session.start(directory.latest_checkpoint)
+        start_step = session.start(directory)
+        resumes = directory.record_config(start_step)
         if start_step:
             progbar.update(start_step)
         session.train(start_step, directory.checkpoints, progbar)
@@ -315,6 +369,7 @@ def run(config):
         summary = session.summary(
             final, curves, time.time() - start,
             strategy.num_replicas_in_sync if strategy else 1)
+        summary["resumes"] = resumes
         saving.write_json(os.path.join(model_dir, "summary.json"), summary)
         return summary
 
@@ -339,9 +394,9 @@ def checkpoint_phis(run_dir_path):
     paths = []
     for ckpt in sorted(glob.glob(os.path.join(run_dir_path, "checkpoints",
                                               "ckpt-*.npz"))):
-        with np.load(ckpt, allow_pickle=False) as data:
-            phi = {k[len("phi/"):]: np.array(data[k]) for k in data.files
-                   if k.startswith("phi/")}
+        arrays, _ = load_checkpoint(ckpt)
+        phi = {k[len("phi/"):]: np.array(v) for k, v in arrays.items()
+               if k.startswith("phi/")}
         path = os.path.join(out_dir,
                             os.path.basename(ckpt).replace("ckpt-", "phi-"))
         weights_io.save_phi(path, phi, config)

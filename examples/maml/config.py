@@ -12,6 +12,7 @@ from absl import flags
 from keras_meta import distribute
 
 from examples import config_flags
+from examples import flag_checks
 from examples.config_flags import option
 
 VARIANTS = ("maml", "meta_sgd", "maml_plus_plus", "anil")
@@ -21,6 +22,20 @@ INNER_OPTIMIZERS = ("sgd", "meta_sgd", "lslr", "lstm")
 VARIANT_INNER_OPTIMIZER = {"maml": "sgd", "meta_sgd": "meta_sgd",
                            "maml_plus_plus": "lslr", "anil": "sgd"}
 TASKS = ("sinusoid", "omniglot")
+# Settings that `--resume` may change: they do not change what the
+# checkpoints were trained with (the record of each change is kept in
+# results.json). Every other difference is refused.
+MAY_CHANGE_ON_RESUME = frozenset({
+    "train_steps", "steps_per_epoch",
+    "max_train_minutes", "verbose", "checkpoint_every", "keep_checkpoints",
+    "profile", "profile_batches", "eval_tasks", "eval_shots", "eval_steps",
+    "tpu"})
+# Flags that are ints >= 1 once the task's defaults are filled in.
+POSITIVE_INTS = ("ways", "shots", "queries", "meta_batch_size",
+                 "train_steps", "steps_per_epoch", "inner_steps",
+                 "eval_inner_steps", "steps_per_execution", "eval_tasks",
+                 "eval_queries", "filters", "checkpoint_every",
+                 "keep_checkpoints")
 OFFLINE_TEST_ALPHABETS = ("Sanskrit", "Tagalog")
 
 
@@ -157,12 +172,36 @@ def _check(config):
                          f"{distribute.STRATEGIES}; got {config.strategy!r}.")
 
 
+def check_values(config):
+    """Raises `ValueError` on a resolved setting that cannot work: a count
+    that is not an int >= 1 (zero steps are refused, not replaced), a
+    learning rate that is negative, NaN or inf, a time limit that is not
+    > 0, an empty evaluation grid or a bad profile range."""
+    for name in POSITIVE_INTS:
+        flag_checks.positive_int(name, getattr(config, name))
+    if config.task == "omniglot" and config.ways < 2:
+        raise ValueError(
+            f"--ways must be >= 2 for Omniglot (a 1-way task has nothing "
+            f"to classify); got {config.ways}.")
+    flag_checks.positive_ints("eval_shots", config.eval_shots)
+    flag_checks.positive_ints("eval_steps", config.eval_steps)
+    flag_checks.number("inner_lr", config.inner_lr)
+    flag_checks.number("meta_lr", config.meta_lr)
+    if config.max_train_minutes is not None:
+        flag_checks.number("max_train_minutes", config.max_train_minutes,
+                           strict=True, allow_inf=True)
+    if config.profile:
+        flag_checks.step_range("profile_batches", config.profile_batches)
+    flag_checks.non_negative_int("seed", config.seed)
+
+
 def resolve(config):
     """`config` checked, with the task's defaults in the fields left None.
 
     Raises:
         ValueError: an unknown task, variant, inner optimizer or strategy,
-            or an inner optimizer that contradicts the variant.
+            an inner optimizer that contradicts the variant, or a value
+            that cannot work (`check_values`).
     """
     _check(config)
     if config.inner_optimizer is None:
@@ -182,7 +221,9 @@ def resolve(config):
         filled["eval_shots"] = filled["eval_shots"] or (filled["shots"],)
         filled["eval_steps"] = filled["eval_steps"] or (
             filled["eval_inner_steps"],)
-    return Config(**filled)
+    config = Config(**filled)
+    check_values(config)
+    return config
 
 
 def from_flags(flag_values=flags.FLAGS):

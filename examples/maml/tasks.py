@@ -48,6 +48,14 @@ class SinusoidTask:
             shots=shots, queries=self.config.eval_queries,
             meta_batch_size=250, seed=10_000 + self.config.seed)
 
+    def check(self):
+        """Builds every episode stream the run will use, so that a bad
+        setting fails before training (the streams check their own)."""
+        self.train_episodes()
+        self.validation_episodes()
+        for shots in self.config.eval_shots:
+            self.test_episodes(shots)
+
     def table(self, maml):
         c = self.config
         return evaluation.few_shot_table(
@@ -142,6 +150,27 @@ class OmniglotTask:
         return self._episodes(self.test, self.config.eval_queries,
                               10_000 + self.config.seed, False,
                               meta_batch_size=50, shots=shots)
+
+    def check(self):
+        """Checks every class split against the settings it will be
+        sampled with (training, validation, each evaluation support size),
+        so that a bad setting fails before training, naming the split."""
+        c = self.config
+        splits = [("training", self.train, c.shots, c.queries,
+                   c.meta_batch_size, True),
+                  ("validation", self.validation, c.shots, c.eval_queries,
+                   c.meta_batch_size, False)]
+        splits += [(f"evaluation (--eval_shots={k})", self.test, k,
+                    c.eval_queries, 50, False) for k in c.eval_shots]
+        for name, classes, shots, queries, batch, rotations in splits:
+            try:
+                keras_meta.data.check_episode_settings(
+                    classes, c.ways, shots, queries, batch, rotations)
+            except ValueError as e:
+                raise ValueError(
+                    f"The {name} classes cannot make the episodes these "
+                    f"flags ask for (--ways={c.ways}, shots={shots}, "
+                    f"queries={queries}): {e}") from e
 
     def table(self, maml):
         c = self.config

@@ -20,6 +20,7 @@ from keras_meta import errors
 from keras_meta import run_dir
 from keras_meta import saving
 
+from examples import flag_checks
 from examples.maml import config as config_lib
 from examples.maml import tasks
 
@@ -57,13 +58,20 @@ def batches_consumed(maml):
         maml.skipped_steps.numpy())
 
 
-def _restore_or_build(config, task, strategy, latest):
-    """`(maml, start_step)`: from checkpoint `latest` if given, else new."""
+def _restore_or_build(config, task, strategy, directory):
+    """`(maml, start_step)`: from the newest checkpoint of `directory` that
+    loads (older ones are tried when it is damaged), else new.
+
+    Raises:
+        ValueError: `--train_steps` is below the steps the checkpoint holds.
+    """
     with strategy.scope():
-        if latest:
-            maml = keras.models.load_model(latest)
+        if directory.latest_checkpoint:
+            path, maml = directory.load_checkpoint(keras.models.load_model)
             start_step = batches_consumed(maml)
-            print(f"Resuming from {latest} at step {start_step}.")
+            flag_checks.not_below_done("train_steps", config.train_steps,
+                                       start_step)
+            print(f"Resuming from {path} at step {start_step}.")
             return maml, start_step
         return build_maml(config, task), 0
 
@@ -86,7 +94,7 @@ def _callbacks(config, task, checkpoints, start_step):
             os.path.join(logs_dir, "inner_optimizer"),
             episode=next(iter(task.validation_episodes()))),
     ]
-    if config.max_train_minutes:
+    if config.max_train_minutes is not None:
         callbacks.append(
             km_callbacks.TrainingTimeLimit(60 * config.max_train_minutes))
     example = task.example_episode()
@@ -106,7 +114,7 @@ def _train(maml, task, config, checkpoints, start_step):
     """
     checkpointer, callbacks = _callbacks(config, task, checkpoints,
                                          start_step)
-    epochs = max(1, -(-config.train_steps // config.steps_per_epoch))
+    epochs = -(-config.train_steps // config.steps_per_epoch)
 
     def fit(first_step, epoch, steps_per_epoch, epochs):
         maml.fit(
@@ -139,8 +147,9 @@ def _run_in(directory, config, strategy):
     """Trains, saves, evaluates and writes results in an owned directory."""
     keras.utils.set_random_seed(config.seed)
     task = tasks.make_task(config)
-    maml, start_step = _restore_or_build(config, task, strategy,
-                                         directory.latest_checkpoint)
+    task.check()
+    maml, start_step = _restore_or_build(config, task, strategy, directory)
+    resumes = directory.record_config(start_step)
     start = time.time()
     _train(maml, task, config, directory.checkpoints, start_step)
     train_seconds = time.time() - start
@@ -159,6 +168,7 @@ def _run_in(directory, config, strategy):
         model_path=model_path,
     )
     results["replicas"] = strategy.num_replicas_in_sync
+    results["resumes"] = resumes
     saving.write_json(os.path.join(config.model_dir, "results.json"), results)
     results["formatted"] = task.format(table)
     return results
@@ -172,7 +182,13 @@ def run(config):
     continues from the newest checkpoint in `model_dir/checkpoints` (model,
     optimizer and step count), and the episode stream continues where it
     was, so the result is bitwise the one of an uninterrupted run; without
-    it, a directory that holds checkpoints is refused. SIGTERM or SIGINT
+    it, a directory that holds checkpoints is refused. The configuration
+    is saved beside the checkpoints; a resume that changes a setting
+    outside `config_lib.MAY_CHANGE_ON_RESUME` is refused
+    (`keras_meta.run_dir.ResumeRefused`) before anything is loaded, and
+    the allowed changes are listed in `results["resumes"]`. A damaged
+    checkpoint is skipped for the newest intact one. Every flag and every
+    data split is checked before the first step. SIGTERM or SIGINT
     during training writes a checkpoint and raises
     `keras_meta.errors.TrainingInterrupted`.
 
@@ -182,8 +198,10 @@ def run(config):
     """
     config = config_lib.resolve(config)
     strategy = distribute.make_strategy(config.strategy, config.tpu)
-    with run_dir.RunDirectory(config.model_dir, resume=config.resume,
-                              strategy=strategy) as directory:
+    with run_dir.RunDirectory(
+            config.model_dir, resume=config.resume, strategy=strategy,
+            config=dataclasses.asdict(config),
+            may_change=config_lib.MAY_CHANGE_ON_RESUME) as directory:
         # Every worker reads the chief's checkpoints (a shared file system)
         # but only the chief writes to model_dir; the others to a
         # temporary directory.

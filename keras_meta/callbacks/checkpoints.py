@@ -2,10 +2,13 @@
 
 A checkpoint is `<directory>/ckpt-<step, 9 digits><ext>`, written under a
 temporary name and renamed into place (`keras_meta.saving`), so a name
-that matches is always a complete file.
+that matches is a complete file when it is written; a disk or a copy can
+still damage it later, which `damage` finds (both `.keras` and `.npz`
+files are zip archives).
 """
 
 import os
+import zipfile
 
 import keras
 
@@ -36,6 +39,50 @@ def latest_checkpoint(directory, ext=".keras"):
     """
     names = _checkpoint_names(directory, ext)
     return os.path.join(directory, names[-1]) if names else None
+
+
+def checkpoint_paths(directory, ext=".keras"):
+    """The checkpoints in `directory`, newest first (complete names only,
+    as `latest_checkpoint`; none of them verified)."""
+    return [os.path.join(directory, name)
+            for name in reversed(_checkpoint_names(directory, ext))]
+
+
+# The members that every checkpoint of a kind holds.
+REQUIRED_MEMBERS = {".keras": ("config.json", "model.weights.h5"),
+                    ".npz": ("__info__.npy",)}
+
+
+def damage(path):
+    """Why the checkpoint at `path` cannot be read, or None if it is intact.
+
+    Reads the whole zip archive and checks every member's CRC and the
+    members its kind requires (`REQUIRED_MEMBERS`); it does not build the
+    model, so a file that passes may still fail to load (the caller names
+    the file then).
+    """
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        return (f"not a complete zip archive ({size} bytes; truncated or "
+                "overwritten)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"damaged zip archive ({type(e).__name__}: {e})"
+    if bad is not None:
+        return f"damaged zip archive (bad CRC in member {bad!r})"
+    ext = os.path.splitext(path)[1]
+    missing = [m for m in REQUIRED_MEMBERS.get(ext, ()) if m not in names]
+    if missing:
+        return f"not a {ext} checkpoint (no {', '.join(missing)} inside)"
+    return None
 
 
 def prune_checkpoints(directory, keep, ext=".keras"):

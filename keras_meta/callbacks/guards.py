@@ -3,8 +3,10 @@
 import time
 
 import keras
+import tensorflow as tf
 
 from keras_meta import errors
+from keras_meta import nonfinite
 from keras_meta import validation
 
 
@@ -19,8 +21,10 @@ class NonFiniteGuard(keras.callbacks.Callback):
     callback reads those counters after each batch and raises a
     `keras_meta.errors.NonFiniteError` that names the step and the quantity
     once they show `max_consecutive` skips in a row, so a run that has gone
-    bad stops instead of spinning. The weights keep their last finite
-    values. It also adds the skip count to the logs (and so to TensorBoard)
+    bad stops instead of spinning. The message says whether the model's
+    weights are still finite (skipped steps never change them; an applied
+    step whose own inputs were finite can still overflow them, e.g. with a
+    huge learning rate). It also adds the skip count to the logs (and so to TensorBoard)
     of models compiled with a `LearnedOptimizer`.
 
     `MAML.fit` adds one by default (`MAML(max_consecutive_skips=...)`).
@@ -75,12 +79,16 @@ class NonFiniteGuard(keras.callbacks.Callback):
             raise errors.NonFiniteError(
                 f"Training stopped at step {step}: the {quantity} was not "
                 f"finite in {consecutive} consecutive steps, which were "
-                f"skipped ({total} skipped updates in all; the weights hold "
-                "their "
-                "last finite values). Lower the learning rates, check the "
-                "data for NaN/inf, or raise the limit "
+                f"skipped ({total} skipped updates in all; "
+                f"{errors.weights_state(self._weights_finite())}). Lower the "
+                "learning rates, check the data for NaN/inf, or raise the limit "
                 f"(max_consecutive={self.max_consecutive}).",
                 step=step, quantity=quantity)
+
+    def _weights_finite(self):
+        return bool(nonfinite.all_finite(
+            [w.value for w in self.model.weights
+             if tf.as_dtype(w.dtype).is_floating]))
 
     def on_epoch_end(self, epoch, logs=None):
         counters = self._counters()

@@ -127,12 +127,17 @@ class Adaptation:
 
         Returns:
             A clone of the wrapped model holding the adapted weights.
+
+        Raises:
+            ValueError: the support set is empty, holds NaN or inf, or does
+                not fit the model and the loss (the checks of `fit`, see
+                `keras_meta.maml.checks.check_episode`).
         """
         checks.require_compiled(self, "adapt")
         steps = self._eval_steps(steps)
         support_x = tf.convert_to_tensor(support_x)
         support_y = tf.convert_to_tensor(support_y)
-        checks.check_support(self.model, support_x, support_y)
+        checks.check_support(self.model, support_x, support_y, self._loss_kind)
 
         def build():
             def run(support_x, support_y):

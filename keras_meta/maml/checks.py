@@ -9,6 +9,7 @@ batch for `fit`, `evaluate` and `predict`; on the support set for
 what was expected.
 """
 
+import math
 import numbers
 
 import keras
@@ -53,9 +54,10 @@ def check_arguments(inner_learning_rate, inner_steps, eval_inner_steps,
     `task_parallelism` (one of `choices`)."""
     if (isinstance(inner_learning_rate, bool)
             or not isinstance(inner_learning_rate, (int, float))
-            or inner_learning_rate < 0):
+            or not (math.isfinite(inner_learning_rate)
+                    and inner_learning_rate >= 0)):
         raise ValueError(
-            "`inner_learning_rate` must be a float >= 0; got "
+            "`inner_learning_rate` must be a finite float >= 0; got "
             f"{inner_learning_rate!r}.")
     validation.check_positive_int("inner_steps", inner_steps)
     validation.check_positive_int("eval_inner_steps", eval_inner_steps, True)
@@ -104,14 +106,17 @@ def adapted_indices(model, layer_names):
 
 
 def check_learning_rate(optimizer):
-    """Raises if the meta-optimizer's constant learning rate is < 0."""
+    """Raises if the meta-optimizer's constant learning rate is < 0, NaN
+    or inf (an infinite rate turns the weights into inf and NaN in one
+    step, even from finite gradients)."""
     rate = getattr(optimizer, "learning_rate", None)
     if rate is None or callable(rate):  # a schedule: checked as it runs
         return
     value = float(keras.ops.convert_to_numpy(rate))
-    if not value >= 0:
+    if not (math.isfinite(value) and value >= 0):
         raise ValueError(
-            f"The meta-optimizer's learning rate must be >= 0; got {value:g} "
+            "The meta-optimizer's learning rate must be a finite number >= "
+            f"0; got {value:g} "
             f"({type(optimizer).__name__}).")
 
 
@@ -144,9 +149,11 @@ def _input_shape(model):
     return None
 
 
-def check_support(model, support_x, support_y):
+def check_support(model, support_x, support_y, kind):
     """Raises unless `(support_x, support_y)` is one task's support set for
-    `model` (no task axis), as `MAML.adapt` takes it."""
+    `model` (no task axis), as `MAML.adapt` takes it: the shapes, at least
+    one example, finite values, and the targets the checks of `fit` accept
+    for the loss `kind` (`check_episode`)."""
     input_shape = _input_shape(model)
     if input_shape is not None and (
             len(support_x.shape) != len(input_shape)
@@ -161,7 +168,39 @@ def check_support(model, support_x, support_y):
             "support_x and support_y must have the same number of "
             f"examples; got shapes {tuple(support_x.shape)} and "
             f"{tuple(support_y.shape)}.")
+    task = {"support_x": support_x[None], "support_y": support_y[None],
+            "query_x": support_x[None], "query_y": support_y[None]}
+    check_episode(task, model, kind, "adapt() support set",
+                  finite_keys=("support_x", "support_y"))
 
+
+def check_finite(episode, keys, where):
+    """Raises if a floating-point array of `episode[key]` for `keys` holds
+    NaN or inf (tensor specs, whose values are unknown, pass)."""
+    for key in keys:
+        value = episode[key]
+        if isinstance(value, tf.TensorSpec):
+            continue
+        array = np.asarray(value)
+        if array.dtype.kind != "f":
+            continue
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ValueError(
+                f"{where}: '{key}' holds {bad} non-finite value(s) (NaN or "
+                f"inf) out of {array.size}; adapting to it, or predicting "
+                "on it, gives non-finite weights or predictions. Remove or "
+                "repair them.")
+
+
+def _check_not_empty(episode, where):
+    for key in ("support_x", "query_x"):
+        examples = episode[key].shape[1]
+        if examples is not None and examples == 0:
+            raise ValueError(
+                f"{where}: '{key}' holds no examples (shape "
+                f"{tuple(episode[key].shape)}); every task needs at least "
+                "one support and one query example.")
 
 
 def loss_kind(loss_name):
@@ -196,30 +235,42 @@ def first_episode(data):
     return None
 
 
-def validate_data(data, model, kind, where):
+def validate_data(data, model, kind, where, finite_keys=()):
     """Checks the first episode batch of `fit`/`evaluate`/`predict` data
-    (see `first_episode`) against `model` and the loss `kind`, eagerly."""
+    (see `first_episode`) against `model` and the loss `kind`, eagerly
+    (`check_episode`)."""
     if data is None:
         return
     episode = first_episode(data)
     if episode is not None:
-        check_episode(episode, model, kind, where)
+        check_episode(episode, model, kind, where, finite_keys)
 
 
 def _dims(shape):
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def check_episode(episode, model, kind, where="episode"):
+def check_episode(episode, model, kind, where="episode", finite_keys=()):
     """Raises `ValueError` if `episode` does not fit `model` and the loss.
+
+    The one set of data checks of `fit`, `evaluate`, `predict` and `adapt`:
+    the structure, at least one support and one query example per task,
+    the input shape, and targets that fit the loss (class indices in range
+    and as many ways as outputs; regression targets of the output shape,
+    which would otherwise broadcast).
 
     Args:
         episode: an episode dict with a task axis (tensors or arrays).
         model: the wrapped Keras model.
         kind: one of `LOSS_KINDS` (see `loss_kind`).
         where: a name for the data in messages.
+        finite_keys: keys whose values must be finite (`predict` and
+            `adapt`, which return adapted results; `fit` skips and counts
+            a non-finite step instead).
     """
     validate_episode(episode, where)
+    _check_not_empty(episode, where)
+    check_finite(episode, finite_keys, where)
     support_x = episode["support_x"]
     input_shape = _input_shape(model)
     if input_shape is not None:

@@ -319,7 +319,8 @@ class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
         return super().evaluate(x, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
-        self._validate_data(x, "predict data")
+        self._validate_data(x, "predict data", finite_keys=(
+            "support_x", "support_y", "query_x"))
         return super().predict(x, *args, **kwargs)
 
     def train_on_batch(self, x=None, *args, **kwargs):
@@ -330,11 +331,12 @@ class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
         self._validate_data(x, "test_on_batch data")
         return super().test_on_batch(x, *args, **kwargs)
 
-    def _validate_data(self, data, where):
+    def _validate_data(self, data, where, finite_keys=()):
         """Checks the first episode batch against the model and the loss,
         eagerly, before anything is compiled (see `checks`)."""
         if self.compiled:
-            checks.validate_data(data, self.model, self._loss_kind, where)
+            checks.validate_data(data, self.model, self._loss_kind, where,
+                                 finite_keys)
 
     def _split_for_replicas(self, data):
         """Under a strategy with several replicas, an episode dataset is

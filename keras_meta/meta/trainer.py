@@ -24,6 +24,7 @@ along unrolled optimization runs:
 here too.
 """
 
+import math
 import time
 
 import keras
@@ -83,6 +84,10 @@ class MetaTrainer:
                  second_order=False, meta_loss="log", jit_compile="auto",
                  seed=0, dtype="float32", problem_weights=None,
                  max_consecutive_skips=20, strategy=None):
+        if isinstance(meta_lr, (int, float)) and not (
+                math.isfinite(meta_lr) and meta_lr >= 0):
+            raise ValueError(
+                f"meta_lr must be a finite number >= 0; got {meta_lr}.")
         if horizon % unroll:
             raise ValueError(
                 f"horizon ({horizon}) must be a multiple of unroll ({unroll})."
@@ -198,12 +203,14 @@ class MetaTrainer:
                 or self.consecutive_skips < self.max_consecutive_skips):
             return
         quantity = _NONFINITE_QUANTITIES.get(bad, "meta-gradient")
+        phi_finite = bool(nonfinite.all_finite(self._phi_values()))
         raise errors.NonFiniteError(
             f"Meta-training stopped at meta-step {self.meta_steps_done}: "
             f"the {quantity} was not finite in {self.consecutive_skips} "
             f"consecutive truncations (on {problem.name!r}), which were "
-            f"skipped ({self.skipped_meta_steps} in all; phi holds its "
-            "last finite values). Lower --meta_lr or --clip_norm, or "
+            f"skipped ({self.skipped_meta_steps} in all; "
+            f"{errors.weights_state(phi_finite, 'phi')}). Lower --meta_lr "
+            "or --clip_norm, or "
             "check the problem.", step=self.meta_steps_done,
             quantity=quantity)
 

@@ -131,10 +131,13 @@ def load_phi(path):
             "entry."
         ) from e
     if CONFIG_KEY not in arrays:
+        hint = (" It looks like a meta-training checkpoint: turn it into a "
+                "phi file with examples.learned_optimizer.train."
+                "checkpoint_phis(run_dir)." if "__info__" in arrays else "")
         raise ValueError(
             f"Learned-optimizer weights file {path!r} has no '{CONFIG_KEY}' "
-            f"entry (found {sorted(arrays)}). Expected an `.npz` written by "
-            "keras_meta.optimizers.weights_io.save_phi."
+            f"entry (found {sorted(arrays)[:8]}). Expected an `.npz` written "
+            f"by keras_meta.optimizers.weights_io.save_phi.{hint}"
         )
     try:
         config = lstm.RuleConfig.from_dict(

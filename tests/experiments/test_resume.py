@@ -36,7 +36,10 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
                     b.weights + b.optimizer.variables):
         np.testing.assert_array_equal(x.numpy(), y.numpy(), err_msg=x.path)
     names = sorted(os.listdir(tmp_path / "split" / "checkpoints"))
-    assert names == ["ckpt-000000030.keras", "ckpt-000000040.keras"]
+    # The kept checkpoints and the run's saved settings (run_dir).
+    assert names == ["ckpt-000000030.keras", "ckpt-000000040.keras",
+                     "run_config.json"]
+    assert resumed["resumes"][0]["changed"] == {"train_steps": [20, 40]}
 
 
 def test_latest_checkpoint_ignores_partial_writes(tmp_path):

@@ -3,6 +3,7 @@ owner's directory, and the resume check."""
 
 import os
 
+import numpy as np
 import pytest
 
 from keras_meta import run_dir
@@ -37,7 +38,8 @@ def test_second_owner_is_refused_and_a_dead_owner_is_taken_over(
 def test_checkpoints_need_resume(tmp_path):
     path = tmp_path / "run"
     (path / "checkpoints").mkdir(parents=True)
-    (path / "checkpoints" / "ckpt-000000010.npz").write_bytes(b"x")
+    np.savez(path / "checkpoints" / "ckpt-000000010.npz",
+             __info__=np.asarray("{}"))
     with pytest.raises(ValueError, match="pass --resume"):
         with run_dir.RunDirectory(str(path), checkpoint_ext=".npz"):
             pass
