@@ -433,7 +433,7 @@ def test_sinusoid_meta_training_learns_to_adapt(sinusoid_mlp):
     (dict(inner_steps=0), "`inner_steps` must be an int >= 1; got 0"),
     (dict(inner_steps=1.5), "`inner_steps` must be an int >= 1; got 1.5"),
     (dict(eval_inner_steps=-2), "`eval_inner_steps` must be an int >= 1"),
-    (dict(inner_learning_rate=-0.1), "`inner_learning_rate` must be a float"),
+    (dict(inner_learning_rate=-0.1), "`inner_learning_rate` must be a finite float >= 0; got -0.1"),
     (dict(inner_optimizer="per_layer"), "got str: 'per_layer'"),
     (dict(adapted_layers=["nope"]), "'nope', which is not a layer"),
     (dict(task_parallelism="threads"), "got 'threads'"),
