@@ -1,0 +1,1 @@
+"""Workloads, training and reporting of `benchmarks/lopt_suite.py`."""

@@ -1,0 +1,77 @@
+"""One `model.fit` run of a workload with one optimizer.
+
+Only the public Keras API: `model.compile(optimizer=..., loss=...,
+metrics=[...])`, `model.fit` on a shuffled, repeated `tf.data` pipeline of
+the finite training set, `model.evaluate` on each split at the end.
+"""
+
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_meta
+
+# Steps run per call of the compiled train function (public `compile`
+# argument); it divides every step count used here.
+STEPS_PER_EXECUTION = 50
+
+
+def make_optimizer(spec):
+    """A fresh optimizer from a spec.
+
+    Specs: ("adam", lr), ("adamw", lr, weight_decay), ("learned", weights)
+    where weights is None (the shipped default) or a name or file.
+    """
+    kind = spec[0]
+    if kind == "adam":
+        return keras.optimizers.Adam(spec[1])
+    if kind == "adamw":
+        return keras.optimizers.AdamW(spec[1], weight_decay=spec[2])
+    if kind == "learned":
+        if spec[1] is None:
+            return keras_meta.LearnedOptimizer()
+        return keras_meta.LearnedOptimizer(weights=spec[1])
+    raise ValueError(f"Unknown optimizer spec {spec!r}.")
+
+
+def _dataset(x, y, batch_size, seed):
+    return (tf.data.Dataset.from_tensor_slices((x, y))
+            .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+            .repeat().batch(batch_size, drop_remainder=True))
+
+
+def fit(workload, splits, spec, seed, steps):
+    """Trains `steps` steps from seed `seed`; returns the final numbers.
+
+    Returns a dict: "<split>_loss" and "<split>_<metric>" for train, val
+    and test (None where the weights are not all finite at the end,
+    batch-norm statistics included), "finite" and "seconds".
+    """
+    start = time.perf_counter()
+    keras.utils.set_random_seed(seed)
+    model = workload.build()
+    model.compile(optimizer=make_optimizer(spec), loss=workload.loss,
+                  metrics=[workload.metric],
+                  steps_per_execution=min(STEPS_PER_EXECUTION, steps))
+    x, y = splits.train
+    model.fit(_dataset(x, y, workload.batch_size, seed), epochs=1,
+              steps_per_epoch=steps, shuffle=False, verbose=0)
+    finite = all(np.all(np.isfinite(v.numpy())) for v in model.weights)
+    out = {"finite": bool(finite)}
+    for name, (x, y) in splits.items():
+        logs = (model.evaluate(x, y, batch_size=500, verbose=0,
+                               return_dict=True) if finite else {})
+        out[f"{name}_loss"] = _finite_or_none(logs.get("loss"))
+        out[f"{name}_{workload.metric}"] = _finite_or_none(
+            logs.get(workload.metric))
+    out["finite"] = finite and out["test_loss"] is not None
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def _finite_or_none(value):
+    if value is None or not np.isfinite(value):
+        return None
+    return float(value)

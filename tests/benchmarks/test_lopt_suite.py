@@ -1,0 +1,95 @@
+"""benchmarks/lopt_suite.py: workloads train, data is deterministic and
+split, the Embedding workload's gradients are sparse, rates are chosen on
+validation loss."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from benchmarks import lopt_suite
+from benchmarks.suite import data as suite_data
+from benchmarks.suite import report
+from benchmarks.suite import runner
+from benchmarks.suite import workloads
+
+
+def _splits(name):
+    try:
+        return workloads.WORKLOADS[name].data(0)
+    except suite_data.DataUnavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.parametrize("name", list(workloads.WORKLOADS))
+def test_workload_trains_with_adam_and_learned_optimizer(name):
+    splits = _splits(name)
+    workload = workloads.WORKLOADS[name]
+    for spec in [("adam", 1e-3), ("learned", None)]:
+        result = runner.fit(workload, splits, spec, seed=0, steps=3)
+        assert result["finite"], (name, spec, result)
+        assert np.isfinite(result["test_loss"]), (name, spec, result)
+        assert result[f"test_{workload.metric}"] is not None
+
+
+def _rows(x):
+    return {a.tobytes() for a in np.asarray(x).reshape(len(x), -1)}
+
+
+@pytest.mark.parametrize("name", list(workloads.WORKLOADS))
+def test_data_is_deterministic_and_splits_are_disjoint(name):
+    first, again = _splits(name), workloads.WORKLOADS[name].data(0)
+    for (_, (x1, y1)), (_, (x2, y2)) in zip(first.items(), again.items()):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+        assert len(x1) == len(y1) > 0
+    train, val, test = (_rows(x) for _, (x, _) in first.items())
+    assert not train & test and not train & val and not val & test
+    if name not in ("omniglot_bn_conv", "omniglot_autoencoder"):
+        other = workloads.WORKLOADS[name].data(1).train[0]
+        assert not np.array_equal(other, first.train[0])
+
+
+def test_omniglot_uses_only_held_out_alphabets_and_a_fixed_split():
+    splits = _splits("omniglot_bn_conv")
+    counts = [np.bincount(y) for _, (_, y) in splits.items()]
+    # 42 Sanskrit + 17 Tagalog characters, 12/4/4 drawings each.
+    for count, n in zip(counts, suite_data.OMNIGLOT_SPLIT):
+        assert len(count) == 59 and np.all(count == n)
+
+
+def test_embedding_workload_has_indexed_slices_gradients():
+    workload = workloads.WORKLOADS["embedding_text"]
+    x, y = workload.data(0).train
+    model = workload.build()
+    with tf.GradientTape() as tape:
+        loss = workload.loss(y[:8], model(x[:8]))
+    grads = tape.gradient(loss, model.trainable_variables)
+    kinds = {v.path: type(g) for v, g in zip(model.trainable_variables,
+                                              grads)}
+    embedding = [k for p, k in kinds.items() if "embedding" in p]
+    assert embedding == [tf.IndexedSlices], kinds
+
+
+def test_rate_chosen_on_validation_not_test_and_nonfinite_excluded():
+    def run(val, test, finite=True):
+        return {"finite": finite, "val_loss": val, "test_loss": test,
+                "test_accuracy": 0.5}
+    runs = {"a": [run(1.0, 9.0)] * 2, "b": [run(2.0, 0.1)] * 2,
+            "c": [run(0.1, 0.1), run(None, None, False)]}
+    groups = {"adam_best": ("grid", {1e-3: "a", 1e-2: "b", 3e-2: "c"}),
+              "learned": ("single", "b")}
+    summary = report.summarize(runs, groups, "accuracy")
+    assert summary["adam_best"]["rate"] == 1e-3
+    assert summary["adam_best"]["test_loss_mean"] == 9.0
+    assert summary["adam_best"]["grid_nonfinite"] == 1
+    assert summary["learned"]["ratio_to_adam_best"] == pytest.approx(0.1 / 9)
+
+
+def test_optimizer_groups_share_adam_1e3_with_the_grid():
+    groups, specs = lopt_suite.optimizer_groups(
+        ["adam_best", "adamw_best", "adam_1e-3", "learned"], ["per_tensor"])
+    assert len(specs) == 12
+    assert groups["adam_1e-3"] == ("single", "adam 0.001")
+    assert "learned[per_tensor]" in groups
+    with pytest.raises(ValueError, match="Unknown"):
+        lopt_suite.optimizer_groups(["sgd"], [])
