@@ -8,11 +8,16 @@ config and meta-parameters round-trip.
 """
 
 import math
+import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_meta
+from keras_meta.optimizers import rule_kinds
+from keras_meta.optimizers import weights_io
 from keras_meta.rules import inner_loop
 from keras_meta.rules import normalized
 
@@ -168,3 +173,60 @@ def test_config_round_trip_and_errors():
         normalized.NormalizedConfig(init_lr=1.0)
     with pytest.raises(ValueError, match="weight_decay"):
         normalized.NormalizedMLPRule(CONFIG, weight_decay=-1.0)
+
+
+# ------------------------------- the Keras adapter and the weights file
+
+def test_keras_adapter_equals_the_pure_rule_bitwise():
+    params = {k: v.numpy() for k, v in _trained_like().items()}
+    rule_dict = rule_kinds.config_to_dict(CONFIG)
+    opt = keras_meta.LearnedOptimizer(weights=params, rule=rule_dict)
+    variables = [keras.Variable(v) for v in _values()]
+    grads_seq = [_grads(s) for s in range(4)]
+    for grads in grads_seq:
+        opt.apply(grads, variables)
+    rule = normalized.NormalizedMLPRule(CONFIG)
+    values = _values()
+    state = rule.init(values)
+    for step, grads in enumerate(grads_seq):
+        updates, state = rule.update(_tensors(params), grads, state, values,
+                                     step)
+        values = [v - (-u) for v, u in zip(values, updates)]
+    for variable, value in zip(variables, values):
+        np.testing.assert_array_equal(variable.numpy(), value.numpy())
+    for index, tensor_state in enumerate(state):
+        for key, tensor in tensor_state.items():
+            np.testing.assert_array_equal(opt._slots[key][index].numpy(),
+                                          tensor.numpy())
+
+
+def test_init_normalized_weights_and_provenance_round_trip(tmp_path):
+    opt = keras_meta.LearnedOptimizer(weights=weights_io.INIT_NORMALIZED)
+    assert opt.rule_config == CONFIG
+    for key, value in normalized.init_meta_params(CONFIG).items():
+        np.testing.assert_array_equal(opt.phi[key].numpy(), value)
+    path = os.path.join(tmp_path, "normalized.npz")
+    provenance = {"command": "python -m x --seed=3", "commit": "abc",
+                  "seed": 3, "validation": {"loss": 0.25}}
+    params = {k: v.numpy() for k, v in _trained_like().items()}
+    weights_io.save_phi(path, params, CONFIG, provenance=provenance)
+    loaded, config = weights_io.load_phi(path)
+    assert config == CONFIG
+    assert weights_io.load_provenance(path) == provenance
+    opt = keras_meta.LearnedOptimizer(weights=path)
+    for key, value in params.items():
+        np.testing.assert_array_equal(opt.phi[key].numpy(), value)
+        np.testing.assert_array_equal(loaded[key], value)
+    restored = keras_meta.LearnedOptimizer.from_config(opt.get_config())
+    assert restored.rule_config == CONFIG
+    # LSTM files keep their config's form (no rule_type), so old files and
+    # new ones read alike; provenance is optional for them too.
+    lstm_path = os.path.join(tmp_path, "lstm.npz")
+    phi, lstm_config = weights_io.load_phi(
+        weights_io.pretrained_path("per_tensor"))
+    weights_io.save_phi(lstm_path, phi, lstm_config)
+    assert weights_io.load_provenance(lstm_path) == {}
+    with np.load(lstm_path) as data:
+        assert "rule_type" not in str(data["__config__"])
+    with pytest.raises(ValueError, match="rule_type"):
+        rule_kinds.config_from_dict({"rule_type": "nope"})
