@@ -1,6 +1,7 @@
 """`apply_one` (one step for one tensor) and `NormalizedMLPRule`, the rule
 under the `keras_meta.rules.UpdateRule` contract."""
 
+import functools
 import math
 
 import tensorflow as tf
@@ -42,24 +43,36 @@ def step_size(meta_params, t, is_vector, config, dtype="float32"):
     return tf.exp(base + bound * tf.tanh(z / bound))
 
 
+def _dense(inputs, kernel, bias):
+    """`relu(inputs @ kernel + bias)` for a list of `[N]` tensors, one
+    output unit at a time: elementwise ops only, which XLA fuses into one
+    pass over the parameters (a `[N, hidden]` matmul would not be fused)."""
+    return [tf.nn.relu(bias[j] + tf.add_n([x * kernel[i, j]
+                                           for i, x in enumerate(inputs)]))
+            for j in range(kernel.shape[1])]
+
+
 def mlp_output(meta_params, features, tensor_feats, config):
-    """The MLP's output for `[N, num_parameter_features]` features: `[N]`.
+    """The MLP's output for the per-parameter features (a list of
+    `num_parameter_features` tensors of shape `[N]`): shape `[N]`.
 
     The per-tensor features enter the first layer as a bias, computed once
-    per tensor; the layers are matmuls over all parameters at once.
+    per tensor.
     """
-    dtype = features.dtype
+    dtype = features[0].dtype
 
     def get(name):
         return tf.cast(meta_params[name], dtype)
 
     bias = tf.linalg.matvec(get("mlp0/tensor_kernel"), tensor_feats,
                             transpose_a=True) + get("mlp0/bias")
-    hidden = tf.nn.relu(tf.matmul(features, get("mlp0/kernel")) + bias)
+    hidden = _dense(features, get("mlp0/kernel"), bias)
     for layer in range(1, config.num_layers):
-        hidden = tf.nn.relu(tf.matmul(hidden, get(f"mlp{layer}/kernel"))
-                            + get(f"mlp{layer}/bias"))
-    return tf.matmul(hidden, get("out/kernel"))[:, 0] + get("out/bias")[0]
+        hidden = _dense(hidden, get(f"mlp{layer}/kernel"),
+                        get(f"mlp{layer}/bias"))
+    kernel = get("out/kernel")
+    return get("out/bias")[0] + tf.add_n(
+        [h * kernel[j, 0] for j, h in enumerate(hidden)])
 
 
 def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
@@ -92,9 +105,8 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
     new_state["v"] = tf.reshape(v, shape)
     inv = 1.0 / (tf.sqrt(v * _bias_correction(b2, t)) + config.epsilon)
     adam = corrected[0] * inv
-    features = tf.stack(
-        [g * inv] + [m * inv for m in corrected]
-        + [tf.math.divide_no_nan(p, _rms(p))], axis=1)
+    features = ([g * inv] + [m * inv for m in corrected]
+                + [tf.math.divide_no_nan(p, _rms(p))])
     is_vector = len(grad.shape) <= 1
     tensor_feats = tensor_features(t, is_vector, config, dtype)
     direction = adam + config.output_scale * mlp_output(
@@ -104,6 +116,17 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
         direction = direction + weight_decay * p
     rate = step_size(meta_params, t, is_vector, config, dtype)
     return tf.reshape(-rate * direction, shape), new_state
+
+
+@functools.lru_cache(maxsize=None)
+def _step_function(config, weight_decay, jit_compile):
+    """One tensor's step for `config`, shared by every rule of that config
+    (so that each shape is compiled once per process)."""
+
+    def one(meta_params, grad, state, value):
+        return apply_one(meta_params, grad, state, value, config, weight_decay)
+
+    return tf.function(one, jit_compile=True) if jit_compile else one
 
 
 class NormalizedMLPRule(UpdateRule):
@@ -135,14 +158,23 @@ class NormalizedMLPRule(UpdateRule):
     Args:
         config: the `NormalizedConfig`.
         weight_decay: the decoupled weight-decay coefficient (>= 0).
+        jit_compile: run each tensor's step as one XLA-compiled function
+            (`tf.function(jit_compile=True)`), which fuses the MLP's
+            elementwise work into a pass or two over the parameters; False
+            runs the same ops uncompiled (many times slower on large
+            tensors), e.g. where a caller cannot nest a compiled function.
     """
 
-    def __init__(self, config=NormalizedConfig(), weight_decay=0.0):
+    def __init__(self, config=NormalizedConfig(), weight_decay=0.0,
+                 jit_compile=True):
         if not weight_decay >= 0.0:
             raise ValueError(
                 f"weight_decay must be >= 0, got {weight_decay!r}.")
         self.config = config
         self.weight_decay = float(weight_decay)
+        self.jit_compile = bool(jit_compile)
+        self._apply_one = _step_function(config, self.weight_decay,
+                                         self.jit_compile)
 
     def init(self, values):
         return [params.init_state(tf.convert_to_tensor(v), self.config)
@@ -159,10 +191,10 @@ class NormalizedMLPRule(UpdateRule):
             raise ValueError(
                 f"Got {len(grads)} gradients, {len(state)} states and "
                 f"{len(values)} values.")
-        results = [
-            apply_one(meta_params, g, s, tf.convert_to_tensor(v),
-                      self.config, self.weight_decay)
-            for g, s, v in zip(grads, state, values)]
+        meta_params, grads, state, values = tf.nest.map_structure(
+            tf.convert_to_tensor, (meta_params, grads, list(state), values))
+        results = [self._apply_one(meta_params, g, s, v)
+                   for g, s, v in zip(grads, state, values)]
         return [r[0] for r in results], [r[1] for r in results]
 
     def step_sizes(self, meta_params, state, values):
