@@ -27,6 +27,7 @@ from keras_meta import saving
 from keras_meta import signals
 from keras_meta.rules import baselines
 from keras_meta.meta import problems as problems_lib
+from keras_meta.meta import task_family
 from keras_meta.meta import trainer as trainer_lib
 from keras_meta.rules import lstm as lstm_rule
 from keras_meta.optimizers import weights_io
@@ -45,6 +46,16 @@ def build_problems(names):
     if not out:
         raise ValueError(f"No usable problem among {names}.")
     return out
+
+
+def build_tasks(config):
+    """The problems of `config.tasks` (a task distribution), or of
+    `config.problems` when it is None."""
+    if config.tasks is None:
+        return build_problems(config.problems)
+    if config.tasks == "small_omniglot":
+        return task_family.sample_tasks(config.seed, config.num_tasks)
+    raise ValueError(f"Unknown task distribution {config.tasks!r}.")
 
 
 def evaluate(rule, problems, steps, num_instances=2):
@@ -125,8 +136,10 @@ class _MetaTraining:
     def __init__(self, config, model_dir, strategy):
         self.config = config
         self.rule, phi0 = rule_config(config.rule, config.init_weights)
-        self.problems = build_problems(config.problems)
-        weights = config.problem_weights
+        self.problems = build_tasks(config)
+        self.eval_problems = self.problems[:config.eval_tasks]
+        self.eval_steps = config.eval_steps or config.horizon
+        weights = config.problem_weights if config.tasks is None else None
         if weights is not None:
             by_name = dict(zip(config.problems, weights))
             weights = [float(by_name[p.name]) for p in self.problems]
@@ -140,16 +153,19 @@ class _MetaTraining:
                          else config.jit_compile),
             seed=config.seed, problem_weights=weights,
             max_consecutive_skips=config.max_consecutive_skips,
-            strategy=strategy)
+            strategy=strategy, estimator=config.estimator,
+            num_particles=config.num_particles, sigma=config.sigma,
+            horizon_range=config.horizon_range,
+            vectorize=config.vectorize_pairs)
         self.model_dir = model_dir
         self.writer = tf.summary.create_file_writer(model_dir)
         self.paths = {"last": os.path.join(model_dir, "phi_last.npz"),
                       "best": os.path.join(model_dir, "phi_best.npz")}
         # Adam's curves once (they do not change).
         self.adam_curves = {}
-        for p in self.problems:
+        for p in self.eval_problems:
             adam = baselines.Adam(trainer_lib.adam_reference_lr(p))
-            self.adam_curves.update(evaluate(adam, [p], config.horizon)[1])
+            self.adam_curves.update(evaluate(adam, [p], self.eval_steps)[1])
         self.best = float("inf")
 
     def save_phi(self, which):
@@ -158,7 +174,8 @@ class _MetaTraining:
 
     def evaluate_and_log(self, step):
         learned = baselines.Learned(self.trainer.phi_numpy(), self.rule)
-        score, curves = evaluate(learned, self.problems, self.config.horizon)
+        score, curves = evaluate(learned, self.eval_problems,
+                                 self.eval_steps)
         with self.writer.as_default():
             tf.summary.scalar("eval/score_learned", score, step=step)
             for name, curve in curves.items():
@@ -259,6 +276,9 @@ class _MetaTraining:
             "problem_weights": self.problem_weights,
             "init_weights": c.init_weights, "second_order": c.second_order,
             "meta_loss": c.meta_loss, "jit_compile": self.trainer.jit_compile,
+            "estimator": c.estimator, "num_particles": c.num_particles,
+            "sigma": c.sigma, "horizon_range": c.horizon_range,
+            "tasks": c.tasks, "num_tasks": c.num_tasks,
             "final_eval_score": final, "best_eval_score": self.best,
             "skipped_meta_steps": self.trainer.skipped_meta_steps,
             "wall_seconds": wall,

@@ -2,6 +2,7 @@
 MetaTrainer with estimator="pes"."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,8 +12,11 @@ from keras_meta.meta import pes
 from keras_meta.meta import problems
 from keras_meta.meta import trainer
 from keras_meta.meta.truncated_step import truncated_step
-from keras_meta.rules import lstm as lstm_rule
 from keras_meta.rules.base import UpdateRule
+from keras_meta.optimizers import weights_io
+
+from examples.learned_optimizer import config as lopt_config
+from examples.learned_optimizer import train as lopt_train
 
 
 class HeavyBall(UpdateRule):
@@ -88,25 +92,30 @@ def _cosine(a, b):
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-def test_pes_matches_the_exact_gradient_over_several_truncations():
+@pytest.fixture(scope="module")
+def gradients():
+    """The exact gradient of the third truncation's meta-loss, and the
+    PES estimate of it with 64 pairs."""
     prob, inst = _quadratic()
     meta_values = _meta_values()
-    exact = _exact_gradient(meta_values, prob, inst, 3)
-    estimate = _pes_gradient(meta_values, prob, inst, 3, num_particles=64)
+    return (_exact_gradient(meta_values, prob, inst, 3),
+            _pes_gradient(meta_values, prob, inst, 3, num_particles=64))
+
+
+def test_pes_matches_the_exact_gradient_over_several_truncations(gradients):
+    exact, estimate = gradients
     assert _cosine(estimate, exact) > 0.95, (estimate, exact)
     np.testing.assert_allclose(np.linalg.norm(estimate),
                                np.linalg.norm(exact), rtol=0.3)
 
 
-def test_truncated_es_without_persistence_is_biased():
+def test_truncated_es_without_persistence_is_biased(gradients):
     # The same particles without the accumulated perturbation estimate
     # only the last truncation's partial derivative: visibly off the
     # total derivative that PES recovers.
+    exact, persistent = gradients
     prob, inst = _quadratic()
-    meta_values = _meta_values()
-    exact = _exact_gradient(meta_values, prob, inst, 3)
-    persistent = _pes_gradient(meta_values, prob, inst, 3, 64)
-    truncated = _pes_gradient(meta_values, prob, inst, 3, 64,
+    truncated = _pes_gradient(_meta_values(), prob, inst, 3, 64,
                               persistent=False)
     error = lambda g: np.linalg.norm(np.subtract(g, exact))  # noqa: E731
     assert error(truncated) > 3 * error(persistent), (truncated, persistent,
@@ -189,8 +198,7 @@ def _small_problems():
 
 
 def _pes_trainer(probs, **kwargs):
-    cfg = lstm_rule.RuleConfig(hidden_size=4, num_layers=1)
-    return trainer.MetaTrainer(probs, config=cfg, unroll=3, horizon=9,
+    return trainer.MetaTrainer(probs, rule=HeavyBall(), unroll=3, horizon=9,
                                meta_lr=1e-2, seed=5, estimator="pes",
                                num_particles=3, horizon_range=(3, 12),
                                **kwargs)
@@ -205,8 +213,8 @@ def test_checkpoint_resume_is_bitwise():
     info = json.loads(json.dumps(info))  # what a checkpoint keeps
     assert any(k.startswith("pes/2/accum/") for k in arrays)
     full_logs = [full.meta_step()["objective"] for _ in range(3)]
-    resumed = _pes_trainer(probs, phi=lstm_rule.init_phi(
-        lstm_rule.RuleConfig(hidden_size=4, num_layers=1), seed=99))
+    resumed = _pes_trainer(probs, phi={"beta": np.array(1.0),
+                                       "log_lr": np.array(-1.0)})
     resumed.set_state(arrays, info)
     logs = [resumed.meta_step()["objective"] for _ in range(3)]
     assert logs == full_logs
@@ -215,6 +223,27 @@ def test_checkpoint_resume_is_bitwise():
     assert sorted(a[0]) == sorted(b[0])
     for k in a[0]:
         np.testing.assert_array_equal(a[0][k], b[0][k], err_msg=k)
+
+
+def test_example_resume_from_a_checkpoint_is_bitwise(tmp_path):
+    # The LSTM rule (its state a list of dicts) through the example's
+    # checkpoint files.
+    def run(name, meta_steps, **kwargs):
+        return lopt_train.run(lopt_config.Config(
+            problems=("quadratic",), unroll=5, horizon=10,
+            meta_steps=meta_steps, meta_lr=1e-2, model_dir=str(tmp_path / name),
+            rule={"hidden_size": 4, "num_layers": 1}, eval_every=0,
+            checkpoint_every=3, verbose=0, estimator="pes", num_particles=2,
+            horizon_range=(5, 15), eval_steps=5, **kwargs))
+
+    whole = run("whole", 7)
+    run("split", 4)  # checkpoint at 3, mid-run for the particles
+    resumed = run("split", 7, resume=True)
+    assert whole["estimator"] == resumed["estimator"] == "pes"
+    a, b = [weights_io.load_phi(os.path.join(tmp_path, d, "phi_last.npz"))[0]
+            for d in ("whole", "split")]
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_pes_meta_training_lowers_the_meta_loss():
