@@ -80,6 +80,10 @@ class Config:
     vectorize_pairs: bool = option(
         False, "--estimator=pes: run each pair's two runs as one batched "
         "program (tf.vectorized_map).")
+    meta_objective: str = option(
+        "train", "--estimator=pes: meta-loss of the training losses, or of "
+        "the loss on held-out examples at each truncation's end (needs "
+        "--tasks).", choices=("train", "validation"))
     tasks: str | None = option(
         None, "A task distribution instead of --problems: small_omniglot "
         "(keras_meta.meta.task_family: 8x8/14x14 Omniglot of the training "

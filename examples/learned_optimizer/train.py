@@ -156,7 +156,8 @@ class _MetaTraining:
             strategy=strategy, estimator=config.estimator,
             num_particles=config.num_particles, sigma=config.sigma,
             horizon_range=config.horizon_range,
-            vectorize=config.vectorize_pairs)
+            vectorize=config.vectorize_pairs,
+            meta_objective=config.meta_objective)
         self.model_dir = model_dir
         self.writer = tf.summary.create_file_writer(model_dir)
         self.paths = {"last": os.path.join(model_dir, "phi_last.npz"),
@@ -279,6 +280,7 @@ class _MetaTraining:
             "estimator": c.estimator, "num_particles": c.num_particles,
             "sigma": c.sigma, "horizon_range": c.horizon_range,
             "tasks": c.tasks, "num_tasks": c.num_tasks,
+            "meta_objective": c.meta_objective,
             "final_eval_score": final, "best_eval_score": self.best,
             "skipped_meta_steps": self.trainer.skipped_meta_steps,
             "wall_seconds": wall,

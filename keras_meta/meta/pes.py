@@ -29,7 +29,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_meta import nonfinite
+from keras_meta.meta.truncated_step import objective as loss_objective
 from keras_meta.meta.truncated_step import truncated_step
+
+META_OBJECTIVES = ("train", "validation")
 
 # Minibatch seeds of a run: its seed plus this times the truncation's end.
 BATCH_SEED_STRIDE = 7919
@@ -81,12 +84,21 @@ class PersistentES:
         vectorize: run the positive and negative runs of a pair as one
             batched program (`tf.vectorized_map`) instead of two copies of
             the graph.
+        meta_objective: `"train"`: the meta-loss of the truncation's
+            training losses (`truncated_step`); `"validation"`: of the
+            loss on held-out examples at the truncation's final
+            parameters, `problem.validation_loss(params, task, batch)` on
+            its last minibatch (problems without it are refused).
     """
 
     def __init__(self, rule, keys, unroll, sigma=0.01, meta_loss="log",
-                 jit_compile=False, vectorize=False):
+                 jit_compile=False, vectorize=False, meta_objective="train"):
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0, got {sigma}.")
+        if meta_objective not in META_OBJECTIVES:
+            raise ValueError(f"meta_objective must be one of "
+                             f"{META_OBJECTIVES}, got {meta_objective!r}.")
+        self.meta_objective = meta_objective
         self.rule, self.keys = rule, list(keys)
         self.unroll, self.sigma = unroll, float(sigma)
         self.meta_loss, self.jit_compile = meta_loss, jit_compile
@@ -99,7 +111,12 @@ class PersistentES:
         out = truncated_step(self.rule, meta_params, problem, params, state,
                              task, batches, self.unroll, second_order=False,
                              meta_loss=self.meta_loss)
-        return out["objective"], out["losses"], out["params"], out["state"]
+        objective = out["objective"]
+        if self.meta_objective == "validation":
+            last = tf.nest.map_structure(lambda b: b[self.unroll], batches)
+            objective = loss_objective(tf.reshape(problem.validation_loss(
+                out["params"], task, last), [1]), self.meta_loss)
+        return objective, out["losses"], out["params"], out["state"]
 
     def pair_fn(self, problem):
         """`fn(meta_values, eps, pos, neg, task, batches) -> (objectives,
@@ -109,6 +126,11 @@ class PersistentES:
         key = id(problem)
         if key in self._fns:
             return self._fns[key]
+        if self.meta_objective == "validation" and not hasattr(
+                problem, "validation_loss"):
+            raise ValueError(
+                f"meta_objective='validation' needs problems with held-out "
+                f"examples (validation_loss); {problem.name!r} has none.")
 
         def looped(meta_values, eps, pos, neg, task, batches):
             plus = [m + e for m, e in zip(meta_values, eps)]

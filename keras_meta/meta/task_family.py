@@ -11,6 +11,11 @@ training alphabets only (every alphabet of the offline subset but
   * dense autoencoders of random widths and depths reconstructing the
     characters (mean per-pixel sigmoid cross-entropy).
 
+Each character's first `TRAIN_DRAWINGS` drawings are the training
+examples; the rest are validation examples, seen only by
+`validation_loss` (a meta-objective on held-out data:
+`MetaTrainer(..., meta_objective="validation")`).
+
 `sample_tasks(seed, count)` draws `count` architectures (each a
 `problems.Problem` with fixed shapes, so a compiled truncation per
 architecture is reused by every instance of it); the batch size is part
@@ -49,6 +54,8 @@ WIDTHS = (16, 32, 64, 128)
 FILTERS = (4, 8, 16, 32)
 BATCH_SIZES = (16, 32, 64, 128)
 CLASS_COUNTS = (5, 10, 20)
+# Drawings 0..14 of each character train; 15..19 are validation examples.
+TRAIN_DRAWINGS = 15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,9 +125,12 @@ class AugmentedProblem(problems_lib.Problem):
     """A Keras model on character images, with per-instance augmentation.
 
     `loss(params, task, batch)` is `loss_scale * f(model with weights
-    s_i * params_i)`; `task` is `(scales, loss_scale)` as tensors.
-    Subclasses define `_data_task(rng)`, `_batch(task, n, rng)` and
-    `_unscaled_loss(outputs, batch)`.
+    s_i * params_i)` on the minibatch's training examples (drawings
+    `0..TRAIN_DRAWINGS-1` of each character); `validation_loss` the same
+    on its validation examples (the other drawings, never trained on);
+    `task` is `(scales, loss_scale)` as tensors. Subclasses define
+    `_data_task(rng)`, `_batch(task, n, rng, drawings)` (one part of a
+    minibatch, a tuple) and `_unscaled_loss(outputs, part)`.
 
     Args:
         model: a built Keras model without non-trainable variables.
@@ -161,21 +171,33 @@ class AugmentedProblem(problems_lib.Problem):
                 tf.constant(task["loss_scale"], self.dtype))
 
     def batches(self, instance, n, seed):
+        """`(training part, validation part)`, each a tuple of arrays
+        with `n` minibatches on the leading axis."""
         rng = np.random.default_rng(seed)
-        return tuple(tf.constant(b) for b in self._batch(
-            instance.task["data"], n, rng))
+        drawings = self.images.shape[1]
+        parts = (np.arange(TRAIN_DRAWINGS),
+                 np.arange(TRAIN_DRAWINGS, drawings))
+        return tuple(tuple(tf.constant(b) for b in self._batch(
+            instance.task["data"], n, rng, d)) for d in parts)
 
-    def loss(self, params, task, batch):
+    def _part_loss(self, params, task, part):
         scales, loss_scale = task
         weights = [s * p for s, p in zip(scales, params)]
-        outputs, _ = self.model.stateless_call(weights, [], batch[0],
+        outputs, _ = self.model.stateless_call(weights, [], part[0],
                                                training=True)
-        return loss_scale * self._unscaled_loss(outputs, batch)
+        return loss_scale * self._unscaled_loss(outputs, part)
+
+    def loss(self, params, task, batch):
+        return self._part_loss(params, task, batch[0])
+
+    def validation_loss(self, params, task, batch):
+        """The loss on the minibatch's validation examples."""
+        return self._part_loss(params, task, batch[1])
 
     def _data_task(self, rng):
         raise NotImplementedError
 
-    def _batch(self, data_task, n, rng):
+    def _batch(self, data_task, n, rng, drawings):
         raise NotImplementedError
 
     def _unscaled_loss(self, outputs, batch):
@@ -194,9 +216,9 @@ class ClassificationProblem(AugmentedProblem):
     def _data_task(self, rng):
         return rng.choice(len(self.images), self.num_classes, replace=False)
 
-    def _batch(self, data_task, n, rng):
+    def _batch(self, data_task, n, rng, drawings):
         cls = rng.integers(0, self.num_classes, size=(n, self.batch_size))
-        idx = rng.integers(0, self.images.shape[1], size=cls.shape)
+        idx = rng.choice(drawings, size=cls.shape)
         x = self.images[np.asarray(data_task)[cls], idx]
         return x.astype(self.dtype), cls.astype("int32")
 
@@ -213,9 +235,9 @@ class AutoencoderProblem(AugmentedProblem):
         return rng.choice(len(self.images), min(50, len(self.images)),
                           replace=False)
 
-    def _batch(self, data_task, n, rng):
+    def _batch(self, data_task, n, rng, drawings):
         cls = rng.choice(np.asarray(data_task), size=(n, self.batch_size))
-        idx = rng.integers(0, self.images.shape[1], size=cls.shape)
+        idx = rng.choice(drawings, size=cls.shape)
         x = self.images[cls, idx].astype(self.dtype)
         return (x,)
 

@@ -111,6 +111,8 @@ class MetaTrainer:
         horizon_range: PES: optional `(low, high)` steps; each new run
             draws its horizon among the multiples of `unroll` there.
         vectorize: PES: batch each pair's two runs (`tf.vectorized_map`).
+        meta_objective: PES: `"train"` or `"validation"` (held-out
+            examples; see `pes.PersistentES`).
     """
 
     def __init__(self, problems, config=lstm.RuleConfig(), phi=None,
@@ -119,7 +121,7 @@ class MetaTrainer:
                  seed=0, dtype="float32", problem_weights=None,
                  max_consecutive_skips=20, strategy=None, rule=None,
                  estimator="tbptt", num_particles=8, sigma=0.01,
-                 horizon_range=None, vectorize=False):
+                 horizon_range=None, vectorize=False, meta_objective="train"):
         if horizon % unroll:
             raise ValueError(
                 f"horizon ({horizon}) must be a multiple of unroll ({unroll})."
@@ -155,7 +157,7 @@ class MetaTrainer:
         if estimator == "pes":
             self.estimator = pes.PersistentES(
                 self.rule, sorted(self.phi), unroll, sigma, meta_loss,
-                self.jit_compile, vectorize)
+                self.jit_compile, vectorize, meta_objective)
             self._particles = pes.ParticleRuns(
                 self.estimator, num_particles, horizon, horizon_range)
         else:

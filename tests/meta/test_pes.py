@@ -271,3 +271,8 @@ def test_bad_arguments_are_refused():
         trainer.MetaTrainer([prob], rule=UpdateRule())
     with pytest.raises(ValueError, match="sigma"):
         pes.PersistentES(HeavyBall(), KEYS, 5, sigma=0.0)
+    with pytest.raises(ValueError, match="meta_objective must be"):
+        pes.PersistentES(HeavyBall(), KEYS, 5, meta_objective="test")
+    with pytest.raises(ValueError, match="has none"):
+        pes.PersistentES(HeavyBall(), KEYS, 5,
+                         meta_objective="validation").pair_fn(prob)

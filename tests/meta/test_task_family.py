@@ -21,7 +21,8 @@ def test_each_kind_builds_with_finite_loss_and_gradients(kind, size):
                                 + str(size))
     inst = prob.sample(3)
     batches = prob.batches(inst, 2, 0)
-    assert batches[0].shape[:3] == (2, prob.batch_size, size)
+    for part in batches:  # training and validation examples
+        assert part[0].shape[:3] == (2, prob.batch_size, size)
     batch = tf.nest.map_structure(lambda b: b[0], batches)
     params = list(inst.params)
     with tf.GradientTape() as tape:
@@ -29,6 +30,8 @@ def test_each_kind_builds_with_finite_loss_and_gradients(kind, size):
         loss = prob.loss(params, prob.task_tensors(inst), batch)
     grads = tape.gradient(loss, params)
     assert np.isfinite(float(loss)) and float(loss) > 0
+    validation = prob.validation_loss(params, prob.task_tensors(inst), batch)
+    assert np.isfinite(float(validation)) and float(validation) != float(loss)
     assert all(np.all(np.isfinite(g)) for g in grads)
     assert any(float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
 
@@ -56,6 +59,29 @@ def test_augmentation_scales_loss_and_reparameterizes_weights():
     np.testing.assert_allclose(
         float(prob.loss(inst.params, (scales, loss_scale), batch)),
         float(loss_scale) * float(expected), rtol=1e-5)
+
+
+def test_validation_examples_are_drawings_never_trained_on():
+    prob = task_family.make_task("mlp", 8, np.random.default_rng(0),
+                                 directory=NO_DATA)
+    inst = prob.sample(0)
+    (x, y), (x_val, y_val) = prob.batches(inst, 3, 1)
+    images = prob.images[np.asarray(inst.task["data"])]  # [classes, 20, ...]
+    flat = lambda a: a.numpy().reshape(-1, 64)  # noqa: E731
+
+    def drawing_index(examples, labels):
+        found = []
+        for e, c in zip(flat(examples), labels.numpy().ravel()):
+            same = np.all(images[c].reshape(20, 64) == e, axis=1)
+            found.append(set(np.flatnonzero(same)))
+        return found
+
+    # (Synthetic drawings of a class can coincide; ask only that each
+    # example is one of the right drawings.)
+    assert all(i & set(range(task_family.TRAIN_DRAWINGS))
+               for i in drawing_index(x, y))
+    assert all(i & set(range(task_family.TRAIN_DRAWINGS, 20))
+               for i in drawing_index(x_val, y_val))
 
 
 def test_same_seed_same_tasks_and_synthetic_fallback():
@@ -108,7 +134,7 @@ def test_pes_meta_step_on_the_task_family():
                                      sizes=(8,), directory=NO_DATA)
     mt = trainer.MetaTrainer(probs, rule=SignRate(), unroll=2, horizon=4,
                              estimator="pes", num_particles=2, seed=0,
-                             vectorize=True)
+                             vectorize=True, meta_objective="validation")
     logs = [mt.meta_step() for _ in range(2)]
     assert all(l["applied"] and l["finite_particles"] == 2 for l in logs)
     assert all(np.isfinite(l["objective"]) for l in logs)
