@@ -12,7 +12,8 @@ run). The estimate of truncation k is
     g = mean over particles of  xi * (L+_k - L-_k) / (2 sigma^2)
 
 where `L+-_k` are the meta-losses of the two runs' k-th truncations
-(`truncated_step.objective`). Since the runs carry their parameters and
+(`truncated_step.objective`; each truncation runs as
+`forward_truncation`). Since the runs carry their parameters and
 rule state across truncations, `xi` is the total perturbation that the
 k-th truncation's losses depend on, and `g` is an unbiased estimate of the
 derivative of the (Gaussian-smoothed) k-th truncation's meta-loss with
@@ -30,7 +31,7 @@ import tensorflow as tf
 
 from keras_meta import nonfinite
 from keras_meta.meta.truncated_step import objective as loss_objective
-from keras_meta.meta.truncated_step import truncated_step
+from keras_meta.rules import inner_loop
 
 META_OBJECTIVES = ("train", "validation")
 
@@ -41,6 +42,40 @@ BATCH_SEED_STRIDE = 7919
 def batch_seed(run_seed, step):
     """The minibatch seed of the truncation of a run starting at `step`."""
     return run_seed + BATCH_SEED_STRIDE * (step + 1)
+
+
+def forward_truncation(rule, meta_params, problem, params, state, task,
+                       batches, unroll, meta_loss="log"):
+    """`truncated_step` without meta-gradients, as a `tf.while_loop`.
+
+    The same steps and losses as `truncated_step(..., second_order=False)`
+    (each step is `inner_loop.unroll` of one step, at `first_step` = the
+    step's index), but a compiled truncation holds one copy of the step
+    whatever `unroll` is, so it traces in about the time of one step.
+    Nothing is differentiated with respect to `meta_params`.
+
+    Returns:
+        `(objective, losses, params, state)`; `losses` are
+        f(theta_t) for t = 1..unroll.
+    """
+    def loss_fn(values, step):
+        batch = tf.nest.map_structure(lambda b: b[step], batches)
+        return problem.loss(values, task, batch)
+
+    def body(i, values, state, losses):
+        values, state, step_losses = inner_loop.unroll(
+            rule, meta_params, values, lambda v, _: loss_fn(v, i), 1,
+            state=state, second_order=False, first_step=i)
+        return i + 1, values, state, losses.write(i, step_losses[0])
+
+    dtype = params[0].dtype
+    _, params, state, losses = tf.while_loop(
+        lambda i, *_: i < unroll, body,
+        (tf.constant(0), list(params), state,
+         tf.TensorArray(dtype, size=unroll)))
+    final = tf.reshape(tf.cast(loss_fn(params, unroll), dtype), [1])
+    losses = tf.concat([losses.stack()[1:], final], 0)
+    return loss_objective(losses, meta_loss), losses, params, state
 
 
 class Particle:
@@ -108,15 +143,14 @@ class PersistentES:
     def _one_run(self, problem, meta_values, params, state, task, batches):
         meta_params = dict(zip(self.keys,
                                [tf.stop_gradient(v) for v in meta_values]))
-        out = truncated_step(self.rule, meta_params, problem, params, state,
-                             task, batches, self.unroll, second_order=False,
-                             meta_loss=self.meta_loss)
-        objective = out["objective"]
+        objective, losses, params, state = forward_truncation(
+            self.rule, meta_params, problem, params, state, task, batches,
+            self.unroll, self.meta_loss)
         if self.meta_objective == "validation":
             last = tf.nest.map_structure(lambda b: b[self.unroll], batches)
             objective = loss_objective(tf.reshape(problem.validation_loss(
-                out["params"], task, last), [1]), self.meta_loss)
-        return objective, out["losses"], out["params"], out["state"]
+                params, task, last), [1]), self.meta_loss)
+        return objective, losses, params, state
 
     def pair_fn(self, problem):
         """`fn(meta_values, eps, pos, neg, task, batches) -> (objectives,

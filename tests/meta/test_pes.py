@@ -12,6 +12,7 @@ from keras_meta.meta import pes
 from keras_meta.meta import problems
 from keras_meta.meta import trainer
 from keras_meta.meta.truncated_step import truncated_step
+from keras_meta.rules import lstm as lstm_rule
 from keras_meta.rules.base import UpdateRule
 from keras_meta.optimizers import weights_io
 
@@ -120,6 +121,28 @@ def test_truncated_es_without_persistence_is_biased(gradients):
     error = lambda g: np.linalg.norm(np.subtract(g, exact))  # noqa: E731
     assert error(truncated) > 3 * error(persistent), (truncated, persistent,
                                                       exact)
+
+
+def test_forward_truncation_is_the_truncated_step():
+    prob = _small_problems()[1]
+    inst = prob.sample(0)
+    cfg = lstm_rule.RuleConfig(hidden_size=4, num_layers=1,
+                               granularity="tensor")
+    rule = lstm_rule.LSTMRule(cfg)
+    phi = {k: tf.constant(v) for k, v in lstm_rule.init_phi(cfg, 1).items()}
+    params = list(inst.params)
+    batches = prob.batches(inst, 6, 0)
+    task = prob.task_tensors(inst)
+    ref = truncated_step(rule, phi, prob, params, rule.init(params), task,
+                         batches, 5)
+    out = tf.function(pes.forward_truncation, autograph=False)(
+        rule, phi, prob, params, rule.init(params), task, batches, 5)
+    np.testing.assert_allclose(out[0], ref["objective"], rtol=1e-6)
+    np.testing.assert_allclose(out[1], ref["losses"], rtol=1e-6)
+    for a, b in zip(out[2], ref["params"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(tf.nest.flatten(out[3]), tf.nest.flatten(ref["state"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_antithetic_pairs_are_symmetric():
