@@ -45,14 +45,16 @@ def batch_seed(run_seed, step):
 
 
 def forward_truncation(rule, meta_params, problem, params, state, task,
-                       batches, unroll, meta_loss="log"):
+                       batches, unroll, meta_loss="log", first_step=0):
     """`truncated_step` without meta-gradients, as a `tf.while_loop`.
 
     The same steps and losses as `truncated_step(..., second_order=False)`
-    (each step is `inner_loop.unroll` of one step, at `first_step` = the
-    step's index), but a compiled truncation holds one copy of the step
-    whatever `unroll` is, so it traces in about the time of one step.
-    Nothing is differentiated with respect to `meta_params`.
+    (each step is `inner_loop.unroll` of one step), but a compiled
+    truncation holds one copy of the step whatever `unroll` is, so it
+    traces in about the time of one step. Nothing is differentiated with
+    respect to `meta_params`. The rule sees step indices `first_step + i`
+    (PES passes the run's step count, so a rule that reads `step` sees its
+    place in the whole run).
 
     Returns:
         `(objective, losses, params, state)`; `losses` are
@@ -65,7 +67,7 @@ def forward_truncation(rule, meta_params, problem, params, state, task,
     def body(i, values, state, losses):
         values, state, step_losses = inner_loop.unroll(
             rule, meta_params, values, lambda v, _: loss_fn(v, i), 1,
-            state=state, second_order=False, first_step=i)
+            state=state, second_order=False, first_step=first_step + i)
         return i + 1, values, state, losses.write(i, step_losses[0])
 
     dtype = params[0].dtype
@@ -140,12 +142,13 @@ class PersistentES:
         self.vectorize = vectorize
         self._fns = {}
 
-    def _one_run(self, problem, meta_values, params, state, task, batches):
+    def _one_run(self, problem, meta_values, params, state, task, batches,
+                 first_step):
         meta_params = dict(zip(self.keys,
                                [tf.stop_gradient(v) for v in meta_values]))
         objective, losses, params, state = forward_truncation(
             self.rule, meta_params, problem, params, state, task, batches,
-            self.unroll, self.meta_loss)
+            self.unroll, self.meta_loss, first_step)
         if self.meta_objective == "validation":
             last = tf.nest.map_structure(lambda b: b[self.unroll], batches)
             objective = loss_objective(tf.reshape(problem.validation_loss(
@@ -153,8 +156,9 @@ class PersistentES:
         return objective, losses, params, state
 
     def pair_fn(self, problem):
-        """`fn(meta_values, eps, pos, neg, task, batches) -> (objectives,
-        losses, pos, neg)`: one truncation of both runs of a pair;
+        """`fn(meta_values, eps, pos, neg, task, batches, first_step) ->
+        (objectives, losses, pos, neg)`: one truncation of both runs of a
+        pair, whose runs have taken `first_step` steps (an int tensor);
         `objectives` has shape [2] (positive, negative), `losses`
         [2, unroll], `pos` and `neg` the new `(params, state)`."""
         key = id(problem)
@@ -166,15 +170,17 @@ class PersistentES:
                 f"meta_objective='validation' needs problems with held-out "
                 f"examples (validation_loss); {problem.name!r} has none.")
 
-        def looped(meta_values, eps, pos, neg, task, batches):
+        def looped(meta_values, eps, pos, neg, task, batches, first_step):
             plus = [m + e for m, e in zip(meta_values, eps)]
             minus = [m - e for m, e in zip(meta_values, eps)]
-            a = self._one_run(problem, plus, *pos, task, batches)
-            b = self._one_run(problem, minus, *neg, task, batches)
+            a = self._one_run(problem, plus, *pos, task, batches, first_step)
+            b = self._one_run(problem, minus, *neg, task, batches,
+                              first_step)
             return (tf.stack([a[0], b[0]]), tf.stack([a[1], b[1]]),
                     (a[2], a[3]), (b[2], b[3]))
 
-        def vectorized(meta_values, eps, pos, neg, task, batches):
+        def vectorized(meta_values, eps, pos, neg, task, batches,
+                       first_step):
             signs = tf.constant([1.0, -1.0], meta_values[0].dtype)
             meta = [m + tf.reshape(signs, [2] + [1] * len(e.shape)) * e
                     for m, e in zip(meta_values, eps)]
@@ -182,7 +188,8 @@ class PersistentES:
                                          pos, neg)
             obj, losses, params, state = tf.vectorized_map(
                 lambda args: self._one_run(problem, args[0], *args[1], task,
-                                           batches), (meta, runs))
+                                           batches, first_step),
+                (meta, runs))
             split = lambda i: tf.nest.map_structure(  # noqa: E731
                 lambda t: t[i], (params, state))
             return obj, losses, split(0), split(1)
@@ -214,7 +221,8 @@ class PersistentES:
                                   batch_seed(particle.seed, particle.step))
         objectives, losses, pos, neg = self.pair_fn(problem)(
             meta_values, eps, particle.pos, particle.neg,
-            problem.task_tensors(particle.instance), batches)
+            problem.task_tensors(particle.instance), batches,
+            tf.constant(particle.step, tf.int32))
         finite = not int(nonfinite.first_nonfinite([losses, objectives]))
         out = {"objectives": objectives.numpy(), "losses": losses.numpy(),
                "finite": finite, "grad": None}

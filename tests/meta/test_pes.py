@@ -145,6 +145,20 @@ def test_forward_truncation_is_the_truncated_step():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+class AddStep(UpdateRule):
+    def update(self, meta_params, grads, state, values, step):
+        return [tf.fill(tf.shape(v), tf.cast(step, v.dtype))
+                for v in values], state
+
+
+def test_forward_truncation_passes_the_runs_step_count():
+    prob, inst = _quadratic()
+    out = pes.forward_truncation(
+        AddStep(), {}, prob, [tf.zeros_like(inst.params[0])], (), inst.task,
+        prob.batches(inst, 3, 0), 2, first_step=tf.constant(5))
+    np.testing.assert_array_equal(out[2][0], 11.0)  # 5 + 6
+
+
 def test_antithetic_pairs_are_symmetric():
     prob, inst = _quadratic()
     estimator = pes.PersistentES(HeavyBall(), KEYS, UNROLL, sigma=0.1)
@@ -153,16 +167,17 @@ def test_antithetic_pairs_are_symmetric():
     run = (list(inst.params), HeavyBall().init(list(inst.params)))
     batches = prob.batches(inst, UNROLL + 1, 0)
     fn = estimator.pair_fn(prob)
+    zero_step = tf.constant(0)
     obj, losses, pos, neg = fn(meta_values, eps, run, run, inst.task,
-                               batches)
+                               batches, zero_step)
     flipped = fn(meta_values, [-e for e in eps], run, run, inst.task,
-                 batches)
+                 batches, zero_step)
     np.testing.assert_array_equal(flipped[0].numpy(), obj.numpy()[::-1])
     np.testing.assert_array_equal(flipped[1].numpy(), losses.numpy()[::-1])
     assert obj[0] != obj[1]
     # Zero perturbation: both runs are the unperturbed rule.
     zero = fn(meta_values, [tf.zeros_like(e) for e in eps], run, run,
-              inst.task, batches)
+              inst.task, batches, zero_step)
     assert zero[0][0] == zero[0][1]
     np.testing.assert_array_equal(zero[2][0][0], zero[3][0][0])
 
@@ -178,7 +193,7 @@ def test_vectorized_pairs_match_looped_pairs():
         run = (list(inst.params), HeavyBall().init(list(inst.params)))
         outs.append(estimator.pair_fn(prob)(
             meta_values, eps, run, run, inst.task,
-            prob.batches(inst, UNROLL + 1, 0)))
+            prob.batches(inst, UNROLL + 1, 0), tf.constant(0)))
     np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-12)
     np.testing.assert_allclose(outs[0][2][0][0], outs[1][2][0][0],
                                rtol=1e-12)
