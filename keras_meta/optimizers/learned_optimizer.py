@@ -1,10 +1,12 @@
-"""`LearnedOptimizer`: the meta-trained LSTM update rule as a Keras optimizer.
+"""`LearnedOptimizer`: a meta-trained update rule as a Keras optimizer.
 
-A thin Keras adapter over `keras_meta.rules.lstm.LSTMRule`: phi are
-optimizer variables, the rule's per-tensor state lives in slots shaped by
-`LSTMRule.state_shapes`, and `update_step` calls `LSTMRule.update` for one
-variable, scales the update by `learning_rate` and applies it unless it is
-not finite (`keras_meta.nonfinite`).
+A thin Keras adapter over any rule of `rule_kinds` (an `UpdateRule` that
+offers `init`, `update` and `state_shapes`: `rules.lstm.LSTMRule`,
+`rules.normalized.NormalizedMLPRule`), picked by the weights' config:
+phi are optimizer variables, the rule's per-tensor state lives in slots
+shaped by `state_shapes`, and `update_step` calls the rule's `update` for
+one variable, scales the update by `learning_rate` and applies it unless it
+is not finite (`keras_meta.nonfinite`).
 """
 
 import os
@@ -18,6 +20,7 @@ from tensorflow.python.ops import control_flow_util
 
 from keras_meta import nonfinite
 from keras_meta import saving
+from keras_meta.optimizers import rule_kinds
 from keras_meta.optimizers import weights_io
 from keras_meta.rules import lstm
 
@@ -27,9 +30,24 @@ def _in_xla_context():
     return control_flow_util.GraphOrParentsInXlaContext(graph)
 
 
+def _dense_gradient(gradient, variable):
+    """The gradient as a dense tensor. `tf.IndexedSlices` (an `Embedding`'s
+    sparse gradient) are summed into rows as `tf.convert_to_tensor` does,
+    also where their indices or dense shape are Python tuples."""
+    if not isinstance(gradient, tf.IndexedSlices):
+        return ops.convert_to_tensor(gradient)
+    if gradient.dense_shape is not None:
+        rows = tf.convert_to_tensor(gradient.dense_shape)[0]
+    else:
+        rows = tf.shape(variable)[0]
+    return tf.math.unsorted_segment_sum(
+        tf.convert_to_tensor(gradient.values),
+        tf.convert_to_tensor(gradient.indices), rows)
+
+
 @keras.saving.register_keras_serializable(package="keras_meta")
 class LearnedOptimizer(keras.optimizers.Optimizer):
-    """Optimizer whose update rule is a meta-trained LSTM.
+    """Optimizer whose update rule is meta-trained (an LSTM, or an MLP).
 
     The default rule (`weights="per_tensor"`) runs one small LSTM step per
     variable (2 layers of 20 units, weights shared by all variables, each
@@ -49,6 +67,22 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     tuning. phi are optimizer variables: they are saved in `.keras` files,
     together with the per-variable LSTM states, and are never changed by
     `fit`.
+
+    `weights="init_normalized"` is the normalized MLP rule
+    (`keras_meta.rules.normalized`), untrained: a small per-parameter MLP
+    over scale-free Adam-like features adds to Adam's direction, the sum is
+    RMS-normalized per tensor at every step and scaled by a bounded step
+    size that follows a learned schedule; untrained, it is Adam's direction
+    normalized per tensor at step size 1e-3, the start of its meta-training.
+
+    `weight_decay` with the normalized rule is decoupled weight decay in
+    AdamW's meaning, scaled by the rule's actual step: each step does
+    `p <- p - learning_rate * lr_t * (d + weight_decay * p)`, `lr_t` the
+    rule's step size for that tensor and step, `d` its normalized direction
+    (so `weight_decay=0.01` means what it means in `AdamW`). With the LSTM
+    rules it is Keras's generic decay, `p <- p - learning_rate *
+    weight_decay * p` before the step. `exclude_from_weight_decay` applies
+    to both.
 
     A gradient or update that is not finite never reaches the weights: the
     step is skipped for that variable (its state is left unchanged too),
@@ -73,12 +107,16 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             `.npz` file written by `keras_meta.optimizers.weights_io.save_phi`
             or `examples/train_learned_optimizer.py`; a dict of arrays
             (`{name: array}` matching `rules.lstm.phi_shapes(rule)`, then
-            `rule` is required); or `"init"` for an untrained rule drawn with
-            `seed` (for meta-training and tests).
-        rule: Optional dict of `rules.lstm.RuleConfig` fields. Taken from the
-            weights file when `weights` is a path or `None`; if also given it
-            must agree with the file.
-        seed: Seed of the random phi when `weights="init"`.
+            `rule` is required); `"init"` for an untrained rule drawn with
+            `seed` (for meta-training and tests; the LSTM unless `rule`
+            names another kind); or `"init_normalized"` for the untrained
+            normalized MLP rule.
+        rule: Optional config dict of the rule (`optimizers.rule_kinds`:
+            the fields of `rules.lstm.RuleConfig`, or of another kind's
+            config with its `"rule_type"`, e.g. `"normalized_mlp"`). Taken
+            from the weights file when `weights` is a path or `None`; if
+            also given it must agree with the file.
+        seed: Seed of the random phi of an untrained rule.
         {{base_optimizer_keyword_args}}
 
     Example:
@@ -113,7 +151,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         ema_overwrite_frequency=None,
         loss_scale_factor=None,
         gradient_accumulation_steps=None,
-        name="learned_optimizer",
+        name=None,
         **kwargs,
     ):
         if isinstance(learning_rate, (int, float)) and not (
@@ -142,10 +180,22 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self.seed = seed
         phi_values, self._rule_config = weights_io.resolve(
             weights, rule, seed)
-        self._rule = lstm.LSTMRule(self._rule_config)
-        self._phi_keys = sorted(phi_values)
-        self._phi = {}
-        for key in self._phi_keys:
+        self._decays_in_rule = rule_kinds.decays_in_rule(self._rule_config)
+        self._rule = rule_kinds.make_rule(
+            self._rule_config,
+            (weight_decay or 0.0) if self._decays_in_rule else 0.0)
+        # The same rule without decay, for excluded variables.
+        self._rule_no_decay = rule_kinds.make_rule(self._rule_config)
+        self._phi = self._phi_variables(phi_values)
+        self._nonfinite_count = self.add_variable(
+            shape=(), initializer="zeros", dtype="int64",
+            name="nonfinite_count",
+        )
+
+    def _phi_variables(self, phi_values):
+        """phi as optimizer variables, in sorted order of their names."""
+        phi = {}
+        for key in sorted(phi_values):
             var = self.add_variable(
                 shape=phi_values[key].shape,
                 initializer="zeros",
@@ -153,15 +203,13 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                 name="phi_" + key.replace("/", "_"),
             )
             var.assign(phi_values[key])
-            self._phi[key] = var
-        self._nonfinite_count = self.add_variable(
-            shape=(), initializer="zeros", dtype="int64",
-            name="nonfinite_count",
-        )
+            phi[key] = var
+        return phi
 
     @property
     def rule_config(self):
-        """The `rules.lstm.RuleConfig` of this optimizer's phi."""
+        """The rule config of this optimizer's phi (`rules.lstm.RuleConfig`
+        or `rules.normalized.NormalizedConfig`)."""
         return self._rule_config
 
     @property
@@ -192,17 +240,21 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         """Current per-variable step sizes of a per-tensor rule.
 
         Returns:
-            dict `{variable path: step size}`: `learning_rate *
-            exp(log_lr + offset)` of each variable, the rate that scales
-            Adam's direction in its next step (before the LSTM's one-step
-            output `o_1`). Before the first step every variable has
-            `learning_rate * exp(log_lr)`.
+            dict `{variable path: step size}`. Per-tensor LSTM rule:
+            `learning_rate * exp(log_lr + offset)` of each variable, the
+            rate that scales Adam's direction in its next step (before the
+            LSTM's one-step output `o_1`); before the first step every
+            variable has `learning_rate * exp(log_lr)`. Normalized rule:
+            `learning_rate` times the rule's step size for the variable's
+            next step (the RMS of the step, without weight decay).
 
         Raises:
             ValueError: for a coordinatewise rule (its step sizes are per
                 coordinate), or if the optimizer is not built yet.
         """
-        if self._rule_config.granularity != "tensor":
+        if self._decays_in_rule and self.built:
+            return self._rule_step_sizes()
+        if getattr(self._rule_config, "granularity", None) != "tensor":
             raise ValueError(
                 "step_sizes() needs a per-tensor rule (e.g. the default "
                 "weights='per_tensor'); this optimizer's rule is "
@@ -219,10 +271,21 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                                    self._slots["log_lr"])
         }
 
+    def _rule_step_sizes(self):
+        phi = {k: ops.convert_to_tensor(v) for k, v in self._phi.items()}
+        states = [{key: ops.convert_to_tensor(self._slots[key][i])
+                   for key in self._state_keys}
+                  for i in range(len(self._trainable_variables))]
+        sizes = self._rule.step_sizes(phi, states, self._trainable_variables)
+        multiplier = float(ops.convert_to_numpy(self.learning_rate))
+        return {var.path: multiplier * float(size)
+                for var, size in zip(self._trainable_variables, sizes)}
+
     def build(self, var_list):
         """Creates the per-variable state slots.
 
-        For a variable of shape `S`: LSTM hidden and cell states of shape
+        For a variable of shape `S`, the rule's `state_shapes(S)`; e.g. a
+        coordinatewise LSTM's hidden and cell states of shape
         `S + (num_layers * hidden_size,)`, first and second moments of shape
         `S`, and a scalar step count.
 
@@ -236,7 +299,12 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             -2, tf.int64, "last_nonfinite_step")
         self._consecutive_nonfinite = saving.unsaved_counter(
             0, tf.int64, "consecutive_nonfinite")
-        self._state_keys = lstm.state_keys(self._rule_config)
+        self._state_keys = tuple(self._rule.state_shapes(()))
+        # What the non-finite check reads besides the update.
+        self._checked_keys = (("m", "v") if isinstance(self._rule,
+                                                     lstm.LSTMRule)
+                              else self._state_keys)
+        tag = "lstm" if isinstance(self._rule, lstm.LSTMRule) else "rule"
         self._slots = {k: [] for k in self._state_keys}
         for var in var_list:
             shapes = self._rule.state_shapes(var.shape)
@@ -250,7 +318,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                         shape=shapes[key],
                         initializer="zeros",
                         dtype=var.dtype,
-                        name=f"{prefix}_lstm_{key}",
+                        name=f"{prefix}_{tag}_{key}",
                     )
                 )
 
@@ -259,20 +327,24 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         dtype = variable.dtype
         index = self._get_variable_index(variable)
         lr = ops.cast(learning_rate, dtype)
-        gradient = ops.cast(ops.convert_to_tensor(gradient), dtype)
+        gradient = ops.cast(_dense_gradient(gradient, variable), dtype)
         state = {
             key: ops.convert_to_tensor(self._slots[key][index])
             for key in self._state_keys
         }
         phi = {k: ops.convert_to_tensor(v) for k, v in self._phi.items()}
-        updates, new_states = self._rule.update(
+        rule = self._rule
+        if self._decays_in_rule and not self._use_weight_decay(variable):
+            rule = self._rule_no_decay
+        updates, new_states = rule.update(
             phi, [gradient], [state], [variable], self.iterations)
         update, new_state = updates[0] * lr, new_states[0]
         if "dx" in new_state:
             # The "momentum" rule measures curvature against the step
             # actually taken.
             new_state["dx"] = update
-        ok = nonfinite.all_finite([update, new_state["m"], new_state["v"]])
+        ok = nonfinite.all_finite(
+            [update] + [new_state[key] for key in self._checked_keys])
         self.assign_add(variable, nonfinite.keep_if_finite(
             ok, update, ops.zeros_like(update)))
         kept = nonfinite.keep_if_finite(ok, new_state, state)
@@ -283,6 +355,11 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self.assign_add(self._nonfinite_count,
                         ops.cast(ops.logical_not(ok), "int64"))
         self._count_nonfinite_step(ops.logical_not(ok))
+
+    def _apply_weight_decay(self, variables):
+        # A rule that decays by its own step size does it in update_step.
+        if not self._decays_in_rule:
+            super()._apply_weight_decay(variables)
 
     def _warn_first_skip(self, ok, variable):
         """Prints a warning at the first skipped update (outside XLA)."""
@@ -326,7 +403,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         config.update(
             {
                 "weights": weights,
-                "rule": self._rule_config.to_dict(),
+                "rule": rule_kinds.config_to_dict(self._rule_config),
                 "seed": self.seed,
             }
         )

@@ -1,8 +1,9 @@
 """Reading and writing learned-optimizer meta-parameters (`.npz` files).
 
-A phi file is a NumPy `.npz` archive holding one array per key of
-`lstm.phi_shapes(config)` plus `__config__`, a JSON string with the
-`RuleConfig` the arrays were trained for.
+A phi file is a NumPy `.npz` archive holding one array per
+meta-parameter of its rule plus `__config__`, a JSON string with the rule's
+config (`rule_kinds`: the config's fields, `rule_type` unless the rule is
+the LSTM, and optionally `provenance`, how the file was made).
 """
 
 import json
@@ -11,7 +12,9 @@ import os
 import numpy as np
 
 from keras_meta import saving
+from keras_meta.optimizers import rule_kinds
 from keras_meta.rules import lstm
+from keras_meta.rules import normalized
 
 CONFIG_KEY = "__config__"
 PRETRAINED_DIR = os.path.join(
@@ -35,6 +38,10 @@ PRETRAINED = {
     "quadratic": "quadratic_lstm_phi.npz",
 }
 DEFAULT_PRETRAINED = "per_tensor"
+# `weights=` names of untrained rules: "init" (the `rule` given, else the
+# LSTM) and the normalized MLP rule (Adam's direction normalized per tensor).
+INIT = "init"
+INIT_NORMALIZED = "init_normalized"
 
 
 def pretrained_path(name=DEFAULT_PRETRAINED):
@@ -59,11 +66,17 @@ def pretrained_for_rule(config):
 PRETRAINED_PATH = pretrained_path()
 
 
-def save_phi(path, phi, config):
-    """Writes `phi` (dict of arrays or tensors) and `config` to `path`."""
+def save_phi(path, phi, config, provenance=None):
+    """Writes `phi` (dict of arrays or tensors) and `config` to `path`.
+
+    `provenance`: optional JSON-serializable dict stored in the file's
+    config (e.g. command, commit, seed, validation numbers);
+    `load_provenance` reads it back.
+    """
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in phi.items()}
     validate_phi(arrays, config, source=path)
-    arrays[CONFIG_KEY] = np.array(json.dumps(config.to_dict()))
+    arrays[CONFIG_KEY] = np.array(json.dumps(
+        rule_kinds.config_to_dict(config, provenance)))
 
     def write(temporary):
         with open(temporary, "wb") as f:
@@ -75,7 +88,7 @@ def save_phi(path, phi, config):
 
 def validate_phi(phi, config, source="phi"):
     """Raises ValueError unless `phi` has exactly the arrays `config` needs."""
-    expected = lstm.phi_shapes(config)
+    expected = rule_kinds.meta_param_shapes(config)
     missing = sorted(set(expected) - set(phi))
     extra = sorted(set(phi) - set(expected))
     if missing or extra:
@@ -137,7 +150,7 @@ def load_phi(path):
             "keras_meta.optimizers.weights_io.save_phi."
         )
     try:
-        config = lstm.RuleConfig.from_dict(
+        config = rule_kinds.config_from_dict(
             json.loads(str(arrays.pop(CONFIG_KEY)))
         )
     except (ValueError, TypeError) as e:
@@ -149,6 +162,22 @@ def load_phi(path):
     return {k: v.astype(np.float32) for k, v in arrays.items()}, config
 
 
+def load_provenance(path):
+    """The `provenance` dict stored in the phi file `path` ({} if none)."""
+    with np.load(os.fspath(path), allow_pickle=False) as data:
+        config = json.loads(str(data[CONFIG_KEY]))
+    return config.get(rule_kinds.PROVENANCE_KEY, {})
+
+
+def _init(weights, rule_cfg, seed):
+    """`(phi, config)` of the untrained rule `weights` names."""
+    cfg = rule_cfg or lstm.RuleConfig()
+    if weights == INIT_NORMALIZED and not isinstance(
+            rule_cfg, normalized.NormalizedConfig):
+        cfg = normalized.NormalizedConfig()
+    return rule_kinds.init_meta_params(cfg, seed=seed), cfg
+
+
 def resolve(weights, rule=None, seed=0):
     """The phi and `RuleConfig` that `LearnedOptimizer(weights, rule, seed)`
     names.
@@ -156,19 +185,21 @@ def resolve(weights, rule=None, seed=0):
     Args:
         weights: None (the shipped default, or the shipped weights trained
             for `rule`), a key of `PRETRAINED`, a path to an `.npz`, a dict
-            of arrays (then `rule` is required), or `"init"` (drawn with
-            `seed`).
-        rule: None or a dict of `RuleConfig` fields; if given with a file,
-            it must agree with the file's.
+            of arrays (then `rule` is required), `"init"` (`rule`'s rule,
+            by default the LSTM's, drawn with `seed`) or `"init_normalized"`
+            (the untrained normalized MLP rule: Adam's direction,
+            normalized per tensor; `rule`'s config if it is one).
+        rule: None or a config dict (`rule_kinds`: a config's fields, with
+            `rule_type` for rules other than the LSTM); if given with a
+            file, it must agree with the file's.
         seed: seed of `"init"` weights.
 
     Returns:
-        `(phi, config)`: a dict of float32 arrays and its `RuleConfig`.
+        `(phi, config)`: a dict of float32 arrays and its rule config.
     """
-    rule_cfg = lstm.RuleConfig.from_dict(rule) if rule is not None else None
-    if isinstance(weights, str) and weights == "init":
-        cfg = rule_cfg or lstm.RuleConfig()
-        return lstm.init_phi(cfg, seed=seed), cfg
+    rule_cfg = rule_kinds.config_from_dict(rule) if rule is not None else None
+    if isinstance(weights, str) and weights in (INIT, INIT_NORMALIZED):
+        return _init(weights, rule_cfg, seed)
     if isinstance(weights, dict):
         if rule_cfg is None:
             raise ValueError(

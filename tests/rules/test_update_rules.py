@@ -21,6 +21,7 @@ from keras_meta.maml.inner_rules import InnerSGD
 from keras_meta.rules import baselines
 from keras_meta.rules import inner_loop
 from keras_meta.rules import lstm
+from keras_meta.rules import normalized
 
 SHAPES = [(3, 2), (2,)]
 TARGETS = [np.linspace(-1.0, 1.0, 6).reshape(3, 2), np.array([0.5, -0.8])]
@@ -78,6 +79,14 @@ def _learned():
     return baselines.Learned(phi, config), ()
 
 
+def _normalized():
+    config = normalized.NormalizedConfig(init_lr=0.1)
+    params = normalized.init_meta_params(config, seed=1)
+    params["out/kernel"] += 0.1  # the MLP matters
+    return (normalized.NormalizedMLPRule(config, weight_decay=0.01),
+            {k: tf.constant(v) for k, v in params.items()})
+
+
 CASES = {
     "inner_sgd": lambda: _inner(InnerSGD()),
     "inner_meta_sgd": lambda: _inner(InnerSGD("per_parameter")),
@@ -97,6 +106,7 @@ CASES = {
     "lstm_tensor_horizon": lambda: _lstm(
         granularity="tensor", hyper_horizon=10.0, hyper_down_fraction=0.5,
         min_offset=-1.0, max_offset=1.0),
+    "normalized_mlp": lambda: _normalized(),
 }
 
 

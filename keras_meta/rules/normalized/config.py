@@ -1,0 +1,93 @@
+"""`NormalizedConfig`: the architecture of the normalized MLP rule (not its
+values)."""
+
+import dataclasses
+import math
+
+# The `rule_type` a weights file's config names this rule by.
+RULE_TYPE = "normalized_mlp"
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizedConfig:
+    """Architecture of `NormalizedMLPRule` (not its trained values).
+
+    Attributes:
+        hidden_size: units per hidden layer of the per-parameter MLP.
+        num_layers: hidden layers of the MLP (>= 1).
+        momentum_decays: decays of the first-moment averages kept per
+            parameter; the first is Adam's `beta_1` (the nominal direction
+            `m_hat / (sqrt(v_hat) + eps)` uses it), all are MLP features.
+        beta_2: decay of the second-moment average.
+        epsilon: added to `sqrt(v_hat)`.
+        progress_timescales: `tau` of the training-progress features
+            `tanh(t / tau)` (`t` the number of steps taken, no total needed).
+        init_lr: the base step size `exp(log_lr)` of `init_meta_params`.
+        output_scale: scale of the MLP's output added to Adam's direction.
+        lr_range: `(low, high)` bounds of the base step size `exp(log_lr)`.
+        max_schedule_offset: bound of the learned schedule's log offset: the
+            step size stays within `exp(+-max_schedule_offset)` of the base.
+    """
+
+    hidden_size: int = 8
+    num_layers: int = 1
+    momentum_decays: tuple = (0.9, 0.99, 0.999)
+    beta_2: float = 0.999
+    epsilon: float = 1e-8
+    progress_timescales: tuple = (10.0, 100.0, 1000.0, 10000.0)
+    init_lr: float = 1e-3
+    output_scale: float = 1.0
+    lr_range: tuple = (1e-6, 1e-1)
+    max_schedule_offset: float = math.log(100.0)
+
+    def __post_init__(self):
+        for name in ("momentum_decays", "progress_timescales", "lr_range"):
+            object.__setattr__(self, name,
+                               tuple(float(x) for x in getattr(self, name)))
+        if self.hidden_size < 1 or self.num_layers < 1:
+            raise ValueError(
+                "hidden_size and num_layers must be positive, got "
+                f"{self.hidden_size} and {self.num_layers}.")
+        decays = self.momentum_decays + (self.beta_2,)
+        if not self.momentum_decays or not all(0.0 <= d < 1.0 for d in decays):
+            raise ValueError(
+                "momentum_decays (at least one) and beta_2 must be in [0, 1); "
+                f"got {self.momentum_decays} and {self.beta_2}.")
+        if not all(tau > 0 for tau in self.progress_timescales):
+            raise ValueError("progress_timescales must be positive, got "
+                             f"{self.progress_timescales}.")
+        low, high = self.lr_range
+        if not (len(self.lr_range) == 2 and 0 < low <= self.init_lr <= high):
+            raise ValueError(
+                "Need lr_range = (low, high) with 0 < low <= init_lr <= high; "
+                f"got lr_range={self.lr_range}, init_lr={self.init_lr}.")
+        if not self.max_schedule_offset > 0:
+            raise ValueError("max_schedule_offset must be > 0, got "
+                             f"{self.max_schedule_offset}.")
+
+    @property
+    def num_parameter_features(self):
+        """Per-parameter MLP inputs: g, each momentum (over sqrt(v_hat)),
+        and the parameter over its tensor's RMS."""
+        return len(self.momentum_decays) + 2
+
+    @property
+    def num_tensor_features(self):
+        """Per-tensor inputs: the progress features and a vector flag."""
+        return len(self.progress_timescales) + 1
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        for name in ("momentum_decays", "progress_timescales", "lr_range"):
+            d[name] = list(d[name])
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(
+                f"Unknown NormalizedConfig fields {sorted(unknown)}; expected "
+                f"a subset of {sorted(known)}.")
+        return cls(**d)

@@ -1,0 +1,80 @@
+"""The normalized rule's meta-parameters and per-tensor state: shapes and
+initial values."""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from keras_meta.rules.normalized.config import NormalizedConfig
+
+
+def meta_param_shapes(config=NormalizedConfig()):
+    """Returns `{name: shape}` of every meta-parameter for `config`.
+
+    - `mlp{i}/kernel`, `mlp{i}/bias`: hidden layer `i` of the per-parameter
+      MLP; layer 0's kernel reads the per-parameter features, and
+      `mlp0/tensor_kernel` the per-tensor features (a per-tensor bias).
+    - `out/kernel`, `out/bias`: the MLP's output (one value per parameter).
+    - `log_lr`: the log base step size.
+    - `schedule/kernel`, `schedule/bias`: the log step-size offset, a linear
+      function of the per-tensor features.
+    """
+    h = config.hidden_size
+    shapes = {
+        "mlp0/kernel": (config.num_parameter_features, h),
+        "mlp0/tensor_kernel": (config.num_tensor_features, h),
+        "mlp0/bias": (h,),
+    }
+    for layer in range(1, config.num_layers):
+        shapes[f"mlp{layer}/kernel"] = (h, h)
+        shapes[f"mlp{layer}/bias"] = (h,)
+    shapes.update({
+        "out/kernel": (h, 1),
+        "out/bias": (1,),
+        "log_lr": (),
+        "schedule/kernel": (config.num_tensor_features,),
+        "schedule/bias": (),
+    })
+    return shapes
+
+
+def init_meta_params(config=NormalizedConfig(), seed=0, dtype="float32"):
+    """Initial meta-parameters as a dict of numpy arrays.
+
+    Hidden kernels are Glorot-uniform (drawn with `seed`), everything else
+    zero except `log_lr = log(init_lr)`: the MLP's output and the schedule
+    are zero, so the rule is Adam's direction, normalized per tensor, at
+    step size `init_lr`.
+    """
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in meta_param_shapes(config).items():
+        if name.startswith("mlp") and "kernel" in name:
+            limit = math.sqrt(6.0 / (shape[0] + shape[1]))
+            params[name] = rng.uniform(-limit, limit, size=shape)
+        elif name == "log_lr":
+            params[name] = np.array(math.log(config.init_lr))
+        else:
+            params[name] = np.zeros(shape)
+    return {k: np.asarray(v, dtype) for k, v in params.items()}
+
+
+def state_keys(config=NormalizedConfig()):
+    """The keys of one tensor's state, in a fixed order: `m0`, `m1`, ...
+    (one per momentum decay), `v`, `t`."""
+    return tuple(f"m{i}" for i in range(len(config.momentum_decays))) + (
+        "v", "t")
+
+
+def state_shapes(shape, config=NormalizedConfig()):
+    """`{key: shape}` of one tensor's state: the momenta and `v` shaped
+    like the tensor, the step count `t` a scalar."""
+    shape = tuple(shape)
+    return {key: (() if key == "t" else shape) for key in state_keys(config)}
+
+
+def init_state(value, config=NormalizedConfig()):
+    """Zero state for the tensor `value` (its shape and dtype)."""
+    return {key: tf.zeros(s, value.dtype)
+            for key, s in state_shapes(value.shape, config).items()}

@@ -1,0 +1,172 @@
+"""`apply_one` (one step for one tensor) and `NormalizedMLPRule`, the rule
+under the `keras_meta.rules.UpdateRule` contract."""
+
+import math
+
+import tensorflow as tf
+
+from keras_meta.rules.base import UpdateRule
+from keras_meta.rules.normalized import params
+from keras_meta.rules.normalized.config import NormalizedConfig
+
+
+def _bias_correction(decay, t):
+    """`1 / (1 - decay ** t)`, with `decay ** t` as `exp(t log decay)`."""
+    if decay == 0.0:
+        return tf.ones_like(t)
+    return 1.0 / (1.0 - tf.exp(t * math.log(decay)))
+
+
+def _rms(x):
+    return tf.sqrt(tf.reduce_mean(tf.square(x)))
+
+
+def tensor_features(t, is_vector, config, dtype):
+    """The per-tensor features after `t` steps: `tanh(t / tau)` for each
+    progress timescale, then 1 for vectors (biases, scales), 0 for kernels."""
+    t = tf.cast(t, dtype)
+    progress = [tf.tanh(t / tau) for tau in config.progress_timescales]
+    return tf.stack(progress + [tf.constant(float(is_vector), dtype)])
+
+
+def step_size(meta_params, t, is_vector, config, dtype="float32"):
+    """The step size of a tensor's `t`-th step (1-based):
+    `exp(clip(log_lr) + B tanh(schedule(features) / B))`, within `lr_range`
+    and `B = max_schedule_offset` of it."""
+    feats = tensor_features(t, is_vector, config, dtype)
+    low, high = (math.log(x) for x in config.lr_range)
+    base = tf.clip_by_value(tf.cast(meta_params["log_lr"], dtype), low, high)
+    z = tf.reduce_sum(feats * tf.cast(meta_params["schedule/kernel"], dtype))
+    z = z + tf.cast(meta_params["schedule/bias"], dtype)
+    bound = config.max_schedule_offset
+    return tf.exp(base + bound * tf.tanh(z / bound))
+
+
+def mlp_output(meta_params, features, tensor_feats, config):
+    """The MLP's output for `[N, num_parameter_features]` features: `[N]`.
+
+    The per-tensor features enter the first layer as a bias, computed once
+    per tensor; the layers are matmuls over all parameters at once.
+    """
+    dtype = features.dtype
+
+    def get(name):
+        return tf.cast(meta_params[name], dtype)
+
+    bias = tf.linalg.matvec(get("mlp0/tensor_kernel"), tensor_feats,
+                            transpose_a=True) + get("mlp0/bias")
+    hidden = tf.nn.relu(tf.matmul(features, get("mlp0/kernel")) + bias)
+    for layer in range(1, config.num_layers):
+        hidden = tf.nn.relu(tf.matmul(hidden, get(f"mlp{layer}/kernel"))
+                            + get(f"mlp{layer}/bias"))
+    return tf.matmul(hidden, get("out/kernel"))[:, 0] + get("out/bias")[0]
+
+
+def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
+    """One step of the rule for one tensor.
+
+    Args:
+        meta_params: the meta-parameter dict (`params.meta_param_shapes`).
+        grad: the gradient tensor.
+        state: its state dict (`params.state_shapes`).
+        value: the parameter tensor.
+        config: the `NormalizedConfig`.
+        weight_decay: the decoupled weight-decay coefficient.
+
+    Returns:
+        `(update, new_state)`, `update` shaped like `grad`.
+    """
+    dtype = grad.dtype
+    shape = tf.shape(grad)
+    g = tf.reshape(grad, (-1,))
+    p = tf.reshape(tf.cast(value, dtype), (-1,))
+    t = state["t"] + 1.0
+    new_state = {"t": t}
+    corrected = []
+    for i, decay in enumerate(config.momentum_decays):
+        m = decay * tf.reshape(state[f"m{i}"], (-1,)) + (1.0 - decay) * g
+        new_state[f"m{i}"] = tf.reshape(m, shape)
+        corrected.append(m * _bias_correction(decay, t))
+    b2 = config.beta_2
+    v = b2 * tf.reshape(state["v"], (-1,)) + (1.0 - b2) * tf.square(g)
+    new_state["v"] = tf.reshape(v, shape)
+    inv = 1.0 / (tf.sqrt(v * _bias_correction(b2, t)) + config.epsilon)
+    adam = corrected[0] * inv
+    features = tf.stack(
+        [g * inv] + [m * inv for m in corrected]
+        + [tf.math.divide_no_nan(p, _rms(p))], axis=1)
+    is_vector = len(grad.shape) <= 1
+    tensor_feats = tensor_features(t, is_vector, config, dtype)
+    direction = adam + config.output_scale * mlp_output(
+        meta_params, features, tensor_feats, config)
+    direction = tf.math.divide_no_nan(direction, _rms(direction))
+    if weight_decay:
+        direction = direction + weight_decay * p
+    rate = step_size(meta_params, t, is_vector, config, dtype)
+    return tf.reshape(-rate * direction, shape), new_state
+
+
+class NormalizedMLPRule(UpdateRule):
+    """A per-parameter MLP over Adam-like, scale-free features whose
+    direction is normalized per tensor at every step (Celo2-style).
+
+    For each tensor, with `t` the steps taken (from the state, not `step`):
+
+        m_i     = EMA_{decay_i}(g), v = EMA_{beta_2}(g^2), bias-corrected
+        feats   = [g, m_0, m_1, ...] / (sqrt(v_hat) + eps), p / rms(p)
+        d       = m_0_hat / (sqrt(v_hat) + eps)
+                  + output_scale * MLP(feats; tanh(t / tau), is_vector)
+        d       = d / rms(d)                       (over the tensor)
+        lr_t    = exp(clip(log_lr, lr_range)
+                      + B tanh(schedule(tanh(t / tau), is_vector) / B))
+        update  = -lr_t * (d + weight_decay * p)
+
+    With the MLP's output layer and the schedule at zero (as
+    `init_meta_params` makes them) the rule is Adam's direction,
+    RMS-normalized per tensor, at step size `exp(log_lr)`. Every feature,
+    hence the update, is invariant to the scale of the loss (up to `eps`).
+    Weight decay is decoupled (AdamW's meaning) and scales with the rule's
+    actual step size `lr_t`. State per parameter: one float per momentum
+    decay and `v`.
+
+    `meta_params` is a dict of tensors (`params.meta_param_shapes(config)`);
+    the state is a list of per-tensor dicts (`params.state_shapes`).
+
+    Args:
+        config: the `NormalizedConfig`.
+        weight_decay: the decoupled weight-decay coefficient (>= 0).
+    """
+
+    def __init__(self, config=NormalizedConfig(), weight_decay=0.0):
+        if not weight_decay >= 0.0:
+            raise ValueError(
+                f"weight_decay must be >= 0, got {weight_decay!r}.")
+        self.config = config
+        self.weight_decay = float(weight_decay)
+
+    def init(self, values):
+        return [params.init_state(tf.convert_to_tensor(v), self.config)
+                for v in values]
+
+    def state_shapes(self, shape):
+        """`{key: shape}` of one tensor's state (`params.state_shapes`)."""
+        return params.state_shapes(shape, self.config)
+
+    def update(self, meta_params, grads, state, values, step):
+        del step
+        grads, values = list(grads), list(values)
+        if not len(grads) == len(state) == len(values):
+            raise ValueError(
+                f"Got {len(grads)} gradients, {len(state)} states and "
+                f"{len(values)} values.")
+        results = [
+            apply_one(meta_params, g, s, tf.convert_to_tensor(v),
+                      self.config, self.weight_decay)
+            for g, s, v in zip(grads, state, values)]
+        return [r[0] for r in results], [r[1] for r in results]
+
+    def step_sizes(self, meta_params, state, values):
+        """The step size of each tensor's next step (a list of scalars)."""
+        return [step_size(meta_params, s["t"] + 1.0, len(v.shape) <= 1,
+                          self.config, s["t"].dtype)
+                for s, v in zip(state, values)]

@@ -1,0 +1,232 @@
+"""The normalized MLP rule (`keras_meta.rules.normalized`), checked by hand.
+
+The contract suite (tests/rules/test_update_rules.py) covers shapes,
+purity, the inner loop and the non-finite policy; here: the untrained rule
+is per-tensor RMS-normalized Adam, the update is invariant to the loss
+scale, the schedule and weight decay mean what the docstring says, and the
+config and meta-parameters round-trip.
+"""
+
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_meta
+from keras_meta.optimizers import rule_kinds
+from keras_meta.optimizers import weights_io
+from keras_meta.rules import inner_loop
+from keras_meta.rules import normalized
+
+CONFIG = normalized.NormalizedConfig()
+SHAPES = [(4, 3), (3,)]
+
+
+def _tensors(arrays):
+    return {k: tf.constant(v) for k, v in arrays.items()}
+
+
+def _values(seed=0):
+    rng = np.random.default_rng(seed)
+    return [tf.constant(rng.normal(size=s), "float32") for s in SHAPES]
+
+
+def _grads(seed):
+    rng = np.random.default_rng(seed)
+    return [tf.constant(rng.normal(size=s) * 10.0 ** rng.integers(-3, 3, s),
+                        "float32") for s in SHAPES]
+
+
+def _normalized_adam(grads_seq, lr, b1=0.9, b2=0.999, eps=1e-8):
+    """Per-tensor RMS-normalized Adam, in NumPy float64."""
+    updates = []
+    m = [np.zeros(s) for s in SHAPES]
+    v = [np.zeros(s) for s in SHAPES]
+    for t, grads in enumerate(grads_seq, start=1):
+        step = []
+        for i, g in enumerate(grads):
+            g = np.asarray(g, np.float64)
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            d = (m[i] / (1 - b1 ** t)) / (np.sqrt(v[i] / (1 - b2 ** t)) + eps)
+            step.append(-lr * d / np.sqrt(np.mean(d * d)))
+        updates.append(step)
+    return updates
+
+
+def _steps(rule, params, grads_seq, values=None):
+    values = values or _values()
+    state = rule.init(values)
+    out = []
+    for step, grads in enumerate(grads_seq):
+        updates, state = rule.update(params, grads, state, values, step)
+        values = [v + u for v, u in zip(values, updates)]
+        out.append(updates)
+    return out, state
+
+
+def test_untrained_rule_is_normalized_adam_on_two_steps():
+    rule = normalized.NormalizedMLPRule(CONFIG)
+    params = _tensors(normalized.init_meta_params(CONFIG, seed=3))
+    grads_seq = [_grads(1), _grads(2)]
+    got, state = _steps(rule, params, grads_seq)
+    expected = _normalized_adam(grads_seq, CONFIG.init_lr)
+    for got_step, exp_step in zip(got, expected):
+        for a, b in zip(got_step, exp_step):
+            np.testing.assert_allclose(a.numpy(), b, rtol=2e-5)
+            # RMS-normalized: every tensor's step has RMS init_lr.
+            assert np.sqrt(np.mean(a.numpy() ** 2)) == pytest.approx(
+                CONFIG.init_lr, rel=1e-5)
+    assert float(state[0]["t"]) == 2.0
+    assert sorted(state[0]) == ["m0", "m1", "m2", "t", "v"]
+
+
+def _trained_like(seed=0):
+    """Meta-parameters with a non-zero MLP output and schedule."""
+    params = normalized.init_meta_params(CONFIG, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    for key in ("out/kernel", "out/bias", "schedule/kernel"):
+        params[key] = rng.normal(0.0, 0.5, params[key].shape).astype("float32")
+    return _tensors(params)
+
+
+def test_update_is_invariant_to_the_loss_scale():
+    rule = normalized.NormalizedMLPRule(CONFIG, weight_decay=0.1)
+    params = _trained_like()
+    grads_seq = [_grads(s) for s in range(4)]
+    base, _ = _steps(rule, params, grads_seq)
+    scaled, _ = _steps(rule, params,
+                       [[g * 1000.0 for g in grads] for grads in grads_seq])
+    for a_step, b_step in zip(base, scaled):
+        for a, b in zip(a_step, b_step):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4,
+                                       atol=1e-9)
+
+
+def test_weight_decay_is_decoupled_and_scales_with_the_step():
+    values = _values()
+    params = _trained_like(2)
+    grads = [_grads(5)]
+    plain, state = _steps(normalized.NormalizedMLPRule(CONFIG), params,
+                          grads, values)
+    decayed, _ = _steps(normalized.NormalizedMLPRule(CONFIG, 0.25), params,
+                        grads, values)
+    rates = normalized.NormalizedMLPRule(CONFIG).step_sizes(
+        params, [{"t": s["t"] - 1.0} for s in state], values)
+    for a, b, rate, value in zip(plain[0], decayed[0], rates, values):
+        # p <- p - lr_t * (d + wd * p): the decay is wd times the step size
+        # actually taken, and does not pass through the normalization.
+        np.testing.assert_allclose((b - a).numpy(),
+                                   -float(rate) * 0.25 * value.numpy(),
+                                   rtol=1e-5, atol=1e-10)
+
+
+def test_schedule_is_bounded_and_learned():
+    params = normalized.init_meta_params(CONFIG)
+    params["schedule/kernel"][:] = 0.0
+    params["schedule/kernel"][1] = -100.0   # tanh(t / 100): a decay
+    params = _tensors(params)
+    early = float(normalized.step_size(params, 1.0, False, CONFIG))
+    late = float(normalized.step_size(params, 1e4, False, CONFIG))
+    assert early < CONFIG.init_lr
+    assert late == pytest.approx(
+        CONFIG.init_lr * math.exp(-CONFIG.max_schedule_offset), rel=1e-4)
+    params["log_lr"] = tf.constant(50.0)
+    assert float(normalized.step_size(params, 1.0, True, CONFIG)) <= (
+        CONFIG.lr_range[1] * 1.0001 * math.exp(CONFIG.max_schedule_offset))
+
+
+def test_unroll_and_meta_gradients_reach_every_meta_parameter():
+    rule = normalized.NormalizedMLPRule(CONFIG)
+    params = _trained_like()
+    targets = _grads(9)
+
+    def loss_fn(values, step):
+        del step
+        return tf.add_n([tf.reduce_sum(tf.square(v - t))
+                         for v, t in zip(values, targets)])
+
+    with tf.GradientTape() as tape:
+        tape.watch(list(params.values()))
+        values, _, _ = inner_loop.unroll(rule, params, _values(), loss_fn, 3)
+        loss = loss_fn(values, 0)
+    grads = tape.gradient(loss, params)
+    for key, grad in grads.items():
+        assert grad is not None and np.all(np.isfinite(grad.numpy())), key
+    assert float(tf.abs(grads["out/kernel"]).numpy().max()) > 0
+
+
+def test_config_round_trip_and_errors():
+    config = normalized.NormalizedConfig(hidden_size=4, num_layers=2,
+                                         momentum_decays=[0.9, 0.99])
+    assert normalized.NormalizedConfig.from_dict(config.to_dict()) == config
+    assert config.momentum_decays == (0.9, 0.99)
+    shapes = normalized.meta_param_shapes(config)
+    assert shapes["mlp0/kernel"] == (4, 4) and "mlp1/kernel" in shapes
+    assert normalized.state_keys(config) == ("m0", "m1", "v", "t")
+    with pytest.raises(ValueError, match="Unknown NormalizedConfig"):
+        normalized.NormalizedConfig.from_dict({"hidden": 3})
+    with pytest.raises(ValueError, match="lr_range"):
+        normalized.NormalizedConfig(init_lr=1.0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        normalized.NormalizedMLPRule(CONFIG, weight_decay=-1.0)
+
+
+# ------------------------------- the Keras adapter and the weights file
+
+def test_keras_adapter_equals_the_pure_rule_bitwise():
+    params = {k: v.numpy() for k, v in _trained_like().items()}
+    rule_dict = rule_kinds.config_to_dict(CONFIG)
+    opt = keras_meta.LearnedOptimizer(weights=params, rule=rule_dict)
+    variables = [keras.Variable(v) for v in _values()]
+    grads_seq = [_grads(s) for s in range(4)]
+    for grads in grads_seq:
+        opt.apply(grads, variables)
+    rule = normalized.NormalizedMLPRule(CONFIG)
+    values = _values()
+    state = rule.init(values)
+    for step, grads in enumerate(grads_seq):
+        updates, state = rule.update(_tensors(params), grads, state, values,
+                                     step)
+        values = [v - (-u) for v, u in zip(values, updates)]
+    for variable, value in zip(variables, values):
+        np.testing.assert_array_equal(variable.numpy(), value.numpy())
+    for index, tensor_state in enumerate(state):
+        for key, tensor in tensor_state.items():
+            np.testing.assert_array_equal(opt._slots[key][index].numpy(),
+                                          tensor.numpy())
+
+
+def test_init_normalized_weights_and_provenance_round_trip(tmp_path):
+    opt = keras_meta.LearnedOptimizer(weights=weights_io.INIT_NORMALIZED)
+    assert opt.rule_config == CONFIG
+    for key, value in normalized.init_meta_params(CONFIG).items():
+        np.testing.assert_array_equal(opt.phi[key].numpy(), value)
+    path = os.path.join(tmp_path, "normalized.npz")
+    provenance = {"command": "python -m x --seed=3", "commit": "abc",
+                  "seed": 3, "validation": {"loss": 0.25}}
+    params = {k: v.numpy() for k, v in _trained_like().items()}
+    weights_io.save_phi(path, params, CONFIG, provenance=provenance)
+    loaded, config = weights_io.load_phi(path)
+    assert config == CONFIG
+    assert weights_io.load_provenance(path) == provenance
+    opt = keras_meta.LearnedOptimizer(weights=path)
+    for key, value in params.items():
+        np.testing.assert_array_equal(opt.phi[key].numpy(), value)
+        np.testing.assert_array_equal(loaded[key], value)
+    restored = keras_meta.LearnedOptimizer.from_config(opt.get_config())
+    assert restored.rule_config == CONFIG
+    # LSTM files keep their config's form (no rule_type), so old files and
+    # new ones read alike; provenance is optional for them too.
+    lstm_path = os.path.join(tmp_path, "lstm.npz")
+    phi, lstm_config = weights_io.load_phi(
+        weights_io.pretrained_path("per_tensor"))
+    weights_io.save_phi(lstm_path, phi, lstm_config)
+    assert weights_io.load_provenance(lstm_path) == {}
+    with np.load(lstm_path) as data:
+        assert "rule_type" not in str(data["__config__"])
+    with pytest.raises(ValueError, match="rule_type"):
+        rule_kinds.config_from_dict({"rule_type": "nope"})
