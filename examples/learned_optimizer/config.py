@@ -65,6 +65,11 @@ class Config:
     tpu: str | None = option(
         None, "With --strategy=tpu: the TPU's name or grpc:// address; "
         "'local' on a TPU VM.")
+    rule_kind: str = option(
+        "lstm", "The update rule meta-trained: the LSTM rule (its flags "
+        "below) or the normalized MLP rule (keras_meta.rules.normalized, "
+        "NormalizedConfig's defaults; --init_weights may name a normalized "
+        "file).", choices=("lstm", "normalized"))
     estimator: str = option(
         "tbptt", "Meta-gradient estimator: truncated backpropagation, or "
         "persistent evolution strategies (antithetic forward-only pairs, "

@@ -30,7 +30,10 @@ from keras_meta.meta import problems as problems_lib
 from keras_meta.meta import task_family
 from keras_meta.meta import trainer as trainer_lib
 from keras_meta.rules import lstm as lstm_rule
+from keras_meta.optimizers import rule_kinds
 from keras_meta.optimizers import weights_io
+from keras_meta.rules import normalized as normalized_rule
+from keras_meta.rules.base import UpdateRule
 
 EVAL_SEED = 10**6
 
@@ -129,13 +132,57 @@ def rule_config(rule, init_weights):
     return file_cfg, phi0
 
 
+def build_rule(config):
+    """`(rule config, initial phi or None, UpdateRule)` of a run's
+    `rule_kind`.
+
+    Raises:
+        ValueError: `init_weights` holds another kind of rule.
+    """
+    if config.rule_kind == "lstm":
+        cfg, phi0 = rule_config(config.rule, config.init_weights)
+    elif config.init_weights:
+        phi0, cfg = weights_io.load_phi(config.init_weights)
+        if not isinstance(cfg, normalized_rule.NormalizedConfig):
+            raise ValueError(
+                f"init_weights {config.init_weights!r} hold a "
+                f"{rule_kinds.kind_of(cfg)} rule, not a normalized one.")
+    else:
+        cfg, phi0 = normalized_rule.NormalizedConfig(), None
+    return cfg, phi0, rule_kinds.make_rule(cfg)
+
+
+class FixedMetaParams(UpdateRule):
+    """`rule` with fixed meta-parameters `phi` (`meta_params` ignored), for
+    evaluation with `run_rule`."""
+
+    def __init__(self, rule, phi):
+        self.rule = rule
+        self.phi = {k: tf.convert_to_tensor(v) for k, v in phi.items()}
+
+    def init(self, values):
+        return self.rule.init(values)
+
+    def update(self, meta_params, grads, state, values, step):
+        phi = {k: tf.cast(v, grads[0].dtype) for k, v in self.phi.items()}
+        return self.rule.update(phi, grads, state, values, step)
+
+
+def fixed_rule(rule, phi):
+    """The rule of a run with fixed phi (`baselines.Learned` for the LSTM
+    rule, as evaluations always used)."""
+    if isinstance(rule, lstm_rule.LSTMRule):
+        return baselines.Learned(phi, rule.config)
+    return FixedMetaParams(rule, phi)
+
+
 class _MetaTraining:
     """One meta-training run in `model_dir`: the trainer, its summaries,
     its phi files and the best evaluation score so far."""
 
     def __init__(self, config, model_dir, strategy):
         self.config = config
-        self.rule, phi0 = rule_config(config.rule, config.init_weights)
+        self.rule, phi0, rule = build_rule(config)
         self.problems = build_tasks(config)
         self.eval_problems = self.problems[:config.eval_tasks]
         self.eval_steps = config.eval_steps or config.horizon
@@ -145,7 +192,7 @@ class _MetaTraining:
             weights = [float(by_name[p.name]) for p in self.problems]
         self.problem_weights = weights
         self.trainer = trainer_lib.MetaTrainer(
-            self.problems, config=self.rule, phi=phi0, unroll=config.unroll,
+            self.problems, rule=rule, phi=phi0, unroll=config.unroll,
             horizon=config.horizon, meta_lr=config.meta_lr,
             clip_norm=config.clip_norm, second_order=config.second_order,
             meta_loss=config.meta_loss,
@@ -174,7 +221,7 @@ class _MetaTraining:
                             self.rule)
 
     def evaluate_and_log(self, step):
-        learned = baselines.Learned(self.trainer.phi_numpy(), self.rule)
+        learned = fixed_rule(self.trainer.rule, self.trainer.phi_numpy())
         score, curves = evaluate(learned, self.eval_problems,
                                  self.eval_steps)
         with self.writer.as_default():
@@ -277,7 +324,7 @@ class _MetaTraining:
             "problem_weights": self.problem_weights,
             "init_weights": c.init_weights, "second_order": c.second_order,
             "meta_loss": c.meta_loss, "jit_compile": self.trainer.jit_compile,
-            "estimator": c.estimator, "num_particles": c.num_particles,
+            "rule_kind": c.rule_kind, "estimator": c.estimator, "num_particles": c.num_particles,
             "sigma": c.sigma, "horizon_range": c.horizon_range,
             "tasks": c.tasks, "num_tasks": c.num_tasks,
             "meta_objective": c.meta_objective,

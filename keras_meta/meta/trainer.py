@@ -50,6 +50,7 @@ from keras_meta.meta.rollout import run_rule  # noqa: F401
 from keras_meta.meta import pes
 from keras_meta.meta.tbptt import TruncatedBackprop
 from keras_meta.meta.truncated_step import unrolled_meta_loss  # noqa: F401
+from keras_meta.optimizers import rule_kinds
 from keras_meta.rules import lstm
 
 # What stops a truncation, by `nonfinite.first_nonfinite` index.
@@ -58,14 +59,19 @@ ESTIMATORS = ("tbptt", "pes")
 
 
 def _initial_phi(rule, seed):
-    """The default initial meta-parameters of `rule` (dict of arrays)."""
-    if isinstance(rule, lstm.LSTMRule):
-        return lstm.init_phi(rule.config, seed)
+    """The default initial meta-parameters of `rule` (dict of arrays):
+    `rule.init_meta_params(seed)`, else those of its config's kind
+    (`keras_meta.optimizers.rule_kinds`: the LSTM and normalized rules)."""
     if hasattr(rule, "init_meta_params"):
         return rule.init_meta_params(seed)
-    raise ValueError(
-        f"{type(rule).__name__} has no init_meta_params(seed); pass phi, "
-        "the initial meta-parameters (a dict of arrays).")
+    try:
+        return rule_kinds.init_meta_params(getattr(rule, "config", None),
+                                           seed)
+    except TypeError:
+        raise ValueError(
+            f"{type(rule).__name__} has no init_meta_params(seed) and no "
+            "known config; pass phi, the initial meta-parameters (a dict "
+            "of arrays).") from None
 
 
 class MetaTrainer:

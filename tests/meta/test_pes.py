@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_meta
 from keras_meta.meta import pes
 from keras_meta.meta import problems
 from keras_meta.meta import trainer
 from keras_meta.meta.truncated_step import truncated_step
 from keras_meta.rules import lstm as lstm_rule
+from keras_meta.rules import normalized
 from keras_meta.rules.base import UpdateRule
 from keras_meta.optimizers import weights_io
 
@@ -282,6 +284,21 @@ def test_example_resume_from_a_checkpoint_is_bitwise(tmp_path):
             for d in ("whole", "split")]
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_example_meta_trains_the_normalized_rule_with_pes(tmp_path):
+    summary = lopt_train.run(lopt_config.Config(
+        problems=("quadratic",), unroll=5, horizon=10, meta_steps=3,
+        model_dir=str(tmp_path), eval_every=0, verbose=0,
+        rule_kind="normalized", estimator="pes", num_particles=2,
+        eval_steps=5))
+    phi, cfg = weights_io.load_phi(summary["paths"]["last"])
+    assert isinstance(cfg, normalized.NormalizedConfig)
+    assert summary["rule_kind"] == "normalized"
+    assert np.isfinite(summary["final_eval_score"])
+    init = normalized.init_meta_params(cfg)
+    assert any(not np.array_equal(phi[k], init[k]) for k in phi)
+    keras_meta.LearnedOptimizer(weights=summary["paths"]["last"])
 
 
 def test_pes_meta_training_lowers_the_meta_loss():
