@@ -74,6 +74,41 @@ class Config:
     tpu: str | None = option(
         None, "With --strategy=tpu: the TPU's name or grpc:// address; "
         "'local' on a TPU VM.")
+    rule_kind: str = option(
+        "lstm", "The update rule meta-trained: the LSTM rule (its flags "
+        "below) or the normalized MLP rule (keras_meta.rules.normalized, "
+        "NormalizedConfig's defaults; --init_weights may name a normalized "
+        "file).", choices=("lstm", "normalized"))
+    estimator: str = option(
+        "tbptt", "Meta-gradient estimator: truncated backpropagation, or "
+        "persistent evolution strategies (antithetic forward-only pairs, "
+        "unbiased over long horizons).", choices=("tbptt", "pes"))
+    num_particles: int = option(
+        8, "--estimator=pes: antithetic pairs (problem instances) per "
+        "meta-step.")
+    sigma: float = option(
+        0.01, "--estimator=pes: standard deviation of the perturbations.")
+    horizon_range: tuple[int, ...] | None = option(
+        None, "--estimator=pes: low,high: each run draws its horizon among "
+        "the multiples of --unroll there (default: --horizon).")
+    vectorize_pairs: bool = option(
+        False, "--estimator=pes: run each pair's two runs as one batched "
+        "program (tf.vectorized_map).")
+    meta_objective: str = option(
+        "train", "--estimator=pes: meta-loss of the training losses, or of "
+        "the loss on held-out examples at each truncation's end (needs "
+        "--tasks).", choices=("train", "validation"))
+    tasks: str | None = option(
+        None, "A task distribution instead of --problems: small_omniglot "
+        "(keras_meta.meta.task_family: 8x8/14x14 Omniglot of the training "
+        "alphabets, MLPs, convnets, autoencoders, augmented).",
+        choices=("small_omniglot",))
+    num_tasks: int = option(
+        16, "--tasks: architectures drawn (seeded by --seed).")
+    eval_tasks: int | None = option(
+        None, "Evaluate on the first N problems only (default all).")
+    eval_steps: int | None = option(
+        None, "Optimizee steps of each evaluation run (default --horizon).")
     rule: dict | None = option(
         None, "RuleConfig fields (None: its defaults, or those of "
         "init_weights).", flag=False)

@@ -28,9 +28,13 @@ from keras_meta import saving
 from keras_meta import signals
 from keras_meta.rules import baselines
 from keras_meta.meta import problems as problems_lib
+from keras_meta.meta import task_family
 from keras_meta.meta import trainer as trainer_lib
 from keras_meta.rules import lstm as lstm_rule
+from keras_meta.optimizers import rule_kinds
 from keras_meta.optimizers import weights_io
+from keras_meta.rules import normalized as normalized_rule
+from keras_meta.rules.base import UpdateRule
 
 from examples import flag_checks
 from examples.learned_optimizer import config as config_lib
@@ -49,6 +53,16 @@ def build_problems(names):
     if not out:
         raise ValueError(f"No usable problem among {names}.")
     return out
+
+
+def build_tasks(config):
+    """The problems of `config.tasks` (a task distribution), or of
+    `config.problems` when it is None."""
+    if config.tasks is None:
+        return build_problems(config.problems)
+    if config.tasks == "small_omniglot":
+        return task_family.sample_tasks(config.seed, config.num_tasks)
+    raise ValueError(f"Unknown task distribution {config.tasks!r}.")
 
 
 def evaluate(rule, problems, steps, num_instances=2):
@@ -143,21 +157,68 @@ def rule_config(rule, init_weights):
     return file_cfg, phi0
 
 
+def build_rule(config):
+    """`(rule config, initial phi or None, UpdateRule)` of a run's
+    `rule_kind`.
+
+    Raises:
+        ValueError: `init_weights` holds another kind of rule.
+    """
+    if config.rule_kind == "lstm":
+        cfg, phi0 = rule_config(config.rule, config.init_weights)
+    elif config.init_weights:
+        phi0, cfg = weights_io.load_phi(config.init_weights)
+        if not isinstance(cfg, normalized_rule.NormalizedConfig):
+            raise ValueError(
+                f"init_weights {config.init_weights!r} hold a "
+                f"{rule_kinds.kind_of(cfg)} rule, not a normalized one.")
+    else:
+        cfg, phi0 = normalized_rule.NormalizedConfig(), None
+    return cfg, phi0, rule_kinds.make_rule(cfg)
+
+
+class FixedMetaParams(UpdateRule):
+    """`rule` with fixed meta-parameters `phi` (`meta_params` ignored), for
+    evaluation with `run_rule`."""
+
+    def __init__(self, rule, phi):
+        self.rule = rule
+        self.phi = {k: tf.convert_to_tensor(v) for k, v in phi.items()}
+
+    def init(self, values):
+        return self.rule.init(values)
+
+    def update(self, meta_params, grads, state, values, step):
+        phi = {k: tf.cast(v, grads[0].dtype) for k, v in self.phi.items()}
+        return self.rule.update(phi, grads, state, values, step)
+
+
+def fixed_rule(rule, phi):
+    """The rule of a run with fixed phi (`baselines.Learned` for the LSTM
+    rule, as evaluations always used)."""
+    if isinstance(rule, lstm_rule.LSTMRule):
+        return baselines.Learned(phi, rule.config)
+    return FixedMetaParams(rule, phi)
+
+
 class _MetaTraining:
     """One meta-training run in `model_dir`: the trainer, its summaries,
     its phi files and the best evaluation score so far."""
 
-    def __init__(self, config, model_dir, strategy, rule, phi0):
+    def __init__(self, config, model_dir, strategy, rule, phi0, update_rule):
         self.config = config
         self.rule = rule
-        self.problems = build_problems(config.problems)
-        weights = config.problem_weights
+        rule = update_rule
+        self.problems = build_tasks(config)
+        self.eval_problems = self.problems[:config.eval_tasks]
+        self.eval_steps = config.eval_steps or config.horizon
+        weights = config.problem_weights if config.tasks is None else None
         if weights is not None:
             by_name = dict(zip(config.problems, weights))
             weights = [float(by_name[p.name]) for p in self.problems]
         self.problem_weights = weights
         self.trainer = trainer_lib.MetaTrainer(
-            self.problems, config=self.rule, phi=phi0, unroll=config.unroll,
+            self.problems, rule=rule, phi=phi0, unroll=config.unroll,
             horizon=config.horizon, meta_lr=config.meta_lr,
             clip_norm=config.clip_norm, second_order=config.second_order,
             meta_loss=config.meta_loss,
@@ -165,16 +226,20 @@ class _MetaTraining:
                          else config.jit_compile),
             seed=config.seed, problem_weights=weights,
             max_consecutive_skips=config.max_consecutive_skips,
-            strategy=strategy)
+            strategy=strategy, estimator=config.estimator,
+            num_particles=config.num_particles, sigma=config.sigma,
+            horizon_range=config.horizon_range,
+            vectorize=config.vectorize_pairs,
+            meta_objective=config.meta_objective)
         self.model_dir = model_dir
         self.writer = tf.summary.create_file_writer(model_dir)
         self.paths = {"last": os.path.join(model_dir, "phi_last.npz"),
                       "best": os.path.join(model_dir, "phi_best.npz")}
         # Adam's curves once (they do not change).
         self.adam_curves = {}
-        for p in self.problems:
+        for p in self.eval_problems:
             adam = baselines.Adam(trainer_lib.adam_reference_lr(p))
-            self.adam_curves.update(evaluate(adam, [p], config.horizon)[1])
+            self.adam_curves.update(evaluate(adam, [p], self.eval_steps)[1])
         self.best = float("inf")
 
     def save_phi(self, which):
@@ -182,8 +247,9 @@ class _MetaTraining:
                             self.rule)
 
     def evaluate_and_log(self, step):
-        learned = baselines.Learned(self.trainer.phi_numpy(), self.rule)
-        score, curves = evaluate(learned, self.problems, self.config.horizon)
+        learned = fixed_rule(self.trainer.rule, self.trainer.phi_numpy())
+        score, curves = evaluate(learned, self.eval_problems,
+                                 self.eval_steps)
         with self.writer.as_default():
             tf.summary.scalar("eval/score_learned", score, step=step)
             for name, curve in curves.items():
@@ -300,6 +366,10 @@ class _MetaTraining:
             "problem_weights": self.problem_weights,
             "init_weights": c.init_weights, "second_order": c.second_order,
             "meta_loss": c.meta_loss, "jit_compile": self.trainer.jit_compile,
+            "rule_kind": c.rule_kind, "estimator": c.estimator, "num_particles": c.num_particles,
+            "sigma": c.sigma, "horizon_range": c.horizon_range,
+            "tasks": c.tasks, "num_tasks": c.num_tasks,
+            "meta_objective": c.meta_objective,
             "final_eval_score": final, "best_eval_score": self.best,
             "skipped_meta_steps": self.trainer.skipped_meta_steps,
             "wall_seconds": wall,
@@ -343,7 +413,7 @@ def run(config):
         `model_dir/summary.json`.
     """
     config_lib.check_values(config, tuple(problems_lib.FAMILIES))
-    rule, phi0 = rule_config(config.rule, config.init_weights)
+    rule, phi0, update_rule = build_rule(config)
     strategy = None
     if config.strategy != "default":
         strategy = distribute.make_strategy(config.strategy, config.tpu)
@@ -355,7 +425,8 @@ def run(config):
             checkpoint_ext=".npz", config=settings,
             may_change=config_lib.MAY_CHANGE_ON_RESUME) as directory:
         model_dir = directory.write_path
-        session = _MetaTraining(config, model_dir, strategy, rule, phi0)
+        session = _MetaTraining(config, model_dir, strategy, rule, phi0,
+                                update_rule)
         progbar = keras.utils.Progbar(
             config.meta_steps, verbose=config.verbose,
             stateful_metrics=["objective", "loss", "eval"])

@@ -1,9 +1,20 @@
-"""Unrolled meta-training of the LSTM update rule (truncated BPTT): the
-outer learner.
+"""Unrolled meta-training of an update rule: the outer learner.
 
-`MetaTrainer` optimizes phi, the meta-parameters of the LSTM rule
-(`keras_meta.rules.lstm`), by gradient descent on the optimizee losses
-along unrolled optimization runs:
+`MetaTrainer` optimizes phi, the meta-parameters of an update rule (by
+default the LSTM rule, `keras_meta.rules.lstm`; any
+`keras_meta.rules.UpdateRule` whose meta-parameters are a dict of
+tensors), by gradient descent on the optimizee losses along unrolled
+optimization runs. Two gradient estimators:
+
+  * `estimator="tbptt"` (default), truncated backpropagation through time,
+    below;
+  * `estimator="pes"`, persistent evolution strategies (`pes`): antithetic
+    pairs of forward-only runs of many problem instances (particles) at
+    once, each pair carrying its accumulated perturbation across its
+    run's truncations, so the estimate is free of truncation bias over
+    long horizons.
+
+Truncated backpropagation:
 
   * a run samples a problem (from a mixture of `problems.Problem` families)
     and optimizes it for `horizon` steps with the rule;
@@ -37,23 +48,42 @@ from keras_meta import nonfinite
 from keras_meta.meta.rollout import adam_reference_lr  # noqa: F401
 from keras_meta.meta.rollout import log10_mean  # noqa: F401
 from keras_meta.meta.rollout import run_rule  # noqa: F401
+from keras_meta.meta import pes
 from keras_meta.meta.tbptt import TruncatedBackprop
 from keras_meta.meta.truncated_step import unrolled_meta_loss  # noqa: F401
+from keras_meta.optimizers import rule_kinds
 from keras_meta.rules import lstm
 
 # What stops a truncation, by `nonfinite.first_nonfinite` index.
 _NONFINITE_QUANTITIES = {1: "optimizee loss", 2: "meta-gradient"}
-# Minibatch seeds of a run: its seed plus this times the truncation's end.
-_BATCH_SEED_STRIDE = 7919
+ESTIMATORS = ("tbptt", "pes")
+
+
+def _initial_phi(rule, seed):
+    """The default initial meta-parameters of `rule` (dict of arrays):
+    `rule.init_meta_params(seed)`, else those of its config's kind
+    (`keras_meta.optimizers.rule_kinds`: the LSTM and normalized rules)."""
+    if hasattr(rule, "init_meta_params"):
+        return rule.init_meta_params(seed)
+    try:
+        return rule_kinds.init_meta_params(getattr(rule, "config", None),
+                                           seed)
+    except TypeError:
+        raise ValueError(
+            f"{type(rule).__name__} has no init_meta_params(seed) and no "
+            "known config; pass phi, the initial meta-parameters (a dict "
+            "of arrays).") from None
 
 
 class MetaTrainer:
-    """Meta-trains phi of the LSTM rule on a mixture of problem families.
+    """Meta-trains phi of an update rule on a mixture of problem families.
 
     Args:
         problems: list of `problems.Problem` (the meta-training mixture).
-        config: `keras_meta.rules.lstm.RuleConfig`.
-        phi: initial phi (dict of arrays); default `lstm.init_phi`.
+        config: `keras_meta.rules.lstm.RuleConfig` of the default rule.
+        phi: initial phi (dict of arrays); default `lstm.init_phi` for the
+            LSTM rule, else `rule.init_meta_params(seed)` where the rule
+            has it (required otherwise).
         unroll: steps per truncation (paper: 20).
         horizon: steps per optimization run (paper: 100).
         meta_lr: Adam learning rate for phi.
@@ -76,14 +106,29 @@ class MetaTrainer:
             meta-gradient is the cross-replica mean (the single-device
             meta-gradient of the mean objective over those instances),
             applied to phi once. `get_state` then omits the runs in
-            progress: a resumed job starts fresh runs.
+            progress: a resumed job starts fresh runs. TBPTT only.
+        rule: the `keras_meta.rules.UpdateRule` to meta-train (its
+            meta-parameters a dict of tensors); default
+            `lstm.LSTMRule(config)`.
+        estimator: `"tbptt"` (truncated backpropagation) or `"pes"`
+            (`pes.PersistentES`; `second_order` is then unused).
+        num_particles: PES: antithetic pairs (problem instances) per
+            meta-step.
+        sigma: PES: standard deviation of the perturbations of phi.
+        horizon_range: PES: optional `(low, high)` steps; each new run
+            draws its horizon among the multiples of `unroll` there.
+        vectorize: PES: batch each pair's two runs (`tf.vectorized_map`).
+        meta_objective: PES: `"train"` or `"validation"` (held-out
+            examples; see `pes.PersistentES`).
     """
 
     def __init__(self, problems, config=lstm.RuleConfig(), phi=None,
                  unroll=20, horizon=100, meta_lr=1e-3, clip_norm=1.0,
                  second_order=False, meta_loss="log", jit_compile="auto",
                  seed=0, dtype="float32", problem_weights=None,
-                 max_consecutive_skips=20, strategy=None):
+                 max_consecutive_skips=20, strategy=None, rule=None,
+                 estimator="tbptt", num_particles=8, sigma=0.01,
+                 horizon_range=None, vectorize=False, meta_objective="train"):
         if isinstance(meta_lr, (int, float)) and not (
                 math.isfinite(meta_lr) and meta_lr >= 0):
             raise ValueError(
@@ -92,10 +137,16 @@ class MetaTrainer:
             raise ValueError(
                 f"horizon ({horizon}) must be a multiple of unroll ({unroll})."
             )
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got "
+                             f"{estimator!r}.")
+        if estimator == "pes" and strategy is not None:
+            raise ValueError("estimator='pes' runs on one device; "
+                             "strategy must be None.")
         self.problems = list(problems)
         self.problem_probs = self._problem_probs(problem_weights)
-        self.config = config
-        self.rule = lstm.LSTMRule(config)
+        self.rule = rule if rule is not None else lstm.LSTMRule(config)
+        self.config = getattr(self.rule, "config", config)
         self.unroll, self.horizon = unroll, horizon
         self.clip_norm = clip_norm
         self.second_order = second_order
@@ -104,7 +155,7 @@ class MetaTrainer:
             jit_compile = km_backend.default_jit_compile(strategy=strategy)
         self.jit_compile = bool(jit_compile)
         self.dtype = dtype
-        phi = phi if phi is not None else lstm.init_phi(config, seed)
+        phi = phi if phi is not None else _initial_phi(self.rule, seed)
         self.phi = {
             k: keras.Variable(np.asarray(v, dtype), dtype=dtype,
                               name="phi_" + k.replace("/", "_"))
@@ -112,9 +163,18 @@ class MetaTrainer:
         }
         self.meta_optimizer = keras.optimizers.Adam(meta_lr)
         self.meta_optimizer.build(list(self.phi.values()))
-        self.estimator = TruncatedBackprop(
-            self.rule, sorted(self.phi), unroll, second_order, meta_loss,
-            self.jit_compile)
+        self.estimator_kind = estimator
+        self._particles = None
+        if estimator == "pes":
+            self.estimator = pes.PersistentES(
+                self.rule, sorted(self.phi), unroll, sigma, meta_loss,
+                self.jit_compile, vectorize, meta_objective)
+            self._particles = pes.ParticleRuns(
+                self.estimator, num_particles, horizon, horizon_range)
+        else:
+            self.estimator = TruncatedBackprop(
+                self.rule, sorted(self.phi), unroll, second_order, meta_loss,
+                self.jit_compile)
         self.rng = np.random.default_rng(seed)
         self.skipped_meta_steps = 0
         self.consecutive_skips = 0
@@ -161,6 +221,12 @@ class MetaTrainer:
                 self.strategy.num_replicas_in_sync - 1)]
             return {"problem": problem, "seeds": seeds, "instances": {},
                     "params": None, "state": None, "step": 0, "seed": seed}
+        return self._fresh_run(problem, seed)
+
+    def _fresh_run(self, problem, seed):
+        """The run dict of a new run of `problem`'s instance `seed`."""
+        if isinstance(problem, int):
+            problem = self.problems[problem]
         instance = problem.sample(seed)
         params, state = self._start(instance)
         return {"problem": problem, "instance": instance, "params": params,
@@ -173,7 +239,7 @@ class MetaTrainer:
         problem = run["problem"]
         batches = problem.batches(
             run["instance"], self.unroll + 1,
-            run["seed"] + _BATCH_SEED_STRIDE * (run["step"] + 1))
+            pes.batch_seed(run["seed"], run["step"]))
         return self._truncation_fn(problem)(
             self._phi_values(), run["params"], run["state"],
             problem.task_tensors(run["instance"]), batches)
@@ -221,8 +287,13 @@ class MetaTrainer:
             dict: `problem` (name), `objective`, `mean_loss` (mean optimizee
             loss over the truncation), `grad_norm`, `applied` (False when
             the meta-gradient was not finite), `run_step`, `seconds` and
-            `updates` (last proposed updates, for histograms).
+            `updates` (last proposed updates, for histograms). With PES:
+            `problem` and `run_step` of the first particle, means over
+            the finite particles (and their two runs), `finite_particles`
+            and `updates` None.
         """
+        if self.estimator_kind == "pes":
+            return self._pes_meta_step()
         if self._run is None or self._run["step"] >= self.horizon:
             self._run = self._new_run()
         run = self._run
@@ -242,6 +313,44 @@ class MetaTrainer:
             "run_step": run["step"],
             "seconds": time.perf_counter() - start,
             "updates": out["updates"],
+        }
+
+    def _pes_meta_step(self):
+        """`meta_step` with PES: one truncation of every particle."""
+        meta_values, runs = self._phi_values(), self._particles
+        start = time.perf_counter()
+        runs.refresh(meta_values, self._new_run, self.rng)
+        grads, outs = self.estimator.estimate(meta_values, runs.particles,
+                                              self.rng)
+        for i, out in enumerate(outs):
+            if not out["finite"]:
+                runs.restart(i, meta_values, self._new_run, self.rng)
+        norm = (tf.linalg.global_norm(grads) if grads is not None
+                else tf.constant(float("nan")))
+        bad = 1 if grads is None else int(nonfinite.first_nonfinite(
+            [tf.zeros(()), norm]))
+        if not bad:
+            clipped, _ = tf.clip_by_global_norm(grads, self.clip_norm)
+            self.meta_optimizer.apply(clipped, [self.phi[k] for k in
+                                                sorted(self.phi)])
+        else:
+            self.skipped_meta_steps += 1
+        self.consecutive_skips = int(nonfinite.consecutive_count(
+            self.consecutive_skips, bool(bad)))
+        self.meta_steps_done += 1
+        first = runs.particles[0]
+        self._check_skips(bad, first.problem)
+        used = [o for o in outs if o["finite"]] or outs
+        return {
+            "problem": first.problem.name,
+            "objective": float(np.mean([o["objectives"] for o in used])),
+            "mean_loss": float(np.mean([o["losses"] for o in used])),
+            "grad_norm": float(norm),
+            "applied": not bad,
+            "run_step": first.step,
+            "seconds": time.perf_counter() - start,
+            "updates": None,
+            "finite_particles": sum(o["finite"] for o in outs),
         }
 
     def _distributed_truncation(self, run):
@@ -270,7 +379,7 @@ class MetaTrainer:
         task = per_replica(lambda r: problem.task_tensors(instance(r)))
         batches = per_replica(lambda r: problem.batches(
             instance(r), self.unroll + 1,
-            run["seeds"][r] + _BATCH_SEED_STRIDE * (run["step"] + 1)))
+            pes.batch_seed(run["seeds"][r], run["step"])))
         step = self.estimator.distributed_fn(problem, strategy)
         reduced, params, state, updates = step(
             self._phi_values(), run["params"], run["state"], task, batches)
@@ -297,6 +406,9 @@ class MetaTrainer:
             "meta_steps_done": self.meta_steps_done,
             "run": None,
         }
+        if self._particles is not None:
+            pes_arrays, info["pes"] = self._particles.get_state(self.problems)
+            arrays.update(pes_arrays)
         if self._run is not None and self.strategy is None:
             run = self._run
             info["run"] = {"problem": self.problems.index(run["problem"]),
@@ -324,6 +436,9 @@ class MetaTrainer:
         self.consecutive_skips = info["consecutive_skips"]
         self.meta_steps_done = info["meta_steps_done"]
         self._run = None
+        if self._particles is not None:
+            self._particles.set_state(arrays, info.get("pes"),
+                                      self._phi_values(), self._fresh_run)
         if info["run"] is not None:
             run = info["run"]
             problem = self.problems[run["problem"]]

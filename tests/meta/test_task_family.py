@@ -1,0 +1,140 @@
+"""Tests of the meta-training task distribution (keras_meta.meta.task_family)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_meta.meta import problems
+from keras_meta.meta import task_family
+from keras_meta.meta import trainer
+from keras_meta.rules.base import UpdateRule
+
+NO_DATA = "/nonexistent/omniglot"
+
+
+@pytest.mark.parametrize("kind", task_family.KINDS)
+@pytest.mark.parametrize("size", task_family.SIZES)
+def test_each_kind_builds_with_finite_loss_and_gradients(kind, size):
+    rng = np.random.default_rng(size)
+    prob = task_family.make_task(kind, size, rng, directory=NO_DATA)
+    assert prob.name.startswith(("ae" if kind == "autoencoder" else kind)
+                                + str(size))
+    inst = prob.sample(3)
+    batches = prob.batches(inst, 2, 0)
+    for part in batches:  # training and validation examples
+        assert part[0].shape[:3] == (2, prob.batch_size, size)
+    batch = tf.nest.map_structure(lambda b: b[0], batches)
+    params = list(inst.params)
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        loss = prob.loss(params, prob.task_tensors(inst), batch)
+    grads = tape.gradient(loss, params)
+    assert np.isfinite(float(loss)) and float(loss) > 0
+    validation = prob.validation_loss(params, prob.task_tensors(inst), batch)
+    assert np.isfinite(float(validation)) and float(validation) != float(loss)
+    assert all(np.all(np.isfinite(g)) for g in grads)
+    assert any(float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
+
+
+def test_augmentation_scales_loss_and_reparameterizes_weights():
+    rng = np.random.default_rng(0)
+    prob = task_family.make_task("mlp", 8, rng, directory=NO_DATA)
+    plain = task_family.ClassificationProblem(
+        prob.model, prob.images, prob.batch_size,
+        task_family.NO_AUGMENTATION, "plain", prob.num_classes)
+    aug = task_family.Augmentation(probability=1.0)
+    prob.augmentation = aug
+    inst, ref = prob.sample(7), plain.sample(7)
+    scales, loss_scale = prob.task_tensors(inst)
+    assert float(loss_scale) != 1.0 and len(set(map(float, scales))) > 1
+    assert all(0.1 <= float(s) <= 10 for s in scales)
+    # The weights the model runs with are the plain init times init_scale.
+    weights = [s * p for s, p in zip(scales, inst.params)]
+    ratios = [float(tf.reduce_sum(w * r) / tf.reduce_sum(r * r))
+              for w, r in zip(weights, ref.params) if r.shape.rank == 2]
+    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-4)
+    assert 0.5 <= ratios[0] <= 2.0
+    batch = tf.nest.map_structure(lambda b: b[0], prob.batches(inst, 1, 0))
+    expected = plain.loss(weights, plain.task_tensors(ref), batch)
+    np.testing.assert_allclose(
+        float(prob.loss(inst.params, (scales, loss_scale), batch)),
+        float(loss_scale) * float(expected), rtol=1e-5)
+
+
+def test_validation_examples_are_drawings_never_trained_on():
+    prob = task_family.make_task("mlp", 8, np.random.default_rng(0),
+                                 directory=NO_DATA)
+    inst = prob.sample(0)
+    (x, y), (x_val, y_val) = prob.batches(inst, 3, 1)
+    images = prob.images[np.asarray(inst.task["data"])]  # [classes, 20, ...]
+    flat = lambda a: a.numpy().reshape(-1, 64)  # noqa: E731
+
+    def drawing_index(examples, labels):
+        found = []
+        for e, c in zip(flat(examples), labels.numpy().ravel()):
+            same = np.all(images[c].reshape(20, 64) == e, axis=1)
+            found.append(set(np.flatnonzero(same)))
+        return found
+
+    # (Synthetic drawings of a class can coincide; ask only that each
+    # example is one of the right drawings.)
+    assert all(i & set(range(task_family.TRAIN_DRAWINGS))
+               for i in drawing_index(x, y))
+    assert all(i & set(range(task_family.TRAIN_DRAWINGS, 20))
+               for i in drawing_index(x_val, y_val))
+
+
+def test_same_seed_same_tasks_and_synthetic_fallback():
+    a = task_family.sample_tasks(5, 6, directory=NO_DATA)
+    b = task_family.sample_tasks(5, 6, directory=NO_DATA)
+    assert [p.name for p in a] == [p.name for p in b]
+    assert {p.name.split("_")[0][:2] for p in a} == {"ml", "co", "ae"}
+    assert all(p.name.endswith("synthetic") for p in a)
+    images, source = task_family.character_images(8, NO_DATA)
+    assert source == "synthetic" and images.shape[1:] == (20, 8, 8, 1)
+    assert set(np.unique(images)) <= {0.0, 1.0}
+
+
+@pytest.mark.skipif(not problems.omniglot_available(),
+                    reason="Omniglot zips not in ../shared/data/omniglot")
+def test_omniglot_tasks_use_the_training_alphabets_only():
+    chars = task_family.training_characters()
+    alphabets = {k[0] for k in chars}
+    assert not alphabets & set(problems.OMNIGLOT_HELD_OUT)
+    assert alphabets == {"Balinese", "Early_Aramaic", "Greek",
+                         "Japanese_(katakana)", "Korean", "Latin"}
+    for size in task_family.SIZES:
+        images, source = task_family.character_images(size)
+        assert source == "omniglot"
+        assert images.shape == (len(chars), 20, size, size, 1)
+        assert 0.0 <= images.min() and images.max() <= 1.0
+    held = [v for k, v in problems.load_omniglot(None, 28).items()
+            if k[0] in problems.OMNIGLOT_HELD_OUT]
+    small = tf.image.resize(np.concatenate(held), (8, 8), "area").numpy()
+    train8 = task_family.character_images(8)[0].reshape(-1, 64)
+    # No held-out drawing appears among the training images.
+    distances = np.min(np.sum(np.abs(
+        small.reshape(-1, 1, 64)[:50] - train8[None]), -1), -1)
+    assert distances.min() > 0
+
+
+class SignRate(UpdateRule):
+    """Sign descent at a learned rate: dict meta-parameters, cheap."""
+
+    def init_meta_params(self, seed):
+        return {"log_lr": np.array(np.log(1e-3))}
+
+    def update(self, meta_params, grads, state, values, step):
+        rate = tf.exp(meta_params["log_lr"])
+        return [-rate * tf.sign(g) for g in grads], state
+
+
+def test_pes_meta_step_on_the_task_family():
+    probs = task_family.sample_tasks(1, 2, kinds=("mlp", "autoencoder"),
+                                     sizes=(8,), directory=NO_DATA)
+    mt = trainer.MetaTrainer(probs, rule=SignRate(), unroll=2, horizon=4,
+                             estimator="pes", num_particles=2, seed=0,
+                             vectorize=True, meta_objective="validation")
+    logs = [mt.meta_step() for _ in range(2)]
+    assert all(l["applied"] and l["finite_particles"] == 2 for l in logs)
+    assert all(np.isfinite(l["objective"]) for l in logs)
