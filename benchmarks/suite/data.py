@@ -17,7 +17,8 @@ import os
 import numpy as np
 
 from keras_meta.data import image_classes
-from keras_meta.experiments.maml_training import OFFLINE_TEST_ALPHABETS
+from keras_meta.data.image_classes import (
+    OMNIGLOT_HELD_OUT_ALPHABETS as OFFLINE_TEST_ALPHABETS)
 
 OMNIGLOT_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(

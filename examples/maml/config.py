@@ -10,6 +10,7 @@ import dataclasses
 from absl import flags
 
 from keras_meta import distribute
+from keras_meta.data import image_classes
 
 from examples import config_flags
 from examples import flag_checks
@@ -36,7 +37,7 @@ POSITIVE_INTS = ("ways", "shots", "queries", "meta_batch_size",
                  "eval_inner_steps", "steps_per_execution", "eval_tasks",
                  "eval_queries", "filters", "checkpoint_every",
                  "keep_checkpoints")
-OFFLINE_TEST_ALPHABETS = ("Sanskrit", "Tagalog")
+OFFLINE_TEST_ALPHABETS = image_classes.OMNIGLOT_HELD_OUT_ALPHABETS
 
 
 @dataclasses.dataclass

@@ -20,6 +20,9 @@ from keras_meta.data.image_decoding import decode_image
 from keras_meta.data.image_decoding import to_uint8
 
 OMNIGLOT_IMAGE_SIZE = (28, 28)
+# The two alphabets of the offline Omniglot subset that every meta-learner
+# here leaves out of (meta-)training, for evaluation.
+OMNIGLOT_HELD_OUT_ALPHABETS = ("Sanskrit", "Tagalog")
 # File names read as images from Omniglot-style zips and folders.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 

@@ -46,7 +46,7 @@ OMNIGLOT_DIR = os.environ.get(
 )
 OMNIGLOT_ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 # Alphabets held out from meta-training (evaluation only).
-OMNIGLOT_HELD_OUT = ("Sanskrit", "Tagalog")
+OMNIGLOT_HELD_OUT = image_classes.OMNIGLOT_HELD_OUT_ALPHABETS
 
 
 class Problem:
