@@ -160,7 +160,10 @@ CASES = {
         ValueError, "meta-optimizer's learning rate must be a finite number >= 0; got -0.1"),
     "negative LearnedOptimizer learning rate": (
         lambda tmp, mp: keras_meta.LearnedOptimizer(learning_rate=-1.0),
-        ValueError, "must be a float >= 0; got -1.0"),
+        ValueError, "must be a finite float >= 0; got -1.0"),
+    "infinite LearnedOptimizer learning rate": (
+        lambda tmp, mp: keras_meta.LearnedOptimizer(learning_rate=float("inf")),
+        ValueError, "must be a finite float >= 0; got inf"),
     "LearnedOptimizer weights of the wrong shape": (
         lambda tmp, mp: keras_meta.LearnedOptimizer(
             weights=bad_phi_file(str(tmp / "bad.npz"))),

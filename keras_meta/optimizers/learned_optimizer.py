@@ -9,6 +9,7 @@ one variable, scales the update by `learning_rate` and applies it unless it
 is not finite (`keras_meta.nonfinite`).
 """
 
+import math
 import os
 
 import keras
@@ -154,13 +155,13 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         name=None,
         **kwargs,
     ):
-        if isinstance(learning_rate, (int, float)) and not (
-            learning_rate >= 0 and not isinstance(learning_rate, bool)
-        ):
+        if isinstance(learning_rate, (int, float)) and (
+                isinstance(learning_rate, bool)
+                or not (math.isfinite(learning_rate) and learning_rate >= 0)):
             raise ValueError(
                 "LearnedOptimizer `learning_rate` (a multiplier of the "
-                f"learned update) must be a float >= 0; got {learning_rate!r}."
-            )
+                "learned update) must be a finite float >= 0; got "
+                f"{learning_rate!r}.")
         super().__init__(
             learning_rate=learning_rate,
             name=name,
