@@ -96,7 +96,13 @@ def test_contract(case, tmp_path):
     maml.save(path)
     loaded = keras.models.load_model(path)
     assert type(loaded) is type(maml)
+    # Only the rule's settings are in the config; its values are weights.
+    assert loaded.inner_optimizer.get_config() == (
+        maml.inner_optimizer.get_config())
     for a, b in zip(maml.weights, loaded.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    # Adam's slots load by position: each comes back in its place.
+    for a, b in zip(maml.optimizer.variables, loaded.optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     np.testing.assert_array_equal(loaded.task_losses(data).numpy(), losses)
     maml.fit(episodes(seed=1), steps_per_epoch=2, verbose=0)

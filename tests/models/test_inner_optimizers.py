@@ -233,45 +233,8 @@ def test_adapt_uses_the_lstm_rule():
     assert norms.shape == (1, 2)
 
 
-# ------------------------------------------------------------- saving
-
-
-# lslr's rates have other shapes than the model's variables, as the LSTM's
-# weights do; meta_sgd's have the same ones (a misplaced slot would load).
-@pytest.mark.parametrize("rule", ["lstm", "meta_sgd"])
-def test_save_load_round_trip(rule, tmp_path):
-    data = episode()
-    maml = keras_meta.MAML(tiny_net(), inner_learning_rate=0.1,
-                           inner_steps=2, inner_optimizer=rule)
-    # Adam: its slots must come back in the right places (they load by
-    # position; the rule's weights are a second group of variables).
-    maml.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
-    maml.fit(tf.data.Dataset.from_tensors(data).repeat(), steps_per_epoch=2,
-             verbose=0)
-    # Only the rule's settings are in the config; the values are weights.
-    config = maml.get_config()["inner_optimizer"]
-    assert config["config"] == maml.inner_optimizer.get_config()
-    path = os.path.join(tmp_path, "m.keras")
-    maml.save(path)
-    loaded = keras.models.load_model(path)
-    assert type(loaded.inner_optimizer) is type(maml.inner_optimizer)
-    assert loaded.inner_optimizer.get_config() == (
-        maml.inner_optimizer.get_config())
-    for a, b in zip(maml.inner_optimizer_variables,
-                    loaded.inner_optimizer_variables):
-        assert a.name == b.name
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
-    np.testing.assert_array_equal(maml.predict(data, verbose=0),
-                                  loaded.predict(data, verbose=0))
-    for a, b in zip(maml.optimizer.variables, loaded.optimizer.variables):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
-    maml.train_on_batch(data)
-    loaded.train_on_batch(data)
-    for a, b in zip(maml.get_weights(), loaded.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
-
-
 # ------------------------------------------------------------ learning
+# (Save and load of every rule: tests/maml/test_variants_contract.py.)
 
 
 @pytest.mark.parametrize("rule", ["sgd", "meta_sgd", "lslr", "lstm"])
