@@ -1,5 +1,7 @@
 """Argument checks shared by the package: one message per kind of mistake."""
 
+import dataclasses
+
 
 def check_positive_int(name, value, allow_none=False):
     """Raises `ValueError` unless `value` is an int >= 1 (or None with
@@ -8,3 +10,15 @@ def check_positive_int(name, value, allow_none=False):
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
+
+
+def dataclass_from_dict(cls, fields):
+    """`cls(**fields)` for a config dataclass, refusing unknown names with
+    a message that lists them and the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(fields) - known
+    if unknown:
+        raise ValueError(
+            f"Unknown {cls.__name__} fields {sorted(unknown)}; expected a "
+            f"subset of {sorted(known)}.")
+    return cls(**fields)

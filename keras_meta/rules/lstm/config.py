@@ -2,6 +2,8 @@
 
 import dataclasses
 
+from keras_meta import validation
+
 DESCENTS = ("adam", "none", "sgd", "momentum")
 GRANULARITIES = ("coordinate", "tensor")
 # RMS size of the first step of a "momentum" rule, before any curvature.
@@ -130,11 +132,4 @@ class RuleConfig:
 
     @classmethod
     def from_dict(cls, d):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(
-                f"Unknown RuleConfig fields {sorted(unknown)}; expected a "
-                f"subset of {sorted(known)}."
-            )
-        return cls(**d)
+        return validation.dataclass_from_dict(cls, d)

@@ -4,6 +4,8 @@ values)."""
 import dataclasses
 import math
 
+from keras_meta import validation
+
 # The `rule_type` a weights file's config names this rule by.
 RULE_TYPE = "normalized_mlp"
 
@@ -84,10 +86,4 @@ class NormalizedConfig:
 
     @classmethod
     def from_dict(cls, d):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(
-                f"Unknown NormalizedConfig fields {sorted(unknown)}; expected "
-                f"a subset of {sorted(known)}.")
-        return cls(**d)
+        return validation.dataclass_from_dict(cls, d)
