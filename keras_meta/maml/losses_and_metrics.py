@@ -140,7 +140,7 @@ class QueryMetrics:
         logs = {m.name: m.result() for m in self.metrics
                 if not (training and id(m) in left_out)}
         if training:
-            logs["skipped_steps"] = self.skipped_steps.value
+            logs["skipped_steps"] = tf.convert_to_tensor(self.skipped_steps)
             logs["consecutive_skipped_steps"] = (
                 self.consecutive_skipped_steps.read_value())
         return km_distribute.keras_logs(logs)

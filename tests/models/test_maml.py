@@ -573,3 +573,25 @@ def test_pre_adaptation_every_n_steps():
     config = keras_meta.MAML(tiny_net(), track_pre_adaptation=np.int64(
         4)).get_config()
     assert json.loads(json.dumps(config))["track_pre_adaptation"] == 4
+
+
+@pytest.mark.parametrize("rule", ["sgd", "lstm"])
+def test_run_eagerly_trains_as_the_compiled_step(rule):
+    # Eager fit used to fail on its logs (a variable, not a tensor).
+    def trained(run_eagerly):
+        keras.utils.set_random_seed(0)
+        net = keras.Sequential([keras.Input((1,)),
+                                keras.layers.Dense(4, activation="tanh"),
+                                keras.layers.Dense(1)])
+        maml = keras_meta.MAML(net, inner_learning_rate=0.1, inner_steps=2,
+                               inner_optimizer=rule)
+        maml.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse",
+                     run_eagerly=run_eagerly, jit_compile=False)
+        logs = maml.fit(keras_meta.data.sinusoid(shots=4, queries=5,
+                                                 meta_batch_size=2, seed=0),
+                        steps_per_epoch=2, verbose=0).history
+        assert logs["skipped_steps"] == [0]
+        return [v.numpy() for v in maml.trainable_variables]
+
+    for a, b in zip(trained(True), trained(False)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
