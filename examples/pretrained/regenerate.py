@@ -7,7 +7,7 @@ that command as a subprocess, applies the config change and writes the
 file under the shipped file's name:
 
     python examples/pretrained/regenerate.py --name=per_tensor \
-        --out_dir=/tmp/pretrained --check
+        --out_dir=runs/pretrained --check
 
 --check compares each result with the shipped file: the arrays (bitwise,
 else the largest absolute difference), the rule config, and the bytes. A

@@ -351,10 +351,6 @@ class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
 
     # ---------------------------------------------------------------- steps
 
-    def _meta_gradients(self, episode):
-        """`meta_gradients.compute(self, episode)`."""
-        return meta_gradients.compute(self, episode)
-
     def train_step(self, data):
         episode = checks.episode_of(data)
         # Before the update: the pass reads the meta-weights.
