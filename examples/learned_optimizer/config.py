@@ -79,6 +79,10 @@ class Config:
         "below) or the normalized MLP rule (keras_meta.rules.normalized, "
         "NormalizedConfig's defaults; --init_weights may name a normalized "
         "file).", choices=("lstm", "normalized"))
+    normalize: str = option(
+        "tensor", "--rule_kind=normalized: NormalizedConfig.normalize "
+        "(RMS-normalize the direction per tensor, or keep Adam's "
+        "per-coordinate scale).", choices=("tensor", "none"))
     estimator: str = option(
         "tbptt", "Meta-gradient estimator: truncated backpropagation, or "
         "persistent evolution strategies (antithetic forward-only pairs, "
@@ -109,6 +113,11 @@ class Config:
         None, "Evaluate on the first N problems only (default all).")
     eval_steps: int | None = option(
         None, "Optimizee steps of each evaluation run (default --horizon).")
+    eval_objective: str = option(
+        "train", "Evaluation score (which picks phi_best): mean log "
+        "training loss over the run, or log loss of the final parameters "
+        "on held-out examples (needs --tasks).",
+        choices=("train", "validation"))
     rule: dict | None = option(
         None, "RuleConfig fields (None: its defaults, or those of "
         "init_weights).", flag=False)

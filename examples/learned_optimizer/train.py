@@ -65,25 +65,32 @@ def build_tasks(config):
     raise ValueError(f"Unknown task distribution {config.tasks!r}.")
 
 
-def evaluate(rule, problems, steps, num_instances=2):
+def evaluate(rule, problems, steps, num_instances=2, objective="train"):
     """Mean log optimizee loss of `rule` on fixed evaluation instances.
 
     Returns:
-        `(score, curves)`: score is the mean over problems and instances of
-        mean_t log f(theta_t); curves maps problem name to the mean loss
-        curve (numpy array of `steps + 1`).
+        `(score, curves)`: with `objective="train"` the score is the mean
+        over problems and instances of mean_t log f(theta_t) (training
+        minibatch losses); with `"validation"`, the mean of log of the
+        final parameters' loss on held-out examples. `curves` maps problem
+        name to the mean training loss curve (numpy array of `steps + 1`).
     """
     scores, curves = [], {}
     for problem in problems:
-        runs = []
+        runs, finals = [], []
         for i in range(num_instances):
             inst = problem.sample(EVAL_SEED + i)
-            runs.append(trainer_lib.run_rule(rule, problem, inst, steps,
-                                             seed=EVAL_SEED + i))
+            out = trainer_lib.run_rule(
+                rule, problem, inst, steps, seed=EVAL_SEED + i,
+                return_validation=objective == "validation")
+            runs.append(out[0] if objective == "validation" else out)
+            finals.append(out[1] if objective == "validation" else np.nan)
         runs = np.stack(runs)
         curves[problem.name] = runs.mean(0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            s = np.mean(np.log(runs[:, 1:] + 1e-12))
+            s = (np.mean(np.log(np.asarray(finals) + 1e-12))
+                 if objective == "validation"
+                 else np.mean(np.log(runs[:, 1:] + 1e-12)))
         scores.append(s if np.isfinite(s) else float("inf"))
     return float(np.mean(scores)), curves
 
@@ -172,8 +179,14 @@ def build_rule(config):
             raise ValueError(
                 f"init_weights {config.init_weights!r} hold a "
                 f"{rule_kinds.kind_of(cfg)} rule, not a normalized one.")
+        if cfg.normalize != config.normalize:
+            raise ValueError(
+                f"init_weights {config.init_weights!r} hold a rule with "
+                f"normalize={cfg.normalize!r}, but --normalize="
+                f"{config.normalize!r} was given.")
     else:
-        cfg, phi0 = normalized_rule.NormalizedConfig(), None
+        cfg = normalized_rule.NormalizedConfig(normalize=config.normalize)
+        phi0 = None
     return cfg, phi0, rule_kinds.make_rule(cfg)
 
 
@@ -249,7 +262,8 @@ class _MetaTraining:
     def evaluate_and_log(self, step):
         learned = fixed_rule(self.trainer.rule, self.trainer.phi_numpy())
         score, curves = evaluate(learned, self.eval_problems,
-                                 self.eval_steps)
+                                 self.eval_steps,
+                                 objective=self.config.eval_objective)
         with self.writer.as_default():
             tf.summary.scalar("eval/score_learned", score, step=step)
             for name, curve in curves.items():
@@ -370,6 +384,7 @@ class _MetaTraining:
             "sigma": c.sigma, "horizon_range": c.horizon_range,
             "tasks": c.tasks, "num_tasks": c.num_tasks,
             "meta_objective": c.meta_objective,
+            "eval_objective": c.eval_objective,
             "final_eval_score": final, "best_eval_score": self.best,
             "skipped_meta_steps": self.trainer.skipped_meta_steps,
             "wall_seconds": wall,

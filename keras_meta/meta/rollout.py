@@ -10,7 +10,7 @@ from keras_meta.rules import inner_loop
 
 
 def run_rule(rule, problem, instance, steps, seed=0, chunk=50,
-             meta_params=()):
+             meta_params=(), return_validation=False):
     """Optimizes `instance` for `steps` steps with an `UpdateRule`.
 
     Args:
@@ -22,11 +22,19 @@ def run_rule(rule, problem, instance, steps, seed=0, chunk=50,
         chunk: minibatches drawn at a time.
         meta_params: the rule's meta-parameters (`()` for the baselines
             and `Learned`, which hold their own).
+        return_validation: also return the loss of the final parameters
+            on the held-out examples of the last minibatch
+            (`problem.validation_loss`).
 
     Returns:
         numpy array of `steps + 1` losses: f(theta_0) .. f(theta_steps),
-        each on the minibatch of its step (non-finite values kept).
+        each on the minibatch of its step (non-finite values kept); with
+        `return_validation`, `(losses, final validation loss)`.
     """
+    if return_validation and not hasattr(problem, "validation_loss"):
+        raise ValueError(
+            f"return_validation=True needs a problem with held-out examples "
+            f"(validation_loss); {problem.name!r} has none.")
     task = problem.task_tensors(instance)
 
     @tf.function(reduce_retracing=True)
@@ -56,6 +64,9 @@ def run_rule(rule, problem, instance, steps, seed=0, chunk=50,
         done += n
     last = tf.nest.map_structure(lambda b: b[n], batches)
     losses.append(float(final_loss(params, last)))
+    if return_validation:
+        return np.asarray(losses), float(
+            problem.validation_loss(params, task, last))
     return np.asarray(losses)
 
 

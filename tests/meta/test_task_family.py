@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras_meta.meta import problems
 from keras_meta.meta import task_family
 from keras_meta.meta import trainer
+from keras_meta.rules import baselines
 from keras_meta.rules.base import UpdateRule
 
 NO_DATA = "/nonexistent/omniglot"
@@ -138,3 +139,22 @@ def test_pes_meta_step_on_the_task_family():
     logs = [mt.meta_step() for _ in range(2)]
     assert all(l["applied"] and l["finite_particles"] == 2 for l in logs)
     assert all(np.isfinite(l["objective"]) for l in logs)
+
+
+def test_run_rule_reports_the_final_validation_loss():
+    prob = task_family.make_task("mlp", 8, np.random.default_rng(0),
+                                 directory=NO_DATA)
+    inst = prob.sample(0)
+    sgd = baselines.SGD(0.0)  # no step: the final parameters are the initial
+    losses, val = trainer.run_rule(sgd, prob, inst, 3, seed=1,
+                                   return_validation=True)
+    assert losses.shape == (4,) and np.isfinite(val)
+    task = prob.task_tensors(inst)
+    last = prob.batches(inst, 4, 1)
+    expected = prob.validation_loss(
+        list(inst.params), task, tf.nest.map_structure(lambda b: b[3], last))
+    assert val == pytest.approx(float(expected), rel=1e-5)
+    quadratic = problems.QuadraticProblem()
+    with pytest.raises(ValueError, match="validation_loss"):
+        trainer.run_rule(sgd, quadratic, quadratic.sample(0), 2,
+                         return_validation=True)

@@ -40,8 +40,10 @@ def _grads(seed):
                         "float32") for s in SHAPES]
 
 
-def _normalized_adam(grads_seq, lr, b1=0.9, b2=0.999, eps=1e-8):
-    """Per-tensor RMS-normalized Adam, in NumPy float64."""
+def _normalized_adam(grads_seq, lr, b1=0.9, b2=0.999, eps=1e-8,
+                     normalize=True):
+    """Per-tensor RMS-normalized Adam (plain Adam with `normalize=False`),
+    in NumPy float64."""
     updates = []
     m = [np.zeros(s) for s in SHAPES]
     v = [np.zeros(s) for s in SHAPES]
@@ -52,7 +54,8 @@ def _normalized_adam(grads_seq, lr, b1=0.9, b2=0.999, eps=1e-8):
             m[i] = b1 * m[i] + (1 - b1) * g
             v[i] = b2 * v[i] + (1 - b2) * g * g
             d = (m[i] / (1 - b1 ** t)) / (np.sqrt(v[i] / (1 - b2 ** t)) + eps)
-            step.append(-lr * d / np.sqrt(np.mean(d * d)))
+            scale = np.sqrt(np.mean(d * d)) if normalize else 1.0
+            step.append(-lr * d / scale)
         updates.append(step)
     return updates
 
@@ -82,6 +85,27 @@ def test_untrained_rule_is_normalized_adam_on_two_steps():
                 CONFIG.init_lr, rel=1e-5)
     assert float(state[0]["t"]) == 2.0
     assert sorted(state[0]) == ["m0", "m1", "m2", "t", "v"]
+
+
+def test_untrained_rule_without_normalization_is_adam():
+    config = normalized.NormalizedConfig(normalize="none")
+    rule = normalized.NormalizedMLPRule(config)
+    params = _tensors(normalized.init_meta_params(config, seed=3))
+    grads_seq = [_grads(s) for s in range(1, 6)]
+    got, _ = _steps(rule, params, grads_seq)
+    expected = _normalized_adam(grads_seq, config.init_lr, normalize=False)
+    for got_step, exp_step in zip(got, expected):
+        for a, b in zip(got_step, exp_step):
+            np.testing.assert_allclose(a.numpy(), b, rtol=2e-5)
+    # Not normalized: a tensor whose gradient touches one row moves that
+    # row by about init_lr, as Adam does (normalizing would amplify it).
+    sparse = [tf.constant([[1.0, -2.0, 3.0]] + [[0.0] * 3] * 3), tf.ones(3)]
+    for cfg, expected_max in ((config, 1.0), (CONFIG, 2.0)):
+        updates, _ = _steps(normalized.NormalizedMLPRule(cfg),
+                            _tensors(normalized.init_meta_params(cfg)),
+                            [sparse])
+        assert np.max(np.abs(updates[0][0].numpy())) / cfg.init_lr == \
+            pytest.approx(expected_max, rel=1e-4)
 
 
 def _trained_like(seed=0):
@@ -171,6 +195,8 @@ def test_config_round_trip_and_errors():
         normalized.NormalizedConfig.from_dict({"hidden": 3})
     with pytest.raises(ValueError, match="lr_range"):
         normalized.NormalizedConfig(init_lr=1.0)
+    with pytest.raises(ValueError, match="normalize must be"):
+        normalized.NormalizedConfig(normalize="layer")
     with pytest.raises(ValueError, match="weight_decay"):
         normalized.NormalizedMLPRule(CONFIG, weight_decay=-1.0)
 

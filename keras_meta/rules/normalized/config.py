@@ -29,6 +29,10 @@ class NormalizedConfig:
         lr_range: `(low, high)` bounds of the base step size `exp(log_lr)`.
         max_schedule_offset: bound of the learned schedule's log offset: the
             step size stays within `exp(+-max_schedule_offset)` of the base.
+        normalize: `"tensor"` divides the direction by its RMS over the
+            tensor at every step; `"none"` keeps Adam's per-coordinate
+            scale (better for sparse rows: a tensor whose gradient touches
+            few rows is not amplified).
     """
 
     hidden_size: int = 8
@@ -41,6 +45,7 @@ class NormalizedConfig:
     output_scale: float = 1.0
     lr_range: tuple = (1e-6, 1e-1)
     max_schedule_offset: float = math.log(100.0)
+    normalize: str = "tensor"
 
     def __post_init__(self):
         for name in ("momentum_decays", "progress_timescales", "lr_range"):
@@ -63,6 +68,9 @@ class NormalizedConfig:
             raise ValueError(
                 "Need lr_range = (low, high) with 0 < low <= init_lr <= high; "
                 f"got lr_range={self.lr_range}, init_lr={self.init_lr}.")
+        if self.normalize not in ("tensor", "none"):
+            raise ValueError("normalize must be 'tensor' or 'none', got "
+                             f"{self.normalize!r}.")
         if not self.max_schedule_offset > 0:
             raise ValueError("max_schedule_offset must be > 0, got "
                              f"{self.max_schedule_offset}.")

@@ -75,6 +75,23 @@ def mlp_output(meta_params, features, tensor_feats, config):
         [h * kernel[j, 0] for j, h in enumerate(hidden)])
 
 
+def _moments(g, state, shape, config):
+    """Updated momenta and `v` (into a new state dict) and the bias-corrected
+    momenta and `1 / (sqrt(v_hat) + eps)`."""
+    t = state["t"] + 1.0
+    new_state = {"t": t}
+    corrected = []
+    for i, decay in enumerate(config.momentum_decays):
+        m = decay * tf.reshape(state[f"m{i}"], (-1,)) + (1.0 - decay) * g
+        new_state[f"m{i}"] = tf.reshape(m, shape)
+        corrected.append(m * _bias_correction(decay, t))
+    b2 = config.beta_2
+    v = b2 * tf.reshape(state["v"], (-1,)) + (1.0 - b2) * tf.square(g)
+    new_state["v"] = tf.reshape(v, shape)
+    inv = 1.0 / (tf.sqrt(v * _bias_correction(b2, t)) + config.epsilon)
+    return new_state, corrected, inv
+
+
 def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
     """One step of the rule for one tensor.
 
@@ -93,17 +110,8 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
     shape = tf.shape(grad)
     g = tf.reshape(grad, (-1,))
     p = tf.reshape(tf.cast(value, dtype), (-1,))
-    t = state["t"] + 1.0
-    new_state = {"t": t}
-    corrected = []
-    for i, decay in enumerate(config.momentum_decays):
-        m = decay * tf.reshape(state[f"m{i}"], (-1,)) + (1.0 - decay) * g
-        new_state[f"m{i}"] = tf.reshape(m, shape)
-        corrected.append(m * _bias_correction(decay, t))
-    b2 = config.beta_2
-    v = b2 * tf.reshape(state["v"], (-1,)) + (1.0 - b2) * tf.square(g)
-    new_state["v"] = tf.reshape(v, shape)
-    inv = 1.0 / (tf.sqrt(v * _bias_correction(b2, t)) + config.epsilon)
+    new_state, corrected, inv = _moments(g, state, shape, config)
+    t = new_state["t"]
     adam = corrected[0] * inv
     features = ([g * inv] + [m * inv for m in corrected]
                 + [tf.math.divide_no_nan(p, _rms(p))])
@@ -111,10 +119,11 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
     tensor_feats = tensor_features(t, is_vector, config, dtype)
     direction = adam + config.output_scale * mlp_output(
         meta_params, features, tensor_feats, config)
-    direction = tf.math.divide_no_nan(direction, _rms(direction))
+    if config.normalize == "tensor":
+        direction = tf.math.divide_no_nan(direction, _rms(direction))
+    rate = step_size(meta_params, t, is_vector, config, dtype)
     if weight_decay:
         direction = direction + weight_decay * p
-    rate = step_size(meta_params, t, is_vector, config, dtype)
     return tf.reshape(-rate * direction, shape), new_state
 
 
