@@ -65,23 +65,32 @@ from absl import flags
 
 from benchmarks import common
 from benchmarks.suite import data as suite_data
+from benchmarks.suite import dev_workloads
 from benchmarks.suite import report
 from benchmarks.suite import runner
 from benchmarks.suite import workloads
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("workloads", list(workloads.WORKLOADS), "Workloads.")
+flags.DEFINE_enum("workload_set", "held_out", ["held_out", "dev"],
+                  "held_out: the suite (report on it); dev: "
+                  "suite/dev_workloads.py (choose candidates on it).")
+flags.DEFINE_list("workloads", [], "Workloads of the set (default all).")
 flags.DEFINE_list("steps", ["1000", "5000"], "Training steps (each).")
 flags.DEFINE_integer("seeds", 3, "Seeds 0..seeds-1 per workload.")
 flags.DEFINE_list("optimizers", ["adam_best", "adamw_best", "adam_1e-3",
                                  "learned"], "Optimizers (see docstring).")
 flags.DEFINE_list("weights", [], "More LearnedOptimizer weights: shipped "
-                  "names or phi files, one `learned[<w>]` row each.")
+                  "names or phi files, one `learned[<w>]` row each; a "
+                  "suffix `+ema` adds use_ema=True, `+none` the rule "
+                  "option normalize='none' (with init_normalized).")
 flags.DEFINE_string("out", "lopt_suite.json", "JSON file in results/.")
 
 ADAM_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 ADAMW_DECAY = 1e-2
-OPTIMIZER_NAMES = ("adam_best", "adamw_best", "adam_1e-3", "learned")
+OPTIMIZER_NAMES = ("adam_best", "adamw_best", "adam_1e-3", "adam_1e-3_ema",
+                   "learned")
+WORKLOAD_SETS = {"held_out": workloads.WORKLOADS,
+                 "dev": dev_workloads.DEV_WORKLOADS}
 
 
 def spec_key(spec):
@@ -109,16 +118,19 @@ def optimizer_groups(names, weights):
                                          for r in ADAM_RATES})
     if "adam_1e-3" in names:
         groups["adam_1e-3"] = ("single", add(("adam", 1e-3)))
+    if "adam_1e-3_ema" in names:
+        groups["adam_1e-3_ema"] = ("single", add(("adam_ema", 1e-3)))
     if "learned" in names:
         groups["learned"] = ("single", add(("learned", None)))
     for w in weights:
-        groups[f"learned[{w}]"] = ("single", add(("learned", w)))
+        name, *options = w.split("+")
+        extra = (tuple(sorted(options)),) if options else ()
+        groups[f"learned[{w}]"] = ("single", add(("learned", name) + extra))
     return groups, specs
 
 
-def run_cell(name, steps, seeds, specs):
+def run_cell(workload, name, steps, seeds, specs):
     """Every spec on every seed of one workload; {spec key: [runs]}."""
-    workload = workloads.WORKLOADS[name]
     runs = {key: [] for key in specs}
     for seed in range(seeds):
         splits = workload.data(seed)
@@ -136,28 +148,35 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")
     start = time.perf_counter()
     groups, specs = optimizer_groups(FLAGS.optimizers, FLAGS.weights)
+    table = WORKLOAD_SETS[FLAGS.workload_set]
+    names = FLAGS.workloads or list(table)
+    unknown = sorted(set(names) - set(table))
+    if unknown:
+        raise ValueError(f"Unknown --workloads {unknown} in the "
+                         f"{FLAGS.workload_set} set; known: {list(table)}.")
     learned = [g for g in groups if g.startswith("learned")]
     results = {"steps": [int(s) for s in FLAGS.steps], "seeds": FLAGS.seeds,
+               "workload_set": FLAGS.workload_set,
                "optimizers": list(groups), "adam_rates": ADAM_RATES,
                "adamw_weight_decay": ADAMW_DECAY, "skipped": {},
                "cells": {}}
     summaries, rows = {}, []
     for steps in results["steps"]:
-        for name in FLAGS.workloads:
+        for name in names:
             cell_start = time.perf_counter()
             try:
-                runs = run_cell(name, steps, FLAGS.seeds, specs)
+                runs = run_cell(table[name], name, steps, FLAGS.seeds, specs)
             except suite_data.DataUnavailable as e:
                 print(f"Skipping {name}: {e}", flush=True)
                 results["skipped"][name] = str(e)
                 continue
             summary = report.summarize(
-                runs, groups, workloads.WORKLOADS[name].metric)
+                runs, groups, table[name].metric)
             summaries[(name, steps)] = summary
             rows += report.table_rows(name, steps, summary)
             results["cells"].setdefault(name, {})[str(steps)] = {
                 "summary": summary, "runs": runs,
-                "metric": workloads.WORKLOADS[name].metric,
+                "metric": table[name].metric,
                 "wall_s": time.perf_counter() - cell_start}
             common.print_table(report.TABLE_HEADER,
                                report.table_rows(name, steps, summary))

@@ -21,18 +21,32 @@ STEPS_PER_EXECUTION = 50
 def make_optimizer(spec):
     """A fresh optimizer from a spec.
 
-    Specs: ("adam", lr), ("adamw", lr, weight_decay), ("learned", weights)
-    where weights is None (the shipped default) or a name or file.
+    Specs: ("adam", lr), ("adam_ema", lr) (with `use_ema=True`),
+    ("adamw", lr, weight_decay), ("learned", weights[, options]) where
+    weights is None (the shipped default) or a name or file and options a
+    tuple of "ema" (`use_ema=True`) and "none" (the rule option
+    `normalize="none"`, for `"init_normalized"`).
     """
     kind = spec[0]
     if kind == "adam":
         return keras.optimizers.Adam(spec[1])
+    if kind == "adam_ema":
+        return keras.optimizers.Adam(spec[1], use_ema=True)
     if kind == "adamw":
         return keras.optimizers.AdamW(spec[1], weight_decay=spec[2])
     if kind == "learned":
-        if spec[1] is None:
-            return keras_meta.LearnedOptimizer()
-        return keras_meta.LearnedOptimizer(weights=spec[1])
+        options = set(spec[2]) if len(spec) > 2 else set()
+        unknown = options - {"ema", "none"}
+        if unknown:
+            raise ValueError(f"Unknown options {sorted(unknown)} in {spec!r}; "
+                             "known: ema, none.")
+        kwargs = {"use_ema": "ema" in options}
+        if "none" in options:
+            kwargs["rule"] = {"rule_type": "normalized_mlp",
+                              "normalize": "none"}
+        if spec[1] is not None:
+            kwargs["weights"] = spec[1]
+        return keras_meta.LearnedOptimizer(**kwargs)
     raise ValueError(f"Unknown optimizer spec {spec!r}.")
 
 

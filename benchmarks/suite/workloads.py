@@ -114,22 +114,22 @@ def regression_mlp():
         keras.layers.Dense(128, activation="relu"), keras.layers.Dense(1)])
 
 
-def _classifier(data, build, batch_size):
+def classifier(data, build, batch_size):
     return Workload(data, build, keras.losses.SparseCategoricalCrossentropy(
         from_logits=True), "accuracy", batch_size)
 
 
 WORKLOADS = {
-    "omniglot_bn_conv": _classifier(suite_data.omniglot_classes,
+    "omniglot_bn_conv": classifier(suite_data.omniglot_classes,
                                     omniglot_convnet, 32),
     "omniglot_autoencoder": Workload(suite_data.omniglot_pixels,
                                      dense_autoencoder, "mse", "mae", 32),
-    "embedding_text": _classifier(suite_data.topic_tokens,
+    "embedding_text": classifier(suite_data.topic_tokens,
                                   embedding_classifier, 32),
-    "transformer": _classifier(suite_data.match_counts,
+    "transformer": classifier(suite_data.match_counts,
                                transformer_encoder, 32),
-    "gru": _classifier(suite_data.noisy_frequencies, gru_classifier, 32),
-    "resnet_bn": _classifier(suite_data.shapes, residual_convnet, 32),
+    "gru": classifier(suite_data.noisy_frequencies, gru_classifier, 32),
+    "resnet_bn": classifier(suite_data.shapes, residual_convnet, 32),
     "regression_mlp": Workload(suite_data.smooth_regression, regression_mlp,
                                "mse", "mae", 32),
 }

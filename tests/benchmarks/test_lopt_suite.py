@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from benchmarks import lopt_suite
 from benchmarks.suite import data as suite_data
+from benchmarks.suite import dev_workloads
 from benchmarks.suite import report
 from benchmarks.suite import runner
 from benchmarks.suite import workloads
@@ -93,3 +94,30 @@ def test_optimizer_groups_share_adam_1e3_with_the_grid():
     assert "learned[per_tensor]" in groups
     with pytest.raises(ValueError, match="Unknown"):
         lopt_suite.optimizer_groups(["sgd"], [])
+
+
+def test_weights_options_and_the_ema_peer():
+    groups, specs = lopt_suite.optimizer_groups(
+        ["adam_1e-3_ema"], ["init_normalized+ema+none"])
+    key = groups["learned[init_normalized+ema+none]"][1]
+    assert specs[key] == ("learned", "init_normalized", ("ema", "none"))
+    opt = runner.make_optimizer(specs[key])
+    assert opt.use_ema and opt._rule_config.normalize == "none"
+    assert runner.make_optimizer(specs[groups["adam_1e-3_ema"][1]]).use_ema
+    with pytest.raises(ValueError, match="Unknown options"):
+        runner.make_optimizer(("learned", None, ("fast",)))
+
+
+@pytest.mark.parametrize("name", list(dev_workloads.DEV_WORKLOADS))
+def test_dev_workloads_train_and_split(name):
+    workload = dev_workloads.DEV_WORKLOADS[name]
+    splits = workload.data(0)
+    sizes = [len(x) for _, (x, _) in splits.items()]
+    assert all(n >= 400 for n in sizes), sizes
+    model = workload.build()
+    x, _ = splits.test
+    assert model(x[:2]).shape[0] == 2
+    if name == "keywords":  # one fit, with the sparse-gradient model
+        result = runner.fit(workload, splits, ("adam", 1e-3), seed=0,
+                            steps=2)
+        assert result["finite"] and np.isfinite(result["test_loss"])
