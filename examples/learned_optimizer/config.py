@@ -83,6 +83,9 @@ class Config:
         "tensor", "--rule_kind=normalized: NormalizedConfig.normalize "
         "(RMS-normalize the direction per tensor, or keep Adam's "
         "per-coordinate scale).", choices=("tensor", "none"))
+    antisymmetric: bool = option(
+        False, "--rule_kind=normalized: NormalizedConfig.antisymmetric (the "
+        "MLP's output odd in its features: no learned constant drift).")
     estimator: str = option(
         "tbptt", "Meta-gradient estimator: truncated backpropagation, or "
         "persistent evolution strategies (antithetic forward-only pairs, "

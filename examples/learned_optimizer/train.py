@@ -179,13 +179,15 @@ def build_rule(config):
             raise ValueError(
                 f"init_weights {config.init_weights!r} hold a "
                 f"{rule_kinds.kind_of(cfg)} rule, not a normalized one.")
-        if cfg.normalize != config.normalize:
-            raise ValueError(
-                f"init_weights {config.init_weights!r} hold a rule with "
-                f"normalize={cfg.normalize!r}, but --normalize="
-                f"{config.normalize!r} was given.")
+        for name in ("normalize", "antisymmetric"):
+            if getattr(cfg, name) != getattr(config, name):
+                raise ValueError(
+                    f"init_weights {config.init_weights!r} hold a rule with "
+                    f"{name}={getattr(cfg, name)!r}, but --{name}="
+                    f"{getattr(config, name)!r} was given.")
     else:
-        cfg = normalized_rule.NormalizedConfig(normalize=config.normalize)
+        cfg = normalized_rule.NormalizedConfig(
+            normalize=config.normalize, antisymmetric=config.antisymmetric)
         phi0 = None
     return cfg, phi0, rule_kinds.make_rule(cfg)
 

@@ -290,11 +290,12 @@ def test_example_meta_trains_the_normalized_rule_with_pes(tmp_path):
     summary = lopt_train.run(lopt_config.Config(
         problems=("quadratic",), unroll=5, horizon=10, meta_steps=3,
         model_dir=str(tmp_path), eval_every=1000, verbose=0,
-        rule_kind="normalized", normalize="none", estimator="pes",
+        rule_kind="normalized", normalize="none", antisymmetric=True,
+        estimator="pes",
         num_particles=2, eval_steps=5))
     phi, cfg = weights_io.load_phi(summary["paths"]["last"])
     assert isinstance(cfg, normalized.NormalizedConfig)
-    assert cfg.normalize == "none"
+    assert cfg.normalize == "none" and cfg.antisymmetric
     assert summary["rule_kind"] == "normalized"
     assert np.isfinite(summary["final_eval_score"])
     init = normalized.init_meta_params(cfg)

@@ -108,9 +108,31 @@ def test_untrained_rule_without_normalization_is_adam():
             pytest.approx(expected_max, rel=1e-4)
 
 
-def _trained_like(seed=0):
+def test_antisymmetric_mlp_flips_with_the_signs_and_has_no_drift():
+    config = normalized.NormalizedConfig(normalize="none", antisymmetric=True)
+    rule = normalized.NormalizedMLPRule(config)
+    params = _trained_like(config=config)
+    values, grads = _values(), [_grads(s) for s in range(3)]
+    up, _ = _steps(rule, params, grads, values)
+    down, _ = _steps(rule, params, [[-g for g in gs] for gs in grads],
+                     [-v for v in values])
+    for a, b in zip(up, down):
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x.numpy(), -y.numpy(), rtol=1e-5,
+                                       atol=1e-9)
+    # A zero gradient on a zero parameter gives a zero update (no drift),
+    # which the plain MLP with a non-zero output bias does not.
+    zeros = [tf.zeros(s) for s in SHAPES]
+    for cfg, drifts in ((config, False), (
+            normalized.NormalizedConfig(normalize="none"), True)):
+        got, _ = _steps(normalized.NormalizedMLPRule(cfg),
+                        _trained_like(config=cfg), [zeros], zeros)
+        assert bool(np.any(got[0][0].numpy() != 0.0)) == drifts
+
+
+def _trained_like(seed=0, config=CONFIG):
     """Meta-parameters with a non-zero MLP output and schedule."""
-    params = normalized.init_meta_params(CONFIG, seed=seed)
+    params = normalized.init_meta_params(config, seed=seed)
     rng = np.random.default_rng(seed + 1)
     for key in ("out/kernel", "out/bias", "schedule/kernel"):
         params[key] = rng.normal(0.0, 0.5, params[key].shape).astype("float32")

@@ -33,6 +33,10 @@ class NormalizedConfig:
             tensor at every step; `"none"` keeps Adam's per-coordinate
             scale (better for sparse rows: a tensor whose gradient touches
             few rows is not amplified).
+        antisymmetric: make the MLP's output odd in the per-parameter
+            features (`(MLP(f) - MLP(-f)) / 2`), so that it cannot learn a
+            constant drift of every parameter (ES noise otherwise moves the
+            output bias freely); twice the MLP's arithmetic.
     """
 
     hidden_size: int = 8
@@ -46,6 +50,7 @@ class NormalizedConfig:
     lr_range: tuple = (1e-6, 1e-1)
     max_schedule_offset: float = math.log(100.0)
     normalize: str = "tensor"
+    antisymmetric: bool = False
 
     def __post_init__(self):
         for name in ("momentum_decays", "progress_timescales", "lr_range"):

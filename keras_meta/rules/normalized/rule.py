@@ -57,8 +57,19 @@ def mlp_output(meta_params, features, tensor_feats, config):
     `num_parameter_features` tensors of shape `[N]`): shape `[N]`.
 
     The per-tensor features enter the first layer as a bias, computed once
-    per tensor.
+    per tensor. With `config.antisymmetric` the output is
+    `(MLP(f) - MLP(-f)) / 2`: odd in the features, so it flips with the
+    signs of the gradient and the parameter and has no constant drift.
     """
+    if config.antisymmetric:
+        negated = [-f for f in features]
+        return 0.5 * (_mlp(meta_params, features, tensor_feats, config)
+                      - _mlp(meta_params, negated, tensor_feats, config))
+    return _mlp(meta_params, features, tensor_feats, config)
+
+
+def _mlp(meta_params, features, tensor_feats, config):
+    """The plain MLP of `mlp_output`."""
     dtype = features[0].dtype
 
     def get(name):
