@@ -109,7 +109,8 @@ class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
             step over `multi_step_loss_anneal_steps` meta-steps. "uniform":
             their mean, never annealed, which trains every step count up
             to `inner_steps` (for learned inner rules that must hold at
-            more steps than one; `keras_meta.maml.multi_step_loss`).
+            more steps than one); or a list of `inner_steps` weights, a
+            distribution over step counts (`keras_meta.maml.multi_step_loss`).
         multi_step_loss_anneal_steps: int >= 1.
         adapted_layers: None to adapt every trainable variable, or a list
             of layer names whose variables adapt (others stay at their
@@ -181,7 +182,8 @@ class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
         self.first_order = bool(first_order)
         self.eval_inner_steps = eval_inner_steps
         self.inner_optimizer = inner_optimizers.get(inner_optimizer or "sgd")
-        self.multi_step_loss = multi_step_losses.resolve(multi_step_loss)
+        self.multi_step_loss = multi_step_losses.resolve(multi_step_loss,
+                                                         inner_steps)
         self.multi_step_loss_anneal_steps = multi_step_loss_anneal_steps
         self.adapted_layers = (
             None if adapted_layers is None else list(adapted_layers))

@@ -162,6 +162,13 @@ def test_uniform_multi_step_loss_is_the_mean_over_steps():
         rtol=1e-6)
     assert multi_step_loss.resolve("annealed") is True
     assert maml.get_config()["multi_step_loss"] == "uniform"
+    # Weights: a distribution over the step counts 1..3.
+    maml.multi_step_loss = multi_step_loss.resolve([2, 0, 2], 3)
+    meta_loss, _, outputs, _ = meta_gradients.compute(maml, episode())
+    losses = outputs["losses"].numpy()
+    np.testing.assert_allclose(
+        meta_loss.numpy(), (losses[:, 1] + losses[:, 3]).mean() / 2,
+        rtol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -169,6 +176,7 @@ def test_uniform_multi_step_loss_is_the_mean_over_steps():
     (dict(cosine_decay_steps=0), "`cosine_decay_steps` must be an int"),
     (dict(cosine_decay_alpha=2.0), "`cosine_decay_alpha` must be a number"),
     (dict(multi_step_loss="sometimes"), "`multi_step_loss` must be False"),
+    (dict(multi_step_loss=[1.0, 2.0]), "one non-negative finite number per"),
 ])
 def test_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
