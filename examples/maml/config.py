@@ -72,6 +72,7 @@ class Config:
         "convention, loss summed over classes).")
     meta_lr: float = option(1e-3, "Adam meta learning rate.")
     first_order: bool = option(False, "Drop second derivatives (FOMAML).")
+    multi_step_loss: str | None = option(None, "Meta-loss over inner steps: last, annealed (MAML++) or uniform (every count up to --inner_steps; learned rules). Unset: the variant's.", choices=("last", "annealed", "uniform"))  # noqa: E501
     # Resolved to "auto" (XLA where it is known to help) for Omniglot.
     jit_compile: bool | None = option(None, "Compile the steps with XLA.")
     steps_per_execution: int | None = option(

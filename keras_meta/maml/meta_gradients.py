@@ -22,25 +22,49 @@ from keras_meta.maml import task_parallel
 from keras_meta.maml import tasks as task_lib
 
 
-def compute(maml, episode):
+def compute(maml, episode, second_order=None):
     """Meta-loss and meta-gradients of `maml` for one batch of episodes.
 
     Gradients are summed over replicas under a strategy, so each replica's
     share of the mean is divided by their number.
+
+    Args:
+        maml: the `MAML` model.
+        episode: an episode dict with a task axis.
+        second_order: keep second derivatives: a Python bool, or a scalar
+            bool tensor that picks one of the two computations in a
+            `tf.cond` (MAML++'s derivative-order annealing). None: unless
+            `maml.first_order`.
     """
-    record = range(maml.inner_steps + 1) if maml.multi_step_loss else ()
+    if second_order is None:
+        second_order = not maml.first_order
+    plan = maml._step_batch_norm
+    # Per-step statistics come from the query pass after every step.
+    every = maml.multi_step_loss or (plan is not None and plan.statistics)
+    record = range(maml.inner_steps + 1) if every else ()
+    if isinstance(second_order, bool):
+        return _compute(maml, episode, record, second_order)
+    meta_loss, grads, outputs = tf.cond(
+        second_order,
+        lambda: _compute(maml, episode, record, True)[:3],
+        lambda: _compute(maml, episode, record, False)[:3])
+    return meta_loss, grads, outputs, sorted(set(record) | {
+        0, maml.inner_steps})
+
+
+def _compute(maml, episode, record, second_order):
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     if task_parallel.choose(maml) == "sequential":
-        return per_task(maml, episode, record, 1.0 / replicas)
-    return over_map(maml, episode, record, replicas)
+        return per_task(maml, episode, record, 1.0 / replicas, second_order)
+    return over_map(maml, episode, record, replicas, second_order)
 
 
-def over_map(maml, episode, record, replicas):
+def over_map(maml, episode, record, replicas, second_order):
     """Meta-gradients through the whole map over tasks, with one tape."""
     with tf.GradientTape() as tape:
         params, rates, outputs, record_steps = task_parallel.run_episode(
             maml, episode, maml.inner_steps, training=True,
-            second_order=not maml.first_order, record_steps=record,
+            second_order=second_order, record_steps=record,
             pre_adaptation=False)  # the logging pass, if at all, runs apart
         meta_loss = multi_step_loss.meta_loss(maml, outputs["losses"])
         scaled_loss = meta_loss / replicas
@@ -49,7 +73,7 @@ def over_map(maml, episode, record, replicas):
     return meta_loss, grads, outputs, record_steps
 
 
-def per_task(maml, episode, record, loss_scale):
+def per_task(maml, episode, record, loss_scale, second_order):
     """Meta-gradients summed over tasks, each task differentiated inside
     the loop over tasks."""
     steps = maml.inner_steps
@@ -74,7 +98,7 @@ def per_task(maml, episode, record, loss_scale):
             tape.watch(local)
             outputs = task_lib.run_task(
                 maml, local[:len(params)], local[len(params):], state, task,
-                steps, True, not maml.first_order, record_steps, False)
+                steps, True, second_order, record_steps, False)
             task_loss = multi_step_loss.meta_loss(maml, outputs["losses"][None])
             scaled_loss = task_loss * scale
         grads = tape.gradient(scaled_loss, local,

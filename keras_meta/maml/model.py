@@ -20,6 +20,7 @@ from keras_meta.maml import batch_norm
 from keras_meta.maml import batched_dense
 from keras_meta.maml import checks
 from keras_meta.maml import meta_gradients
+from keras_meta.maml import multi_step_loss as multi_step_losses
 from keras_meta.maml import skipping
 from keras_meta.maml import task_parallel
 from keras_meta.maml.adaptation import Adaptation
@@ -102,9 +103,14 @@ class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
             `LearnedOptimizer`, `keras_meta.maml.InnerLSTM`) or a
             `keras_meta.maml.InnerOptimizer`. The rule's parameters are
             meta-learned with the initialization.
-        multi_step_loss: bool, meta-train on a weighted sum of the query
-            losses after every inner step (MAML++), annealed towards the
-            last step over `multi_step_loss_anneal_steps` meta-steps.
+        multi_step_loss: the meta-loss over inner steps. False: the query
+            loss after the last step. True: a weighted sum of the query
+            losses after every step (MAML++), annealed towards the last
+            step over `multi_step_loss_anneal_steps` meta-steps. "uniform":
+            their mean, never annealed, which trains every step count up
+            to `inner_steps` (for learned inner rules that must hold at
+            more steps than one); or a list of `inner_steps` weights, a
+            distribution over step counts (`keras_meta.maml.multi_step_loss`).
         multi_step_loss_anneal_steps: int >= 1.
         adapted_layers: None to adapt every trainable variable, or a list
             of layer names whose variables adapt (others stay at their
@@ -144,6 +150,9 @@ class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
         - [Raghu et al., 2020 (ANIL)](https://arxiv.org/abs/1909.09157)
     """
 
+    # MAML++'s per-step batch norm (`batch_norm.StepBatchNorm`), if any.
+    _step_batch_norm = None
+
     def __init__(
         self,
         model,
@@ -173,7 +182,8 @@ class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
         self.first_order = bool(first_order)
         self.eval_inner_steps = eval_inner_steps
         self.inner_optimizer = inner_optimizers.get(inner_optimizer or "sgd")
-        self.multi_step_loss = bool(multi_step_loss)
+        self.multi_step_loss = multi_step_losses.resolve(multi_step_loss,
+                                                         inner_steps)
         self.multi_step_loss_anneal_steps = multi_step_loss_anneal_steps
         self.adapted_layers = (
             None if adapted_layers is None else list(adapted_layers))
@@ -218,7 +228,24 @@ class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
         """What the outer optimizer updates, in the order it is built with:
         the wrapped model's trainable variables, then the inner rule's."""
         return list(self.model.trainable_variables) + list(
-            self.inner_optimizer_variables)
+            self.inner_optimizer_variables) + self._step_variables(True)
+
+    def _state_variables(self):
+        """The non-trainable variables the forward passes read and update:
+        the wrapped model's, then MAML++'s per-step statistics."""
+        return list(self.model.non_trainable_variables) + (
+            self._step_variables(False))
+
+    def _step_variables(self, trainable):
+        plan = self._step_batch_norm
+        if plan is None:
+            return []
+        return list(plan.weights if trainable else plan.statistics)
+
+    def _second_order(self):
+        """Whether this meta-step keeps second derivatives: a Python bool,
+        or a scalar bool tensor (MAML++'s derivative-order annealing)."""
+        return not self.first_order
 
     @property
     def inner_rate_variables(self):
@@ -355,7 +382,8 @@ class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
         episode = checks.episode_of(data)
         # Before the update: the pass reads the meta-weights.
         pre_losses = self._maybe_pre_adaptation_pass(episode)
-        meta_loss, grads, outputs, _ = meta_gradients.compute(self, episode)
+        meta_loss, grads, outputs, _ = meta_gradients.compute(
+            self, episode, self._second_order())
         variables = self._meta_variables()
         quantity = skipping.quantity(pre_losses, outputs["losses"][:, 1:],
                                      [meta_loss, *grads])
@@ -364,13 +392,13 @@ class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
 
         def apply(grads, state):
             self.optimizer.apply(grads, variables)
-            batch_norm.assign_state(self.model, state)
+            batch_norm.assign_state(self._state_variables(), state)
 
         # One device: tf.cond. Under a strategy: apply, then undo unless ok
         # (see km_distribute.apply_if for why).
         km_distribute.apply_if(ok, apply, (grads, state), undo=(
             list(self.optimizer.variables) + variables
-            + list(self.model.non_trainable_variables)))
+            + self._state_variables()))
         skipping.count(self, quantity)
         self._meta_loss_tracker.update_state(meta_loss)
         self._update_query_metrics(episode, outputs)

@@ -70,7 +70,7 @@ def task_output_signature(maml, episode, record_steps, pre_adaptation):
         "post_pred": tf.TensorSpec(pred_spec.shape, pred_spec.dtype),
         "non_trainable": [
             tf.TensorSpec(v.shape, v.dtype)
-            for v in maml.model.non_trainable_variables],
+            for v in maml._state_variables()],
     }
     if pre_adaptation:
         signature["pre_pred"] = signature["post_pred"]
@@ -166,7 +166,8 @@ def pre_adaptation_pass(maml, episode):
     """Each task's query loss and predictions at the meta-weights (the
     training-mode forward pass, before adaptation; nothing is
     differentiated). Returns `(losses [tasks], predictions)`."""
-    params, _, state = task_lib.current_values(maml)
+    params, rates, state = task_lib.current_values(maml)
+    _, step_weights = task_lib.split_rates(maml, rates)
     query = {k: episode[k] for k in ("query_x", "query_y")}
     mode = choose(maml)
     if mode == "batched":
@@ -177,7 +178,7 @@ def pre_adaptation_pass(maml, episode):
 
     def one_task(task):
         pred, _, extra = task_lib.forward(maml, params, state,
-                                          task["query_x"], True)
+                                          task["query_x"], True, step_weights)
         return task_lib.task_loss(maml, task["query_y"], pred, extra), pred
 
     if mode == "vectorized":

@@ -15,13 +15,21 @@ from keras_meta.rules import inner_loop
 
 def current_values(maml):
     """The meta-weights as tensors: `(params, rates, state)`, the wrapped
-    model's trainable values, the inner rule's weights and the model's
-    non-trainable values."""
-    return tuple(
-        [tf.convert_to_tensor(v) for v in variables]
-        for variables in (maml.model.trainable_variables,
-                          maml.inner_optimizer_variables,
-                          maml.model.non_trainable_variables))
+    model's trainable values, the other meta-learned values (the inner
+    rule's weights, then MAML++'s per-step batch-norm weights) and the
+    non-trainable values (the model's, then MAML++'s per-step batch-norm
+    statistics)."""
+    meta = [tf.convert_to_tensor(v) for v in maml._meta_variables()]
+    count = len(maml.model.trainable_variables)
+    state = [tf.convert_to_tensor(v) for v in maml._state_variables()]
+    return meta[:count], meta[count:], state
+
+
+def split_rates(maml, rates):
+    """`rates` of `current_values` -> `(rule_params, step_weights)`: the
+    inner rule's meta-parameters and the per-step batch-norm weights."""
+    count = len(maml.inner_optimizer_variables)
+    return list(rates[:count]), list(rates[count:])
 
 
 def task_loss(maml, y_true, y_pred, extra_losses):
@@ -32,12 +40,27 @@ def task_loss(maml, y_true, y_pred, extra_losses):
     return loss
 
 
-def forward(maml, params, non_trainable, x, training):
+def forward(maml, params, non_trainable, x, training, step_weights=(),
+            index=0):
     """`(predictions, new_non_trainable, losses)` of the wrapped model at
-    `params`, with exact second derivatives through batch statistics."""
+    `params`, with exact second derivatives through batch statistics.
+
+    With MAML++'s per-step batch norm, the pass at inner step `index` uses
+    that step's batch-norm weights (from `step_weights`) and statistics
+    (the tail of `non_trainable`), and its new statistics replace that
+    step's (`batch_norm.StepBatchNorm`).
+    """
+    plan = maml._step_batch_norm
+    state = non_trainable
+    if plan is not None:
+        params, state = plan.values_at(params, non_trainable, step_weights,
+                                       index)
     with batch_norm.exact_moments():
-        return maml.model.stateless_call(
-            params, non_trainable, x, training=training, return_losses=True)
+        pred, new_state, losses = maml.model.stateless_call(
+            params, state, x, training=training, return_losses=True)
+    if plan is not None:
+        new_state = plan.state_after_pass(non_trainable, new_state, index)
+    return pred, new_state, losses
 
 
 def merge_adapted(indices, base, adapted):
@@ -66,15 +89,16 @@ def adapt_one_task(maml, params, rates, non_trainable, support_x, support_y,
         on_step: optional `fn(step, fast_params)` called after each step.
 
     Returns:
-        The adapted ("fast") parameter list.
+        The adapted ("fast") parameter list; with MAML++'s per-step batch
+        norm weights, those of the pass after `steps` steps.
     """
     indices = maml._adapted_indices
+    rule_params, step_weights = split_rates(maml, rates)
 
     def support_loss(adapted, step):
-        del step
         pred, _, losses = forward(
             maml, merge_adapted(indices, params, adapted), non_trainable,
-            support_x, training)
+            support_x, training, step_weights, step)
         return task_loss(maml, support_y, pred, losses)
 
     report = None
@@ -83,9 +107,12 @@ def adapt_one_task(maml, params, rates, non_trainable, support_x, support_y,
             on_step(step, merge_adapted(indices, params, adapted))
 
     adapted, _, _ = inner_loop.unroll(
-        maml.inner_optimizer, rates, [params[i] for i in indices],
+        maml.inner_optimizer, rule_params, [params[i] for i in indices],
         support_loss, steps, second_order=second_order, on_step=report)
-    return merge_adapted(indices, params, adapted)
+    fast = merge_adapted(indices, params, adapted)
+    if maml._step_batch_norm is not None:
+        fast = maml._step_batch_norm.weights_after(fast, step_weights, steps)
+    return fast
 
 
 def run_task(maml, params, rates, non_trainable, task, steps, training,
@@ -97,12 +124,22 @@ def run_task(maml, params, rates, non_trainable, task, steps, training,
     before and after adaptation; `non_trainable` the state after the last
     query pass. With `pre_adaptation=False` the query pass at the
     meta-weights is skipped: no `pre_pred`, and the step-0 loss is 0.
+    With MAML++'s per-step statistics each query pass starts from the
+    state the previous one left, so that every recorded step's statistics
+    are updated.
     """
     results = {}
+    _, step_weights = split_rates(maml, rates)
+    plan = maml._step_batch_norm
+    chained = plan is not None and plan.statistics
+    state = [non_trainable]
 
     def query(step, fast):
         pred, new_state, losses = forward(
-            maml, fast, non_trainable, task["query_x"], training)
+            maml, fast, state[0], task["query_x"], training, step_weights,
+            max(step - 1, 0))
+        if chained:
+            state[0] = new_state
         results[step] = (task_loss(maml, task["query_y"], pred, losses),
                          pred, new_state)
 

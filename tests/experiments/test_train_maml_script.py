@@ -53,8 +53,8 @@ def test_script_trains_saves_logs_and_reports(tmp_path):
     tags = event_tags(os.path.join(model_dir, "logs"))
     for tag in ("epoch_loss", "epoch_pre_adapt_loss", "epoch_post_adapt_loss"):
         assert tag in tags, tags
-    assert any(t.startswith("inner_rate/") for t in tags), tags
-    assert "inner_update/step_1" in tags, tags
+    assert any(t.startswith("rule/rate/") for t in tags), tags
+    assert "rule/update_size/step_1" in tags, tags
     # --profile: a trace of train-function calls 2..3 for the Profile tab.
     assert glob.glob(os.path.join(model_dir, "logs", "train", "plugins",
                                   "profile", "*", "*.xplane.pb")), tags

@@ -273,10 +273,11 @@ def test_inner_optimizer_summary_writes_rule_and_update_sizes(tmp_path):
         log_dir, size_guidance={"tensors": 0})
     acc.Reload()
     tags = set(acc.Tags()["tensors"])
-    for tag in ("inner_update/step_1", "inner_update/step_2",
-                "inner_update/step_1/tasks",
-                "inner_optimizer/inner_lstm_out_kernel"):
+    for tag in ("rule/update_size/step_1", "rule/update_size/step_2",
+                "rule/update_size/step_1/tasks",
+                "rule/weights/inner_lstm_out_kernel"):
         assert tag in tags, tags
-    logged = tf.make_ndarray(acc.Tensors("inner_update/step_1")[0].tensor_proto)
+    logged = tf.make_ndarray(
+        acc.Tensors("rule/update_size/step_1")[0].tensor_proto)
     expected = maml.inner_update_norms(data).numpy()[:, 0].mean()
     np.testing.assert_allclose(logged, expected, rtol=1e-5)
