@@ -15,9 +15,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_meta.maml import batched_dense
 from keras_meta.maml import checks
 from keras_meta.maml import task_parallel
 from keras_meta.maml import tasks as task_lib
+from keras_meta.rules import inner_loop
 
 
 def couples_examples(maml):
@@ -48,7 +50,9 @@ def adapt_and_predict_fn(maml, steps):
 def adapt_and_predict_batch_fn(maml, steps):
     """`(support_x, support_y, support_mask, query_x) -> predictions`, all
     with a task axis; `support_mask` [tasks, n] is 1 on real rows and 0 on
-    padding (not compiled)."""
+    padding (not compiled). Tasks run as training runs them
+    (`task_parallel.choose`): one batched program for a Dense stack under
+    XLA, else a map of `tasks.adapt_one_task` over tasks."""
     coupled = couples_examples(maml)
 
     def run(support_x, support_y, support_mask, query_x):
@@ -59,6 +63,11 @@ def adapt_and_predict_batch_fn(maml, steps):
                     "this model normalizes with batch statistics "
                     "(transductive batch norm): every task's support set "
                     "must be unpadded (support_mask all ones)"))
+        mode = task_parallel.choose(maml)
+        if mode == "batched":
+            return batched_dense_predictions(
+                maml, params, rates, support_x, support_y, support_mask,
+                query_x, steps)
 
         def one_task(task):
             fast = task_lib.adapt_one_task(
@@ -71,7 +80,7 @@ def adapt_and_predict_batch_fn(maml, steps):
 
         tasks = {"support_x": support_x, "support_y": support_y,
                  "support_mask": support_mask, "query_x": query_x}
-        if task_parallel.choose(maml) == "vectorized":
+        if mode == "vectorized":
             return tf.vectorized_map(one_task, tasks)
         spec = maml.model.compute_output_spec(keras.KerasTensor(
             query_x.shape[1:], query_x.dtype.name))
@@ -79,6 +88,38 @@ def adapt_and_predict_batch_fn(maml, steps):
             spec.shape, spec.dtype))
 
     return run
+
+
+def batched_dense_predictions(maml, params, rates, support_x, support_y,
+                              support_mask, query_x, steps):
+    """All tasks at once on stacked weights (`batched_dense`, as
+    `task_parallel.run_tasks_batched` trains): the adapted weights get a
+    task axis, and the support loss is the sum over tasks of each task's
+    mean over its real rows, whose gradient is each task's own."""
+    count = tf.shape(support_x)[0]
+    indices = maml._adapted_indices
+    adapted_set = set(indices)
+    fast = [tf.broadcast_to(p, tf.concat([[count], tf.shape(p)], 0))
+            if i in adapted_set else p for i, p in enumerate(params)]
+    weights = tf.cast(support_mask, fast[0].dtype)
+
+    def support_loss(adapted, step):
+        del step
+        pred = batched_dense.forward(
+            maml._dense_plan, task_lib.merge_adapted(indices, fast, adapted),
+            support_x)
+        losses = maml._loss_fn(support_y, pred)
+        losses = tf.reduce_mean(tf.reshape(
+            losses, tf.concat([tf.shape(weights), [-1]], 0)), axis=2)
+        return tf.reduce_sum(tf.reduce_sum(losses * weights, axis=1)
+                             / tf.reduce_sum(weights, axis=1))
+
+    adapted, _, _ = inner_loop.unroll(
+        maml.inner_optimizer, rates, [fast[i] for i in indices],
+        support_loss, steps, second_order=False)
+    return batched_dense.forward(
+        maml._dense_plan, task_lib.merge_adapted(indices, fast, adapted),
+        query_x)
 
 
 def pad_tasks(arrays):
@@ -204,8 +245,9 @@ class Serving:
             steps: inner steps; defaults to `eval_inner_steps`.
 
         Returns:
-            A list of per-task predictions [q_i, ...] when `query_x` is a
-            list; else a tensor [tasks, q, ...].
+            Numpy arrays, as `predict` gives: a list of per-task
+            predictions [q_i, ...] when `query_x` is a list, else one
+            array [tasks, q, ...].
 
         Raises:
             ValueError: the tasks do not fit the model and the loss (the
@@ -235,7 +277,7 @@ class Serving:
                     [sx[i] for i in group], [sy[i] for i in group],
                     [qx[i] for i in group], steps)):
                 preds[i] = pred
-        return preds if ragged else tf.stack(preds)
+        return preds if ragged else np.stack(preds)
 
     def _run_padded(self, sx, sy, qx, steps):
         """Pads, checks and runs one group of tasks; per-task predictions
@@ -257,5 +299,5 @@ class Serving:
             ("adapt_and_predict_batch", steps), lambda: tf.function(
                 adapt_and_predict_batch_fn(self, steps),
                 jit_compile=bool(self.jit_compile), reduce_retracing=True))
-        preds = fn(support_x, support_y, mask, query_x)
+        preds = fn(support_x, support_y, mask, query_x).numpy()
         return [preds[i, :n] for i, n in enumerate(query_lengths)]

@@ -63,10 +63,14 @@ def test_adapted_models_share_one_predict_trace():
     assert shared.experimental_get_tracing_count() == 1
 
 
-@pytest.mark.parametrize("case,jit", [("maml", True), ("meta_sgd", False),
-                                      ("rule_lstm", False)])
-def test_batched_tasks_of_different_sizes_adapt_as_alone(case, jit):
-    maml = make(case)
+@pytest.mark.parametrize("case,jit,parallelism", [
+    ("maml", True, "auto"),  # one batched Dense program under XLA
+    ("meta_sgd", False, "sequential"),  # a map over tasks
+    ("rule_lstm", False, "auto"),  # vectorized_map
+])
+def test_batched_tasks_of_different_sizes_adapt_as_alone(case, jit,
+                                                         parallelism):
+    maml = make(case, task_parallelism=parallelism)
     maml.compile(optimizer="adam", loss="mse", jit_compile=jit)
     tasks = [task(seed, shots, queries=queries) for seed, (shots, queries)
              in enumerate([(2, 3), (5, 4)])]
@@ -74,13 +78,13 @@ def test_batched_tasks_of_different_sizes_adapt_as_alone(case, jit):
     assert [p.shape[0] for p in preds] == [3, 4]
     for pred, (sx, sy, qx) in zip(preds, tasks):
         np.testing.assert_allclose(
-            pred.numpy(), maml.adapt_and_predict(sx, sy, qx).numpy(),
+            pred, maml.adapt_and_predict(sx, sy, qx).numpy(),
             rtol=1e-5, atol=1e-6)
     if case == "maml":  # equal sizes with a task axis: a tensor back
         stacked = maml.adapt_and_predict_batch(
             *[np.stack([part, part]) for part in tasks[1]])
         assert stacked.shape == (2, 4, 1)
-        np.testing.assert_allclose(stacked[1].numpy(), preds[1].numpy(),
+        np.testing.assert_allclose(stacked[1], preds[1],
                                    rtol=1e-5, atol=1e-6)
 
 
@@ -95,7 +99,7 @@ def test_batch_norm_tasks_are_grouped_by_size_not_padded():
     preds = maml.adapt_and_predict_batch(*map(list, zip(*tasks)))
     for pred, (sx, sy, qx) in zip(preds, tasks):
         np.testing.assert_allclose(
-            pred.numpy(), maml.adapt_and_predict(sx, sy, qx).numpy(),
+            pred, maml.adapt_and_predict(sx, sy, qx).numpy(),
             rtol=1e-5, atol=1e-6)
 
 
