@@ -28,12 +28,15 @@ and compiles; reported apart as `first_s`):
 * `saved_model`: the `adapt_and_predict` signature of `maml.export()`,
   loaded with `tf.saved_model.load`;
 * `batch`: `adapt_and_predict_batch` on `--batch_tasks` tasks of mixed
-  support sizes (padded and masked), reported per task and in tasks/s.
+  support sizes (padded and masked; conv4: 1-shot, all the same size),
+  reported per task and in tasks/s.
 
 The peer adapts one task with `benchmarks/peers/torch_maml.py`'s inner
 loop (`MamlStep._adapt_functional`, first order) and predicts the query
-set. Per-task time is the median over `--reps` repetitions of the mean of
-`--calls` calls. The sinusoid run also calls `adapt_and_predict`
+set, once per `--torch_threads` value. Per-task time is the median over
+`--reps` rounds of the mean of `--calls` calls, the paths of a process
+interleaved round by round so that a shared machine's load falls on all
+alike; ratios are within one command. The sinusoid run also calls `adapt_and_predict`
 `--retrace_calls` times on tasks of one shape and reports the traces and
 TensorFlow retracing warnings seen (expected: 1 trace, 0 warnings).
 Results: a table on stdout and `benchmarks/results/adaptation_latency.json`.
@@ -63,6 +66,10 @@ flags.DEFINE_integer("batch_tasks", 100,
 flags.DEFINE_integer("retrace_calls", 1000,
                      "adapt_and_predict calls of one shape in the retrace "
                      "check (0: skip).")
+flags.DEFINE_list("torch_threads", ["1", "2"],
+                  "torch.set_num_threads values of the peer (one child "
+                  "each): on a loaded machine 2 threads can run far slower "
+                  "than 1).")
 flags.DEFINE_integer("timeout", 900, "Seconds per child process.")
 flags.DEFINE_string("out", "adaptation_latency.json", "JSON file in results/.")
 flags.DEFINE_string("_child", "", "Internal: one configuration as JSON.")
@@ -99,20 +106,33 @@ def make_tasks(name, count, shots, seed=0):
     return tasks
 
 
-def per_task(fn, tasks, calls, reps):
-    """First-call seconds, and the median over `reps` of the mean time per
-    call of `calls` calls of `fn(task)` (ms)."""
-    start = time.perf_counter()
-    fn(tasks[0])
-    first = time.perf_counter() - start
-    times = []
-    for rep in range(reps):
+def time_paths(paths, tasks, reps):
+    """Times each path `name: (fn, calls, per_call_tasks)`: its first call
+    (seconds), then `reps` rounds that each run every path's `calls` calls
+    of `fn(task)` in turn (interleaved, so that the load of a shared
+    machine falls on all paths alike). Per-task time: the median over
+    rounds of the mean per call, divided by `per_call_tasks` (ms). A path
+    with fewer `calls` than the others (the slow ones) runs in two rounds
+    only."""
+    most = max(calls for _, calls, _ in paths.values())
+    results = {}
+    for name, (fn, _, _) in paths.items():
         start = time.perf_counter()
-        for i in range(calls):
-            fn(tasks[(rep * calls + i) % len(tasks)])
-        times.append((time.perf_counter() - start) / calls)
-    return dict(first_s=first, task_ms=1000 * float(np.median(times)),
-                task_ms_all=[1000 * t for t in times])
+        fn(tasks[0])
+        results[name] = dict(first_s=time.perf_counter() - start,
+                             task_ms_all=[])
+    for rep in range(reps):
+        for name, (fn, calls, per_call) in paths.items():
+            if calls < most and rep >= 2:
+                continue
+            start = time.perf_counter()
+            for i in range(calls):
+                fn(tasks[(rep * calls + i) % len(tasks)])
+            results[name]["task_ms_all"].append(
+                1000 * (time.perf_counter() - start) / calls / per_call)
+    for result in results.values():
+        result["task_ms"] = float(np.median(result["task_ms_all"]))
+    return results
 
 
 def build_maml(name):
@@ -153,45 +173,9 @@ def retrace_check(maml, tasks, calls):
                 retracing_warnings=sum("retracing" in w for w in warnings))
 
 
-def keras_meta_paths(maml, tasks, cfg):
-    """The timed keras_meta paths (see the module docstring)."""
-    import tensorflow as tf
-
-    calls, reps, slow = cfg["calls"], cfg["reps"], cfg["slow_calls"]
-
-    def own_trace(task):
-        adapted = maml.adapt(task[0], task[1])
-        adapted.predict_function = None  # Keras makes and traces its own
-        return adapted.predict(task[2], verbose=0)
-
-    fast = maml.adapt_and_predict_function()
-    paths = {
-        "adapt+predict": (lambda t: maml.adapt(t[0], t[1]).predict(
-            t[2], verbose=0), calls),
-        "adapt+predict (own trace)": (own_trace, slow),
-        "adapt+call": (lambda t: maml.adapt(t[0], t[1])(t[2]).numpy(),
-                       calls),
-        "adapt_and_predict": (lambda t: maml.adapt_and_predict(*t).numpy(),
-                              calls),
-        "adapt_and_predict (no checks)": (lambda t: fast(*t).numpy(), calls),
-    }
-    results = {name: per_task(fn, tasks, n, reps if n == calls else 2)
-               for name, (fn, n) in paths.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        maml.export(tmp, verbose=False)
-        export_s = time.perf_counter() - start
-        sig = tf.saved_model.load(tmp).signatures["adapt_and_predict"]
-        results["saved_model"] = per_task(
-            lambda t: sig(support_x=t[0], support_y=t[1],
-                          query_x=t[2])["output_0"].numpy(),
-            tasks, calls, reps)
-        results["saved_model"]["export_s"] = export_s
-    return results
-
-
-def batch_throughput(maml, name, cfg):
-    """`adapt_and_predict_batch` on tasks of mixed support sizes."""
+def batch_columns(maml, name, cfg):
+    """`adapt_and_predict_batch`'s per-task lists: sinusoid tasks of mixed
+    support sizes, or conv4 tasks."""
     count = cfg["batch_tasks"] if name == "sinusoid" else max(
         cfg["batch_tasks"] // 4, 1)
     shots = SETTINGS[name]["batch_shots"]
@@ -199,13 +183,48 @@ def batch_throughput(maml, name, cfg):
     if shots:  # mixed support sizes, cycling through `shots`
         tasks = [(sx[:shots[i % len(shots)]], sy[:shots[i % len(shots)]],
                   qx) for i, (sx, sy, qx) in enumerate(tasks)]
-    columns = [list(part) for part in zip(*tasks)]
-    result = per_task(lambda _: maml.adapt_and_predict_batch(*columns),
-                      [None], 1, cfg["reps"])
-    result.update(tasks=count, support_sizes=shots,
-                  tasks_per_s=1000 * count / result["task_ms"])
-    result["task_ms"] /= count
-    return result
+    return [list(part) for part in zip(*tasks)]
+
+
+def keras_meta_paths(maml, name, tasks, cfg, export_dir):
+    """The timed keras_meta paths (see the module docstring)."""
+    import tensorflow as tf
+
+    calls = cfg["calls"]
+
+    def own_trace(task):
+        adapted = maml.adapt(task[0], task[1])
+        adapted.predict_function = None  # Keras makes and traces its own
+        return adapted.predict(task[2], verbose=0)
+
+    fast = maml.adapt_and_predict_function()
+    start = time.perf_counter()
+    maml.export(export_dir, verbose=False)
+    export_s = time.perf_counter() - start
+    sig = tf.saved_model.load(export_dir).signatures["adapt_and_predict"]
+    columns = batch_columns(maml, name, cfg)
+    paths = {
+        "adapt+predict": (lambda t: maml.adapt(t[0], t[1]).predict(
+            t[2], verbose=0), calls, 1),
+        "adapt+predict (own trace)": (own_trace, cfg["slow_calls"], 1),
+        "adapt+call": (lambda t: maml.adapt(t[0], t[1])(t[2]).numpy(),
+                       calls, 1),
+        "adapt_and_predict": (lambda t: maml.adapt_and_predict(*t).numpy(),
+                              calls, 1),
+        "adapt_and_predict (no checks)": (lambda t: fast(*t).numpy(), calls,
+                                          1),
+        "saved_model": (lambda t: sig(
+            support_x=t[0], support_y=t[1],
+            query_x=t[2])["output_0"].numpy(), calls, 1),
+        "batch": (lambda _: maml.adapt_and_predict_batch(*columns), 1,
+                  len(columns[0])),
+    }
+    results = time_paths(paths, tasks, cfg["reps"])
+    results["saved_model"]["export_s"] = export_s
+    results["batch"].update(tasks=len(columns[0]),
+                            support_sizes=SETTINGS[name]["batch_shots"],
+                            tasks_per_s=1000 / results["batch"]["task_ms"])
+    return results
 
 
 def keras_meta_child(cfg):
@@ -216,8 +235,8 @@ def keras_meta_child(cfg):
     name = cfg["benchmark"]
     maml = build_maml(name)
     tasks = make_tasks(name, 50, SETTINGS[name]["shots"])
-    results = keras_meta_paths(maml, tasks, cfg)
-    results["batch"] = batch_throughput(maml, name, cfg)
+    with tempfile.TemporaryDirectory() as export_dir:
+        results = keras_meta_paths(maml, name, tasks, cfg, export_dir)
     out = dict(paths=results, jit_compile=bool(maml.jit_compile),
                task_parallelism=task_parallel.choose(maml),
                intra_op_threads=tf.config.threading
@@ -234,6 +253,7 @@ def torch_child(cfg):
     from benchmarks.peers import torch_maml
 
     torch.manual_seed(0)
+    torch.set_num_threads(cfg["threads"])
     name, settings = cfg["benchmark"], SETTINGS[cfg["benchmark"]]
     tasks = make_tasks(name, 50, settings["shots"])
     if name == "sinusoid":
@@ -259,9 +279,9 @@ def torch_child(cfg):
         with torch.no_grad():
             return forward(fast, task[2]).numpy()
 
-    result = per_task(adapt_and_predict, tasks, cfg["calls"], cfg["reps"])
-    return dict(paths={"torch adapt+predict": result},
-                torch_threads=torch.get_num_threads())
+    path = f"torch adapt+predict ({cfg['threads']} thr)"
+    return dict(paths=time_paths({path: (adapt_and_predict, cfg["calls"],
+                                         1)}, tasks, cfg["reps"]))
 
 
 CHILDREN = {"keras_meta": keras_meta_child, "torch": torch_child}
@@ -291,15 +311,16 @@ def main(argv):
         cfg = json.loads(FLAGS._child)
         print("RESULT " + json.dumps(CHILDREN[cfg["framework"]](cfg)))
         return
-    frameworks = ["keras_meta"] + (["torch"] if common.torch_available()
-                                   else [])
+    children = [("keras_meta", None)] + (
+        [("torch", int(n)) for n in FLAGS.torch_threads]
+        if common.torch_available() else [])
     table, runs = [], []
     for name in FLAGS.benchmarks:
         results = []
-        for framework in frameworks:
+        for framework, threads in children:
             cfg = dict(framework=framework, benchmark=name, reps=FLAGS.reps,
                        calls=FLAGS.calls, slow_calls=FLAGS.slow_calls,
-                       batch_tasks=FLAGS.batch_tasks,
+                       batch_tasks=FLAGS.batch_tasks, threads=threads,
                        retrace_calls=FLAGS.retrace_calls)
             result = dict(cfg, **common.run_child(MODULE, cfg,
                                                   FLAGS.timeout))

@@ -148,6 +148,25 @@ def check_query(support_x, query_x):
                         "adapt_and_predict() query set")
 
 
+def check_task_sizes(sx, sy, qx):
+    """Raises unless the per-task lists agree: as many tasks, each with
+    support examples matching its targets, and at least one support and
+    one query example."""
+    if not len(sx) == len(sy) == len(qx):
+        raise ValueError(
+            "adapt_and_predict_batch: support_x, support_y and query_x "
+            f"must hold the same number of tasks; got {len(sx)}, "
+            f"{len(sy)} and {len(qx)}.")
+    for i, (x, y, q) in enumerate(zip(sx, sy, qx)):
+        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or not (
+                len(x) and q.ndim and len(q)):
+            raise ValueError(
+                f"adapt_and_predict_batch: task {i} has support_x of shape "
+                f"{x.shape}, support_y of shape {y.shape} and query_x of "
+                f"shape {q.shape}; each task needs n >= 1 support examples "
+                "with n targets and at least one query example.")
+
+
 def _as_task_list(value, name):
     """A list of per-task numpy arrays from a list or an array with a task
     axis."""
@@ -259,11 +278,7 @@ class Serving:
         sx, sy, qx = (_as_task_list(v, n) for v, n in (
             (support_x, "support_x"), (support_y, "support_y"),
             (query_x, "query_x")))
-        if not len(sx) == len(sy) == len(qx):
-            raise ValueError(
-                "adapt_and_predict_batch: support_x, support_y and query_x "
-                f"must hold the same number of tasks; got {len(sx)}, "
-                f"{len(sy)} and {len(qx)}.")
+        check_task_sizes(sx, sy, qx)
         if couples_examples(self):
             groups = {}
             for i, (s, q) in enumerate(zip(sx, qx)):

@@ -138,3 +138,5 @@ def test_bad_inputs_say_what_was_expected():
         maml.adapt_and_predict(sx[None], sy[None], qx)
     with pytest.raises(ValueError, match="same number of tasks"):
         maml.adapt_and_predict_batch([sx, sx], [sy], [qx, qx])
+    with pytest.raises(ValueError, match="task 1 has support_x of shape"):
+        maml.adapt_and_predict_batch([sx, sx], [sy, sy[:3]], [qx, qx])
