@@ -21,7 +21,6 @@ error.
 
 import keras
 import tensorflow as tf
-from keras.src.export import ExportArchive
 
 from keras_meta.maml import checks
 from keras_meta.maml import serving
@@ -98,7 +97,7 @@ def export_saved_model(maml, filepath, format="tf_saved_model",
             the model's `jit_compile`).
 
     Returns:
-        The `ExportArchive` that was written.
+        The signatures' concrete functions, by name.
     """
     if format not in _FORMATS:
         raise ValueError(
@@ -111,7 +110,6 @@ def export_saved_model(maml, filepath, format="tf_saved_model",
     jit = bool(maml.jit_compile if jit_compile is None else jit_compile)
     x = example_spec(maml, input_signature)
     y = target_spec(maml, x, target_signature)
-    archive = ExportArchive()
     fns = {
         "adapt_and_predict": (
             serving.adapt_and_predict_fn(maml, steps),
@@ -126,12 +124,26 @@ def export_saved_model(maml, filepath, format="tf_saved_model",
                            name="support_mask"),
              with_axis(x, "query_x")]),
     }
-    for name, (fn, signature) in fns.items():
-        compiled = tf.function(fn, jit_compile=jit if name != "predict"
-                               else None, autograph=False)
-        archive.add_endpoint(name, compiled, input_signature=signature)
-    archive.write_out(filepath, verbose=True if verbose is None else verbose)
-    return archive
+    # Concrete functions, traced once each: `tf.saved_model.save` traces a
+    # `tf.function` attached to the saved object again.
+    concrete = {
+        name: tf.function(fn, input_signature=signature, autograph=False,
+                          jit_compile=jit if name != "predict" else None
+                          ).get_concrete_function()
+        for name, (fn, signature) in fns.items()}
+    root = tf.Module()
+    root.meta_variables = list({id(v): v for fn in concrete.values()
+                                for v in fn.variables}.values())
+    tf.saved_model.save(root, filepath, signatures=dict(
+        concrete, serving_default=concrete["adapt_and_predict"]))
+    if verbose is None or verbose:
+        print(f"Saved MAML at '{filepath}'. Signatures (-> output_0):")
+        for name, fn in concrete.items():
+            print(f"  {name}(" + ", ".join(
+                f"{spec.name}: {spec.dtype.name}{list(spec.shape)}"
+                for spec in tf.nest.flatten(fn.structured_input_signature))
+                + ")")
+    return concrete
 
 
 class Exportable:
