@@ -126,7 +126,9 @@ class Adaptation:
             steps: inner steps; defaults to `eval_inner_steps`.
 
         Returns:
-            A clone of the wrapped model holding the adapted weights.
+            A clone of the wrapped model holding the adapted weights. Its
+            `predict` runs a function shared by all models `adapt` returns
+            (no new trace per model); `adapt_and_predict` skips the clone.
 
         Raises:
             ValueError: the support set is empty, holds NaN or inf, or does
@@ -155,4 +157,25 @@ class Adaptation:
         for variable, value in zip(adapted.non_trainable_variables,
                                    self.model.non_trainable_variables):
             variable.assign(value)
+        if not tf.distribute.has_strategy():
+            adapted.predict_function = self._shared_predict_step(adapted)
         return adapted
+
+    def _shared_predict_step(self, adapted):
+        """A `predict_function` for a model from `adapt`: one
+        `tf.function` of the wrapped model's `stateless_call`, shared by
+        every adapted clone (their weights are arguments), so `predict` on
+        a new clone does not trace again. Keras's predict loop calls it
+        with a list holding one batch."""
+        shared = self._compiled(("adapted_predict",), lambda: tf.function(
+            lambda trainable, non_trainable, x: self.model.stateless_call(
+                trainable, non_trainable, x, training=False)[0],
+            reduce_retracing=True))
+
+        def predict_function(data):
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(data[0])
+            return shared([v.value for v in adapted.trainable_variables],
+                          [v.value for v in adapted.non_trainable_variables],
+                          x)
+
+        return predict_function

@@ -24,10 +24,12 @@ from keras_meta.maml import multi_step_loss as multi_step_losses
 from keras_meta.maml import skipping
 from keras_meta.maml import task_parallel
 from keras_meta.maml.adaptation import Adaptation
+from keras_meta.maml.export import Exportable
 from keras_meta.maml.fused_xla import FusedTrainer
 from keras_meta.maml.losses_and_metrics import QueryMetrics
 from keras_meta.maml.losses_and_metrics import resolve_loss
 from keras_meta.maml.seed_states import SeedStates
+from keras_meta.maml.serving import Serving
 from keras_meta.maml import inner_rules as inner_optimizers
 
 # Files written before `inner_optimizer` existed name the rule by its rates.
@@ -35,7 +37,8 @@ _RULE_OF_RATES = {"per_parameter": "meta_sgd", "per_step": "lslr"}
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")
-class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
+class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
+           SeedStates, keras.Model):
     """Model-Agnostic Meta-Learning around any built Keras model.
 
     MAML learns initial weights from which a few gradient steps on a task's
@@ -59,7 +62,9 @@ class MAML(QueryMetrics, Adaptation, FusedTrainer, SeedStates, keras.Model):
     (`pre_adapt_*`) and after (`post_adapt_*`) `eval_inner_steps` steps;
     `predict` on episodes returns post-adaptation query predictions and on
     plain inputs the meta-model's predictions; `adapt` returns a plain
-    `keras.Model` adapted to one task.
+    `keras.Model` adapted to one task; `adapt_and_predict` (one task) and
+    `adapt_and_predict_batch` (many) adapt and predict in one compiled
+    call; `export` writes a SavedModel that adapts (`maml.export`).
 
     Batch normalization: during meta-training every pass uses the
     statistics of the batch at hand, as the reference implementation does,

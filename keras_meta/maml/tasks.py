@@ -32,9 +32,18 @@ def split_rates(maml, rates):
     return list(rates[:count]), list(rates[count:])
 
 
-def task_loss(maml, y_true, y_pred, extra_losses):
-    """The mean per-example loss plus the model's own losses."""
-    loss = tf.reduce_mean(maml._loss_fn(y_true, y_pred))
+def task_loss(maml, y_true, y_pred, extra_losses, weights=None):
+    """The mean per-example loss plus the model's own losses; with
+    `weights` [n] (a 0/1 mask of real rows), the weighted mean over
+    examples, so zero-weight rows contribute nothing (value or gradient)."""
+    losses = maml._loss_fn(y_true, y_pred)
+    if weights is None:
+        loss = tf.reduce_mean(losses)
+    else:
+        per_example = tf.reduce_mean(
+            tf.reshape(losses, [tf.shape(weights)[0], -1]), axis=1)
+        weights = tf.cast(weights, per_example.dtype)
+        loss = tf.reduce_sum(per_example * weights) / tf.reduce_sum(weights)
     if extra_losses:
         loss = loss + tf.add_n(extra_losses)
     return loss
@@ -72,7 +81,8 @@ def merge_adapted(indices, base, adapted):
 
 
 def adapt_one_task(maml, params, rates, non_trainable, support_x, support_y,
-                   steps, training, second_order, on_step=None):
+                   steps, training, second_order, on_step=None,
+                   support_weights=None):
     """Runs `steps` inner steps of the inner rule on one task's support.
 
     Args:
@@ -87,6 +97,8 @@ def adapt_one_task(maml, params, rates, non_trainable, support_x, support_y,
         training: the `training` flag of the forward passes.
         second_order: keep the second-order term of the meta-gradient.
         on_step: optional `fn(step, fast_params)` called after each step.
+        support_weights: optional [n] weights of the support examples in
+            the loss (`task_loss`; padded rows weigh 0).
 
     Returns:
         The adapted ("fast") parameter list; with MAML++'s per-step batch
@@ -99,7 +111,7 @@ def adapt_one_task(maml, params, rates, non_trainable, support_x, support_y,
         pred, _, losses = forward(
             maml, merge_adapted(indices, params, adapted), non_trainable,
             support_x, training, step_weights, step)
-        return task_loss(maml, support_y, pred, losses)
+        return task_loss(maml, support_y, pred, losses, support_weights)
 
     report = None
     if on_step is not None:
