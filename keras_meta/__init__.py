@@ -22,3 +22,6 @@ from keras_meta.maml import MAML  # noqa: E402
 from keras_meta.maml import MAMLPlusPlus  # noqa: E402
 from keras_meta.maml import MetaSGD  # noqa: E402
 from keras_meta.optimizers import LearnedOptimizer  # noqa: E402
+from keras_meta.learners import ProtoNet  # noqa: E402
+from keras_meta.learners import Reptile  # noqa: E402
+from keras_meta.learners import FineTune  # noqa: E402
