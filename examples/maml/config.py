@@ -125,6 +125,10 @@ class Config:
     train_ways: int | None = option(
         None, "--learner=protonet: classes per training episode (more "
         "than --ways helps; default 30, 60 with --paper_settings).")
+    strided: bool | None = option(
+        None, "--learner other than maml: conv4 with strided convolutions "
+        "(True) or 2x2 max-pooling (False); unset: the learner's default "
+        "(protonet: max-pooling, others: strided, as MAML's).")
     paper_settings: bool = option(
         False, "--learner other than maml: the paper's settings instead "
         "of the CPU-budget defaults (examples/maml/learners.py).")

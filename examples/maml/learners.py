@@ -90,7 +90,9 @@ def defaults(learner, task, paper_settings):
     return out
 
 
-def _omniglot_net(config, task, strided, outputs=None):
+def _omniglot_net(config, strided, outputs=None):
+    if config.strided is not None:
+        strided = config.strided
     return keras_meta.models.conv4_classifier(
         outputs or config.ways, filters=config.filters, strided=strided)
 
@@ -121,19 +123,20 @@ def build(config, task):
     omniglot = config.task == "omniglot"
     if config.learner == "protonet":
         learner = keras_meta.ProtoNet(
-            _features(_omniglot_net(config, task, strided=False)),
+            _features(_omniglot_net(config, strided=False)),
             distance=config.distance)
     elif config.learner == "reptile":
         inner = (keras.optimizers.Adam(config.inner_lr, beta_1=0.0)
                  if omniglot else keras.optimizers.SGD(config.inner_lr))
         learner = keras_meta.Reptile(
-            task.model(), inner_optimizer=inner,
+            _omniglot_net(config, True) if omniglot else task.model(),
+            inner_optimizer=inner,
             inner_steps=config.inner_steps,
             eval_inner_steps=config.eval_inner_steps)
     else:
         if omniglot:
             classes = task.train.num_classes * 4
-            net = _omniglot_net(config, task, True, outputs=classes)
+            net = _omniglot_net(config, True, outputs=classes)
             backbone, outputs = _features(net), classes
         else:
             net = task.model()

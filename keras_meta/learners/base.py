@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from keras.src.saving import serialization_lib
 
+from keras_meta import saving
 from keras_meta.data.episode import EPISODE_KEYS
 from keras_meta.data.episode import validate_episode
 from keras_meta.maml import checks as maml_checks
@@ -173,6 +174,16 @@ def with_head(body, head, head_values, name=None):
     return model
 
 
+def from_saved_config(cls, config, nested):
+    """`cls` from a saved config whose keys `nested` hold serialized Keras
+    objects (the wrapped model, an optimizer), with the version stamp
+    checked (`keras_meta.saving.build`)."""
+    config = dict(config)
+    for key in nested:
+        config[key] = serialization_lib.deserialize_keras_object(config[key])
+    return saving.build(cls, config)
+
+
 class EpisodeLearner(keras.Model):
     """Base of the few-shot learners: compile, checks, logs and config.
 
@@ -309,28 +320,38 @@ class EpisodeLearner(keras.Model):
 
         Args:
             episode: an episode dict with a task axis.
-            steps: adaptation steps where the learner takes steps (see
-                the subclass); ignored otherwise.
+            steps: adaptation steps, for learners that take steps
+                (default: theirs); ignored by the others.
 
         Returns:
-            A dict: `losses`, float [tasks, 1], the query loss after
-            adaptation (column -1, as MAML's last column); `predictions`,
-            [tasks, queries, ...].
+            A dict: `losses`, float [tasks, steps + 1], column k the query
+            loss after k steps (as `MAML.task_results`), or [tasks, 1], the
+            loss after adaptation, for a learner without steps;
+            `predictions`, [tasks, queries, ...].
         """
         if not self.compiled:
             raise ValueError("Call compile() (for its loss) before "
                              "task_results().")
         episode = episode_of(episode)
+        steps = self._steps(steps)
         fns = self.__dict__.setdefault("_km_task_results", {})
         if steps not in fns:
             def run(episode):
                 losses, predictions = self._query_outputs(
-                    episode, training=False, steps=steps)
-                return {"losses": tf.expand_dims(losses, -1),
-                        "predictions": predictions}
+                    episode, False, steps, record=True)
+                if losses.shape.rank == 1:
+                    losses = tf.expand_dims(losses, -1)
+                return {"losses": losses, "predictions": predictions}
 
-            fns[steps] = tf.function(run)
+            fns[steps] = tf.function(run, autograph=False)
         return fns[steps](episode)
 
-    def _query_outputs(self, episode, training, steps=None):
+    def _steps(self, steps):
+        """The adaptation steps to take (None for a learner without)."""
+        del steps
+
+    def _query_outputs(self, episode, training, steps=None, record=False):
+        """`(losses [tasks] (with `record`, [tasks, steps + 1] or
+        [tasks]), predictions [tasks, queries, ...])` after adapting to
+        each task's support set."""
         raise NotImplementedError

@@ -201,24 +201,6 @@ class FineTune(base.EpisodeLearner):
         validation.check_positive_int("steps", steps)
         return steps
 
-    def task_results(self, episode, steps=None):
-        """Per-task query losses after 0..steps head steps, [tasks,
-        steps + 1] (as `MAML.task_results`), and the query predictions."""
-        if not self.compiled:
-            raise ValueError("Call compile() (for its loss) before "
-                             "task_results().")
-        episode = base.episode_of(episode)
-        steps = self._steps(steps)
-        fns = self.__dict__.setdefault("_km_task_results", {})
-        if steps not in fns:
-            def run(episode):
-                losses, predictions = self._query_outputs(
-                    episode, False, steps, record=True)
-                return {"losses": losses, "predictions": predictions}
-
-            fns[steps] = tf.function(run)
-        return fns[steps](episode)
-
     def adapt(self, support_x, support_y, steps=None):
         """A plain `keras.Model`: a copy of the backbone, then a head
         fitted to this support set (after L2 normalization with
@@ -261,10 +243,7 @@ class FineTune(base.EpisodeLearner):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = serialization_lib.deserialize_keras_object(
-            config["backbone"])
-        return saving.build(cls, config)
+        return base.from_saved_config(cls, config, ("backbone",))
 
 
 def apply_head(values, features):

@@ -189,8 +189,8 @@ class ProtoNet(base.EpisodeLearner):
         return distance_logits(both[:, n_support:], centers, self.distance,
                                self.scale)
 
-    def _query_outputs(self, episode, training, steps=None):
-        del steps  # no inner steps
+    def _query_outputs(self, episode, training, steps=None, record=False):
+        del steps, record  # no inner steps
         logits = self.episode_logits(episode, training)
         losses = tf.reduce_mean(
             self._per_example_loss(episode["query_y"], logits), axis=-1)
@@ -252,7 +252,4 @@ class ProtoNet(base.EpisodeLearner):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["embedding"] = serialization_lib.deserialize_keras_object(
-            config["embedding"])
-        return saving.build(cls, config)
+        return base.from_saved_config(cls, config, ("embedding",))

@@ -102,7 +102,7 @@ class Reptile(base.EpisodeLearner):
     def _optimized_variables(self):
         return list(self.model.trainable_variables)
 
-    def _eval_steps(self, steps):
+    def _steps(self, steps):
         if steps is not None:
             validation.check_positive_int("steps", steps)
             return steps
@@ -114,10 +114,29 @@ class Reptile(base.EpisodeLearner):
             loss = loss + tf.add_n(model.losses)
         return loss
 
-    def _adapt_scratch(self, x, y, steps, on_step=None):
+    def _inner_step(self, x, y):
+        """One step of the inner optimizer on the scratch model; returns
+        the loss and predictions before it."""
+        fast = self._fast
+        with tf.GradientTape() as tape:
+            predictions = fast(x, training=True)
+            loss = self._loss(y, predictions, fast)
+        grads = tape.gradient(loss, fast.trainable_variables)
+        self.inner_optimizer.apply(grads, fast.trainable_variables)
+        return loss, predictions
+
+    def _adapt_scratch(self, x, y, steps, measure=None):
         """Resets the scratch model to the meta-weights and the inner
         optimizer to its initial state, then takes `steps` steps on
-        `(x, y)`. Returns the last step's `(loss, predictions)`."""
+        `(x, y)` (the first, then a `tf.while_loop` over the others, so
+        the graph holds two copies of a step whatever `steps` is).
+
+        Returns:
+            `(loss, predictions, measured)`: the last step's loss and
+            predictions (before it), and with `measure` (a function of no
+            argument returning a scalar) its values before the first step
+            and after each, [steps + 1].
+        """
         fast, inner = self._fast, self.inner_optimizer
         for to, source in ((fast.trainable_variables,
                             self.model.trainable_variables),
@@ -127,18 +146,24 @@ class Reptile(base.EpisodeLearner):
                 variable.assign(value)
         for variable, value in zip(inner.variables, self._inner_initial):
             variable.assign(value)
-        loss = predictions = None
-        for step in range(steps):
-            if on_step is not None:
-                on_step(step)
-            with tf.GradientTape() as tape:
-                predictions = fast(x, training=True)
-                loss = self._loss(y, predictions, fast)
-            grads = tape.gradient(loss, fast.trainable_variables)
-            inner.apply(grads, fast.trainable_variables)
-        if on_step is not None:
-            on_step(steps)
-        return loss, predictions
+        measured = tf.TensorArray(tf.float32, steps + 1)
+        if measure is not None:
+            measured = measured.write(0, measure())
+        loss, predictions = self._inner_step(x, y)
+        if measure is not None:
+            measured = measured.write(1, measure())
+
+        def body(step, loss, predictions, measured):
+            loss, predictions = self._inner_step(x, y)
+            if measure is not None:
+                measured = measured.write(step + 1, measure())
+            return step + 1, loss, predictions, measured
+
+        _, loss, predictions, measured = tf.while_loop(
+            lambda step, *_: step < steps, body,
+            (tf.constant(1), loss, predictions, measured))
+        return loss, predictions, (
+            measured.stack() if measure is not None else None)
 
     def _training_examples(self, episode):
         if not self.train_on_query:
@@ -154,9 +179,10 @@ class Reptile(base.EpisodeLearner):
         state = [tf.zeros_like(v) for v in fast.non_trainable_variables]
 
         def body(t, sums, state_sums, losses, predictions):
-            loss, pred = self._adapt_scratch(x[t], y[t], self.inner_steps)
+            loss, pred, _ = self._adapt_scratch(x[t], y[t],
+                                                self.inner_steps)
             sums = [s + v for s, v in zip(sums, fast.trainable_variables)]
-            state_sums = [s + v if v.dtype.is_floating
+            state_sums = [s + v if tf.as_dtype(v.dtype).is_floating
                           else tf.convert_to_tensor(v)
                           for s, v in zip(state_sums,
                                           fast.non_trainable_variables)]
@@ -190,24 +216,26 @@ class Reptile(base.EpisodeLearner):
         the query set, losses [tasks] or, with `record`, [tasks, steps + 1]
         (the query loss after 0..steps steps)."""
         del training
-        steps = self._eval_steps(steps)
+        steps = self._steps(steps)
         fast, tasks = self._fast, tf.shape(episode["support_x"])[0]
         width = steps + 1 if record else 1
 
         def body(t, losses, predictions):
             query_x, query_y = episode["query_x"][t], episode["query_y"][t]
-            row, last = [], []
 
-            def measure(step):
-                if record or step == steps:
-                    pred = fast(query_x, training=self.transductive)
-                    row.append(self._loss(query_y, pred, fast))
-                    last[:] = [pred]
+            def measure():
+                pred = fast(query_x, training=self.transductive)
+                return tf.cast(self._loss(query_y, pred, fast), tf.float32)
 
-            self._adapt_scratch(episode["support_x"][t],
-                                episode["support_y"][t], steps, measure)
-            return (t + 1, losses.write(t, tf.stack(row)),
-                    predictions.write(t, last[0]))
+            _, _, measured = self._adapt_scratch(
+                episode["support_x"][t], episode["support_y"][t], steps,
+                measure if record else None)
+            pred = fast(query_x, training=self.transductive)
+            if not record:
+                measured = tf.cast(self._loss(query_y, pred, fast),
+                                   tf.float32)[None]
+            return (t + 1, losses.write(t, measured),
+                    predictions.write(t, pred))
 
         _, losses, predictions = tf.while_loop(
             lambda t, *_: t < tasks, body,
@@ -215,25 +243,6 @@ class Reptile(base.EpisodeLearner):
              tf.TensorArray(tf.float32, tasks)))
         losses = losses.stack()
         return (losses if record else losses[:, 0]), predictions.stack()
-
-    def task_results(self, episode, steps=None):
-        """Per-task query losses after 0..steps inner steps, [tasks,
-        steps + 1] (as `MAML.task_results`), and the query predictions
-        after `steps` (default `eval_inner_steps`)."""
-        if not self.compiled:
-            raise ValueError("Call compile() (for its loss) before "
-                             "task_results().")
-        episode = base.episode_of(episode)
-        steps = self._eval_steps(steps)
-        fns = self.__dict__.setdefault("_km_task_results", {})
-        if steps not in fns:
-            def run(episode):
-                losses, predictions = self._query_outputs(
-                    episode, False, steps, record=True)
-                return {"losses": losses, "predictions": predictions}
-
-            fns[steps] = tf.function(run)
-        return fns[steps](episode)
 
     def adapt(self, support_x, support_y, steps=None):
         """Adapts to one task; returns a plain `keras.Model` (a clone of
@@ -245,12 +254,13 @@ class Reptile(base.EpisodeLearner):
         """
         if not self.compiled:
             raise ValueError("Call compile() (for its loss) before adapt().")
-        steps = self._eval_steps(steps)
+        steps = self._steps(steps)
         x, y = base.check_support(self.model, support_x, support_y)
         fns = self.__dict__.setdefault("_km_adapt", {})
         if steps not in fns:
             fns[steps] = tf.function(
-                lambda x, y: self._adapt_scratch(x, y, steps)[0])
+                lambda x, y: self._adapt_scratch(x, y, steps)[0],
+                autograph=False)
         fns[steps](x, y)
         adapted = keras.models.clone_model(self.model)
         adapted.set_weights(self._fast.get_weights())
@@ -277,8 +287,4 @@ class Reptile(base.EpisodeLearner):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("model", "inner_optimizer"):
-            config[key] = serialization_lib.deserialize_keras_object(
-                config[key])
-        return saving.build(cls, config)
+        return base.from_saved_config(cls, config, ("model", "inner_optimizer"))
