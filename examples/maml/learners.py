@@ -198,6 +198,26 @@ def check(config):
             f"--train_ways must be >= 2; got {config.train_ways}.")
 
 
+class FinalStepOnly:
+    """A learner as `keras_meta.evaluation.adaptation_results` reads it,
+    measuring the query set after the last step only (Omniglot's table
+    reports accuracy after the last step; a query pass per step would
+    cost Reptile several times its adaptation)."""
+
+    def __init__(self, learner):
+        self.learner = learner
+
+    def task_results(self, episode, steps=None):
+        return self.learner.task_results(episode, steps, record=False)
+
+
+def for_table(config, learner):
+    """What the task's evaluation table reads `learner` through."""
+    if config.learner == "maml" or config.task != "omniglot":
+        return learner
+    return FinalStepOnly(learner)
+
+
 def table_rows(config, rows):
     """ProtoNet takes no inner steps: its rows carry no step count."""
     if config.learner != "protonet":

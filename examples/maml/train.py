@@ -163,7 +163,8 @@ def _run_in(directory, config, strategy):
     saving.save_model(maml, model_path)
 
     start = time.time()
-    table = learners.table_rows(config, task.table(maml))
+    table = learners.table_rows(
+        config, task.table(learners.for_table(config, maml)))
     results = dict(
         config=dataclasses.asdict(config),
         table=table,

@@ -312,7 +312,7 @@ class EpisodeLearner(keras.Model):
             return self(x, training=False)
         return self._query_outputs(episode_of(x), training=False)[1]
 
-    def task_results(self, episode, steps=None):
+    def task_results(self, episode, steps=None, record=True):
         """Per-task query losses and predictions after adaptation.
 
         The evaluation entry point shared with `keras_meta.MAML`
@@ -322,6 +322,8 @@ class EpisodeLearner(keras.Model):
             episode: an episode dict with a task axis.
             steps: adaptation steps, for learners that take steps
                 (default: theirs); ignored by the others.
+            record: False measures the query loss after the last step
+                only (losses [tasks, 1]), saving a query pass per step.
 
         Returns:
             A dict: `losses`, float [tasks, steps + 1], column k the query
@@ -334,17 +336,18 @@ class EpisodeLearner(keras.Model):
                              "task_results().")
         episode = episode_of(episode)
         steps = self._steps(steps)
+        record = bool(record)
         fns = self.__dict__.setdefault("_km_task_results", {})
-        if steps not in fns:
+        if (steps, record) not in fns:
             def run(episode):
                 losses, predictions = self._query_outputs(
-                    episode, False, steps, record=True)
+                    episode, False, steps, record=record)
                 if losses.shape.rank == 1:
                     losses = tf.expand_dims(losses, -1)
                 return {"losses": losses, "predictions": predictions}
 
-            fns[steps] = tf.function(run, autograph=False)
-        return fns[steps](episode)
+            fns[steps, record] = tf.function(run, autograph=False)
+        return fns[steps, record](episode)
 
     def _steps(self, steps):
         """The adaptation steps to take (None for a learner without)."""

@@ -66,8 +66,9 @@ def test_pretrain_then_fit_heads_per_episode(tmp_path):
             episode["query_x"][1], verbose=0),
         results["predictions"][1], rtol=1e-5, atol=1e-5)
     loaded = keras.models.load_model(tmp_path / "f.keras")
-    np.testing.assert_allclose(loaded.task_results(episode)["predictions"],
-                               results["predictions"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded.predict(x[:8], verbose=0),
+                               finetune.predict(x[:8], verbose=0), rtol=1e-6)
+    assert loaded.head_steps == 10 and loaded.normalize_features
 
 
 def test_regression_fine_tunes_the_pretrained_head():

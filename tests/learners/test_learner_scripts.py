@@ -39,12 +39,13 @@ def test_settings_a_learner_cannot_use_are_refused(kwargs, message):
         resolve(**kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("learner", ["reptile", "finetune"])
 def test_sinusoid_runs_save_a_model_and_report_the_table(tmp_path, learner):
     config = maml_config.Config(
         learner=learner, model_dir=str(tmp_path / learner), train_steps=4,
         steps_per_epoch=2, eval_tasks=20, eval_shots=(5,), eval_steps=(1, 2),
-        verbose=0)
+        inner_steps=2, eval_inner_steps=2, verbose=0)
     results = train.run(config)
     assert [r["steps"] for r in results["table"]] == [1, 2]
     model = keras.models.load_model(results["model_path"])
@@ -52,6 +53,7 @@ def test_sinusoid_runs_save_a_model_and_report_the_table(tmp_path, learner):
                                     "finetune": "FineTune"}[learner]
 
 
+@pytest.mark.slow
 def test_protonet_omniglot_run_reports_held_out_accuracy(tmp_path,
                                                          omniglot_dir):
     config = maml_config.Config(

@@ -112,6 +112,7 @@ def test_bad_inputs_are_refused_with_what_was_given(episodes, make_mlp):
         protonet.predict(tf.data.Dataset.from_tensors(bad), verbose=0)
 
 
+@pytest.mark.slow
 def test_saved_adapted_model_classifies_raw_pngs_like_the_pipeline(
         tmp_path, omniglot_dir):
     with zipfile.ZipFile(os.path.join(omniglot_dir,
