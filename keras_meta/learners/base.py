@@ -187,9 +187,11 @@ def from_saved_config(cls, config, nested):
 class EpisodeLearner(keras.Model):
     """Base of the few-shot learners: compile, checks, logs and config.
 
-    Subclasses implement `_query_outputs(episode, training, steps)` ->
-    `(losses [tasks], predictions [tasks, queries, ...])` for evaluation
-    and `train_step`; they may override `_check_data(episode, where)`.
+    Subclasses implement `train_step` and `_query_outputs(episode,
+    training, steps, record)` -> `(losses [tasks] (or [tasks, steps + 1]
+    with `record`), predictions [tasks, queries, ...])`, and may override
+    `_steps(steps)` (their default step count) and `_check_data(episode,
+    where)`.
     """
 
     # The loss the learner's query pass uses unless compile() names one.

@@ -39,7 +39,9 @@ class Reptile(base.EpisodeLearner):
     Training logs are the loss and metrics of the last inner step on those
     examples; `evaluate`, `predict` and `task_results` adapt on the support
     set with `eval_inner_steps` steps and measure the query set;
-    `adapt(support_x, support_y)` returns a plain adapted `keras.Model`.
+    `adapt(support_x, support_y)` returns a plain adapted `keras.Model`
+    (its `predict` uses the moving statistics; `adapted(x, training=True)`
+    the batch's, as the transductive evaluation does).
 
     Example:
 
