@@ -25,8 +25,9 @@ cores with --max_train_minutes):
   "pretrained" baseline), then its last layer fine-tuned with SGD 0.01.
 
 `--paper_settings`: the papers' settings instead (ProtoNet: 60-way
-training episodes; Reptile: 10 inner steps on 10-shot tasks of the 20-way
-setting, 50 evaluation steps, outer step size annealed linearly to 0 over
+training episodes; Reptile: 10 inner steps on 10 examples per class (1
+support + 9 query; full batch, where the paper takes minibatches of 10),
+50 evaluation steps, outer step size annealed linearly to 0 over
 --train_steps), which need far more than 30 CPU-minutes.
 """
 
@@ -145,6 +146,7 @@ def build(config, task):
         learner = keras_meta.FineTune(
             backbone, outputs, head_steps=config.eval_inner_steps,
             head_learning_rate=config.inner_lr,
+            head_optimizer="adam" if omniglot else "sgd",
             normalize_features=omniglot)
     learner.compile(optimizer=_meta_optimizer(config),
                     loss=None if omniglot else "mse",
