@@ -3,7 +3,9 @@
 Two pillars:
   * `keras_meta.MAML` and its variants (first-order, Meta-SGD, MAML++, ANIL):
     a `keras.Model` that meta-learns an initialization by differentiating
-    through an inner loop of gradient steps.
+    through an inner loop of gradient steps; beside it, on the same
+    episodes and evaluation, `keras_meta.ProtoNet`, `keras_meta.Reptile`
+    and the fine-tuning baseline `keras_meta.FineTune`.
   * `keras_meta.LearnedOptimizer`: a coordinatewise LSTM update rule as a
     `keras.optimizers.Optimizer`, meta-trained by unrolled optimization.
 """
@@ -22,3 +24,6 @@ from keras_meta.maml import MAML  # noqa: E402
 from keras_meta.maml import MAMLPlusPlus  # noqa: E402
 from keras_meta.maml import MetaSGD  # noqa: E402
 from keras_meta.optimizers import LearnedOptimizer  # noqa: E402
+from keras_meta.learners import ProtoNet  # noqa: E402
+from keras_meta.learners import Reptile  # noqa: E402
+from keras_meta.learners import FineTune  # noqa: E402

@@ -15,6 +15,7 @@ from keras_meta.data import image_classes
 from examples import config_flags
 from examples import flag_checks
 from examples.config_flags import option
+from examples.maml import learners
 
 VARIANTS = ("maml", "meta_sgd", "maml_plus_plus", "anil")
 INNER_OPTIMIZERS = ("sgd", "meta_sgd", "lslr", "lstm")
@@ -45,6 +46,12 @@ class Config:
     """Settings of one run. None means "the task's default" (`resolve`)."""
 
     task: str = option("sinusoid", "Task family.", choices=TASKS)
+    learner: str = option(
+        "maml", "maml (the MAML family: --variant, --inner_optimizer), "
+        "protonet (Prototypical Networks; Omniglot only), reptile, or "
+        "finetune (pretrain a classifier or regressor on the training "
+        "tasks, then fit a new head per task). Their defaults: "
+        "examples/maml/learners.py.", choices=learners.LEARNERS)
     model_dir: str = option(
         "runs/maml", "Logs, checkpoints, model.keras and results.json.")
     variant: str = option(
@@ -70,7 +77,10 @@ class Config:
     inner_lr: float | None = option(
         None, "Inner learning rate (Omniglot: in the reference's "
         "convention, loss summed over classes).")
-    meta_lr: float = option(1e-3, "Adam meta learning rate.")
+    meta_lr: float | None = option(
+        None, "Adam meta learning rate (default 1e-3); --learner=reptile: "
+        "the outer step size (SGD's rate; default 1.0 on Omniglot, 0.1 on "
+        "sinusoid).")
     first_order: bool = option(False, "Drop second derivatives (FOMAML).")
     multi_step_loss: str | None = option(None, "Meta-loss over inner steps: last, annealed (MAML++) or uniform (every count up to --inner_steps; learned rules). Unset: the variant's.", choices=("last", "annealed", "uniform"))  # noqa: E501
     # Resolved to "auto" (XLA where it is known to help) for Omniglot.
@@ -110,6 +120,19 @@ class Config:
     tpu: str | None = option(
         None, "With --strategy=tpu: the TPU's name or grpc:// address; "
         "'local' on a TPU VM.")
+    distance: str = option(
+        "euclidean", "--learner=protonet: squared euclidean or scaled "
+        "cosine logits.", choices=("euclidean", "cosine"))
+    train_ways: int | None = option(
+        None, "--learner=protonet: classes per training episode (more "
+        "than --ways helps; default 30, 60 with --paper_settings).")
+    strided: bool | None = option(
+        None, "--learner other than maml: conv4 with strided convolutions "
+        "(True) or 2x2 max-pooling (False); unset: the learner's default "
+        "(protonet: max-pooling, others: strided, as MAML's).")
+    paper_settings: bool = option(
+        False, "--learner other than maml: the paper's settings instead "
+        "of the CPU-budget defaults (examples/maml/learners.py).")
     profile: bool = option(
         False, "Write a TensorBoard profile (Profile tab; needs "
         "tensorboard-plugin-profile to view) of a few training calls to "
@@ -209,7 +232,11 @@ def resolve(config):
     if config.inner_optimizer is None:
         config = dataclasses.replace(
             config, inner_optimizer=VARIANT_INNER_OPTIMIZER[config.variant])
-    defaults = task_defaults(config.task, config.ways)
+    learners.check(config)
+    defaults = dict(task_defaults(config.task, config.ways), meta_lr=1e-3)
+    if config.learner != "maml":
+        defaults = learners.defaults(config.learner, config.task,
+                                     config.paper_settings)
     if config.strategy != "default":
         # XLA on the whole step fails under MirroredStrategy (variables on
         # other devices); TPUStrategy compiles with XLA anyway. Keras 3.15

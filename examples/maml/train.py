@@ -22,11 +22,15 @@ from keras_meta import saving
 
 from examples import flag_checks
 from examples.maml import config as config_lib
+from examples.maml import learners
 from examples.maml import tasks
 
 
 def build_maml(config, task):
-    """The compiled MAML variant that `config` names around the task's net."""
+    """The compiled MAML variant (or `--learner`) that `config` names
+    around the task's net."""
+    if config.learner != "maml":
+        return learners.build(config, task)
     cls = {
         "maml": keras_meta.MAML,
         "meta_sgd": keras_meta.MetaSGD,
@@ -54,8 +58,9 @@ def build_maml(config, task):
 def batches_consumed(maml):
     """Episode batches a (resumed) MAML has trained on: its optimizer's
     steps plus the skipped non-finite steps, which consumed a batch each."""
-    return int(maml.optimizer.iterations.numpy()) + int(
-        maml.skipped_steps.numpy())
+    skipped = getattr(maml, "skipped_steps", None)
+    return int(maml.optimizer.iterations.numpy()) + (
+        0 if skipped is None else int(skipped.numpy()))
 
 
 def _restore_or_build(config, task, strategy, directory):
@@ -90,10 +95,11 @@ def _callbacks(config, task, checkpoints, start_step):
         keras.callbacks.TensorBoard(
             logs_dir, profile_batch=(tuple(config.profile_batches)
                                      if config.profile else 0)),
-        km_callbacks.InnerOptimizerSummary(
-            os.path.join(logs_dir, "inner_optimizer"),
-            episode=next(iter(task.validation_episodes()))),
     ]
+    if config.learner == "maml":
+        callbacks.append(km_callbacks.InnerOptimizerSummary(
+            os.path.join(logs_dir, "inner_optimizer"),
+            episode=next(iter(task.validation_episodes()))))
     if config.max_train_minutes is not None:
         callbacks.append(
             km_callbacks.TrainingTimeLimit(60 * config.max_train_minutes))
@@ -118,7 +124,7 @@ def _train(maml, task, config, checkpoints, start_step):
 
     def fit(first_step, epoch, steps_per_epoch, epochs):
         maml.fit(
-            task.train_episodes(skip_batches=first_step),
+            learners.train_episodes(config, task, first_step),
             initial_epoch=epoch,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
@@ -157,7 +163,8 @@ def _run_in(directory, config, strategy):
     saving.save_model(maml, model_path)
 
     start = time.time()
-    table = task.table(maml)
+    table = learners.table_rows(
+        config, task.table(learners.for_table(config, maml)))
     results = dict(
         config=dataclasses.asdict(config),
         table=table,

@@ -1,0 +1,255 @@
+"""Prototypical Networks (Snell et al., 2017) as a `keras.Model`."""
+
+import keras
+import tensorflow as tf
+from keras.src.saving import serialization_lib
+
+from keras_meta import saving
+from keras_meta.learners import base
+
+DISTANCES = ("euclidean", "cosine")
+# The scale of cosine logits when none is given: cosines lie in [-1, 1],
+# too flat for a softmax over classes.
+DEFAULT_COSINE_SCALE = 10.0
+
+
+def prototypes(embeddings, labels, ways):
+    """Mean embedding per class.
+
+    Args:
+        embeddings: float [tasks, examples, dim].
+        labels: int [tasks, examples], class indices 0..ways-1.
+        ways: number of classes (an int or a scalar tensor).
+
+    Returns:
+        float [tasks, ways, dim]; a class without examples gets zeros.
+    """
+    onehot = tf.one_hot(tf.cast(labels, tf.int32), ways,
+                        dtype=embeddings.dtype)
+    sums = tf.einsum("tsn,tsd->tnd", onehot, embeddings)
+    counts = tf.reduce_sum(onehot, axis=1)[..., None]
+    return sums / tf.maximum(counts, 1.0)
+
+
+def distance_logits(queries, centers, distance="euclidean", scale=1.0):
+    """Logits of queries against class centers.
+
+    Args:
+        queries: float [..., queries, dim].
+        centers: float [..., ways, dim].
+        distance: "euclidean": `-scale * ||q - c||^2`; "cosine":
+            `scale * cos(q, c)`.
+        scale: a positive float.
+
+    Returns:
+        float [..., queries, ways].
+    """
+    if distance == "euclidean":
+        diff = tf.expand_dims(queries, -2) - tf.expand_dims(centers, -3)
+        return -scale * tf.reduce_sum(tf.square(diff), axis=-1)
+    q = tf.math.l2_normalize(queries, axis=-1)
+    c = tf.math.l2_normalize(centers, axis=-1)
+    return scale * tf.matmul(q, c, transpose_b=True)
+
+
+def check_distance(distance, scale):
+    """Raises on an unknown distance or a scale that is not a finite float
+    > 0; returns the scale to use (None: the distance's default)."""
+    if distance not in DISTANCES:
+        raise ValueError(
+            f"`distance` must be one of {DISTANCES}; got {distance!r}.")
+    if scale is None:
+        return DEFAULT_COSINE_SCALE if distance == "cosine" else 1.0
+    if (isinstance(scale, bool) or not isinstance(scale, (int, float))
+            or not 0 < scale < float("inf")):
+        raise ValueError(f"`scale` must be a finite float > 0; got {scale!r}.")
+    return float(scale)
+
+
+@keras.saving.register_keras_serializable(package="keras_meta")
+class PrototypeHead(keras.layers.Layer):
+    """Classifies embeddings by their distance to fixed class prototypes.
+
+    The head of the model `ProtoNet.adapt` returns: the prototypes are a
+    non-trainable weight [ways, dim] (saved with the model), the logits
+    those of `distance_logits`.
+
+    Example:
+
+    ```python
+    head = PrototypeHead(ways=5, distance="euclidean")
+    head.build((None, 64))
+    head.prototypes.assign(centers)  # [5, 64]
+    logits = head(embeddings)        # [batch, 5]
+    ```
+
+    Args:
+        ways: number of classes.
+        distance: "euclidean" or "cosine".
+        scale: logit scale (None: 1 for euclidean, 10 for cosine).
+    """
+
+    def __init__(self, ways, distance="euclidean", scale=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(ways, bool) or not isinstance(ways, int) or ways < 1:
+            raise ValueError(f"`ways` must be an int >= 1; got {ways!r}.")
+        self.ways = ways
+        self.distance = distance
+        self.scale = check_distance(distance, scale)
+
+    def build(self, input_shape):
+        self.prototypes = self.add_weight(
+            shape=(self.ways, int(input_shape[-1])), initializer="zeros",
+            trainable=False, name="prototypes")
+
+    def call(self, inputs):
+        centers = tf.cast(self.prototypes, inputs.dtype)
+        return distance_logits(inputs[None], centers[None], self.distance,
+                               self.scale)[0]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.ways,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(ways=self.ways, distance=self.distance,
+                      scale=self.scale)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_meta")
+class ProtoNet(base.EpisodeLearner):
+    """Prototypical Networks: classify queries by the nearest class mean.
+
+    Each task's support examples are embedded by `embedding`; a class's
+    prototype is the mean of its support embeddings; a query's logits are
+    the negative squared Euclidean distances to the prototypes (or scaled
+    cosine similarities). `fit` trains the embedding on the query
+    cross-entropy of episodes (`keras_meta.data.episodes`), with the
+    embedding's batch normalization in training mode over the whole meta-
+    batch; `evaluate`, `predict` and `task_results` run it in inference
+    mode. `adapt(support_x, support_y)` returns a plain `keras.Model`: a
+    copy of the embedding followed by a `PrototypeHead` holding the
+    prototypes, which classifies new inputs as the episode pass does (raw
+    uint8 images too, when the embedding starts with the resize and
+    rescale layers of `keras_meta.models.conv4_classifier`).
+
+    Episode targets are class indices 0..N-1; every class of a task must
+    have a support example (checked before anything is compiled).
+
+    Example:
+
+    ```python
+    net = keras_meta.models.conv4_classifier(ways=5)
+    embedding = keras.Model(net.inputs, net.get_layer("pool").output)
+    protonet = keras_meta.ProtoNet(embedding)
+    protonet.compile(optimizer=keras.optimizers.Adam(1e-3),
+                     metrics=["accuracy"])
+    protonet.fit(keras_meta.data.episodes(train, ways=20, shots=1),
+                 steps_per_epoch=100)
+    adapted = protonet.adapt(support_x, support_y)  # a keras.Model
+    adapted.predict(query_x)                         # [queries, ways] logits
+    ```
+
+    Args:
+        embedding: a built Keras model mapping inputs to [batch, dim]
+            embeddings.
+        distance: "euclidean" (squared) or "cosine".
+        scale: logit scale (None: 1 for euclidean, 10 for cosine).
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Reference:
+        - [Snell et al., 2017](https://arxiv.org/abs/1703.05175)
+    """
+
+    def __init__(self, embedding, distance="euclidean", scale=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        base.check_model(embedding, "ProtoNet")
+        self.embedding = embedding
+        self.distance = distance
+        self.scale = check_distance(distance, scale)
+        self.built = True
+
+    def _embed(self, x, training):
+        """[tasks, n, ...] -> [tasks, n, dim]."""
+        flat = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
+        flat = tf.ensure_shape(flat, [None] + list(x.shape[2:]))
+        out = self.embedding(flat, training=training)
+        return tf.reshape(out, tf.concat([tf.shape(x)[:2], [-1]], 0))
+
+    def episode_logits(self, episode, training=False):
+        """Query logits [tasks, queries, ways] of an episode dict."""
+        support, query = episode["support_x"], episode["query_x"]
+        n_support = tf.shape(support)[1]
+        # One pass over support and query: batch statistics over both.
+        both = self._embed(tf.concat([support, query], axis=1), training)
+        ways = tf.cast(tf.reduce_max(episode["support_y"]), tf.int32) + 1
+        centers = prototypes(both[:, :n_support], episode["support_y"], ways)
+        return distance_logits(both[:, n_support:], centers, self.distance,
+                               self.scale)
+
+    def _query_outputs(self, episode, training, steps=None, record=False):
+        del steps, record  # no inner steps
+        logits = self.episode_logits(episode, training)
+        losses = tf.reduce_mean(
+            self._per_example_loss(episode["query_y"], logits), axis=-1)
+        return losses, logits
+
+    def train_step(self, data):
+        episode = base.episode_of(data)
+        with tf.GradientTape() as tape:
+            losses, logits = self._query_outputs(episode, training=True)
+            loss = tf.reduce_mean(losses)
+            if self.embedding.losses:
+                loss = loss + tf.add_n(self.embedding.losses)
+        variables = self.embedding.trainable_variables
+        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        return self._update_metrics(episode, losses, logits)
+
+    def call(self, inputs, training=None):
+        """Episode dict -> query logits; else the embeddings of `inputs`."""
+        if isinstance(inputs, dict):
+            return self.episode_logits(base.episode_of(inputs), training)
+        return self.embedding(inputs, training=training)
+
+    def adapt(self, support_x, support_y):
+        """A plain `keras.Model` that classifies by this task's prototypes.
+
+        Args:
+            support_x: one task's support inputs [n, *input_shape].
+            support_y: int class indices [n], every class 0..N-1 present.
+
+        Returns:
+            `keras.Model`: a copy of the embedding (its weights fixed now)
+            followed by a `PrototypeHead` with the N prototypes; its
+            outputs are logits [batch, N].
+
+        Raises:
+            ValueError: the support set is empty, holds NaN or inf, or its
+                labels are not 0..N-1 with every class present.
+        """
+        support_x, ways = base.check_support_classes(
+            self.embedding, support_x, support_y)
+        embeddings = self.embedding.predict(support_x, verbose=0)
+        centers = prototypes(
+            tf.convert_to_tensor(embeddings)[None],
+            tf.convert_to_tensor(support_y)[None], ways)[0]
+        head = PrototypeHead(ways, self.distance, self.scale,
+                             name="prototypes")
+        head.build((None, int(centers.shape[-1])))
+        return base.with_head(self.embedding, head, [centers])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "embedding": serialization_lib.serialize_keras_object(
+                self.embedding),
+            "distance": self.distance,
+            "scale": self.scale,
+        })
+        return saving.stamp(config)
+
+    @classmethod
+    def from_config(cls, config):
+        return base.from_saved_config(cls, config, ("embedding",))

@@ -1,0 +1,69 @@
+"""examples/train_maml.py --learner: settings, and tiny runs end to end."""
+
+import dataclasses
+
+import keras
+import pytest
+
+import keras_meta
+from examples.maml import config as maml_config
+from examples.maml import train
+
+
+def resolve(**kwargs):
+    return maml_config.resolve(maml_config.Config(**kwargs))
+
+
+def test_maml_defaults_are_unchanged_and_learners_bring_theirs():
+    maml = resolve(task="omniglot", ways=20)
+    assert (maml.learner, maml.meta_lr, maml.inner_steps,
+            maml.meta_batch_size) == ("maml", 1e-3, 5, 16)
+    protonet = resolve(task="omniglot", ways=20, learner="protonet")
+    assert (protonet.train_ways, protonet.queries,
+            protonet.meta_batch_size) == (30, 5, 1)
+    paper = resolve(task="omniglot", learner="protonet", paper_settings=True)
+    assert paper.train_ways == 60
+    reptile = resolve(learner="reptile")
+    assert (reptile.meta_lr, reptile.eval_steps) == (0.1, (1, 10))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(learner="protonet"), "--learner=protonet does not apply to "
+     "--task=sinusoid"),
+    (dict(learner="reptile", variant="meta_sgd"), "leave --variant unset"),
+    (dict(task="omniglot", learner="protonet", train_ways=1),
+     "--train_ways must be >= 2"),
+])
+def test_settings_a_learner_cannot_use_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        resolve(**kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("learner", ["reptile", "finetune"])
+def test_sinusoid_runs_save_a_model_and_report_the_table(tmp_path, learner):
+    config = maml_config.Config(
+        learner=learner, model_dir=str(tmp_path / learner), train_steps=4,
+        steps_per_epoch=2, eval_tasks=20, eval_shots=(5,), eval_steps=(1, 2),
+        inner_steps=2, eval_inner_steps=2, verbose=0)
+    results = train.run(config)
+    assert [r["steps"] for r in results["table"]] == [1, 2]
+    model = keras.models.load_model(results["model_path"])
+    assert type(model).__name__ == {"reptile": "Reptile",
+                                    "finetune": "FineTune"}[learner]
+
+
+@pytest.mark.slow
+def test_protonet_omniglot_run_reports_held_out_accuracy(tmp_path,
+                                                         omniglot_dir):
+    config = maml_config.Config(
+        task="omniglot", learner="protonet", data_dir=omniglot_dir,
+        model_dir=str(tmp_path / "p"), train_ways=5, train_steps=2,
+        steps_per_epoch=2, eval_tasks=50, filters=4, verbose=0)
+    results = train.run(config)
+    row, = results["table"]
+    assert "steps" not in row and row["tasks"] == 50
+    assert 0.2 < row["mean"] <= 1.0  # 5-way: chance is 20%
+    protonet = keras.models.load_model(results["model_path"])
+    assert isinstance(protonet, keras_meta.ProtoNet)
+    assert dataclasses.asdict(config)["learner"] == "protonet"

@@ -1,0 +1,141 @@
+"""keras_meta.ProtoNet: distances, training, adapt, saving, raw PNGs."""
+
+import os
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_meta
+
+
+def identity_embedding(dim=2):
+    net = keras.Sequential([keras.Input((dim,)), keras.layers.Dense(
+        dim, kernel_initializer="identity", bias_initializer="zeros")])
+    return net
+
+
+def tiny_episode():
+    # 2 classes, 2 shots: prototypes (0, 0) and (2, 2).
+    return {
+        "support_x": np.array([[[0, 1], [0, -1], [2, 1], [2, 3]]], "float32"),
+        "support_y": np.array([[0, 0, 1, 1]], "int32"),
+        "query_x": np.array([[[1, 0], [3, 3]]], "float32"),
+        "query_y": np.array([[0, 1]], "int32"),
+    }
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_logits_are_the_hand_computed_distances(distance):
+    protonet = keras_meta.ProtoNet(identity_embedding(), distance=distance,
+                                   scale=2.0)
+    logits = protonet(tiny_episode()).numpy()[0]
+    centers = np.array([[0.0, 0.0], [2.0, 2.0]])
+    queries = np.array([[1.0, 0.0], [3.0, 3.0]])
+    if distance == "euclidean":
+        expected = -2.0 * ((queries[:, None] - centers[None]) ** 2).sum(-1)
+    else:
+        unit = lambda v: v / np.maximum(  # noqa: E731
+            np.linalg.norm(v, axis=-1, keepdims=True), 1e-6)
+        expected = 2.0 * unit(queries) @ unit(centers).T
+    np.testing.assert_allclose(logits, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_training_moves_every_embedding_weight_and_lowers_the_loss(
+        episodes, make_mlp):
+    protonet = keras_meta.ProtoNet(make_mlp(outputs=8))
+    protonet.compile(optimizer=keras.optimizers.Adam(1e-2),
+                     metrics=["accuracy"])
+    before = [v.numpy() for v in protonet.trainable_variables]
+    train = tf.data.Dataset.from_tensors(episodes(tasks=8)).repeat()
+    held_out = tf.data.Dataset.from_tensors(episodes(tasks=8, seed=1))
+    first = protonet.evaluate(held_out, return_dict=True, verbose=0)
+    history = protonet.fit(train, steps_per_epoch=30, epochs=2, verbose=0)
+    last = protonet.evaluate(held_out, return_dict=True, verbose=0)
+    assert all(np.any(b != v.numpy()) for b, v in
+               zip(before, protonet.trainable_variables))
+    assert history.history["loss"][1] < history.history["loss"][0]
+    assert last["loss"] < first["loss"]
+    assert last["accuracy"] > 0.9, last
+
+
+def test_adapt_save_and_load_give_the_episode_predictions(
+        tmp_path, episodes, make_mlp):
+    protonet = keras_meta.ProtoNet(make_mlp(outputs=5), distance="cosine")
+    protonet.compile(metrics=["accuracy"])
+    episode = episodes(tasks=2, ways=4)
+    expected = protonet.predict(tf.data.Dataset.from_tensors(episode),
+                                verbose=0)
+    adapted = protonet.adapt(episode["support_x"][1],
+                             episode["support_y"][1])
+    assert isinstance(adapted, keras.Model)
+    assert not isinstance(adapted, keras_meta.ProtoNet)
+    got = adapted.predict(episode["query_x"][1], verbose=0)
+    np.testing.assert_allclose(got, expected[1], rtol=1e-5, atol=1e-5)
+    protonet.save(tmp_path / "p.keras")
+    adapted.save(tmp_path / "a.keras")
+    loaded = keras.models.load_model(tmp_path / "p.keras")
+    assert loaded.distance == "cosine" and loaded.scale == 10.0
+    np.testing.assert_allclose(
+        loaded.predict(tf.data.Dataset.from_tensors(episode), verbose=0),
+        expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.models.load_model(tmp_path / "a.keras").predict(
+            episode["query_x"][1], verbose=0), got, rtol=1e-6)
+    results = loaded.task_results(episode)
+    assert results["losses"].shape == (2, 1)
+    # The optimizer comes back compiled and built.
+    assert loaded.compiled and loaded.optimizer is not None
+
+
+def test_bad_inputs_are_refused_with_what_was_given(episodes, make_mlp):
+    with pytest.raises(ValueError, match="distance"):
+        keras_meta.ProtoNet(make_mlp(), distance="manhattan")
+    with pytest.raises(ValueError, match="keras.Model"):
+        keras_meta.ProtoNet(lambda x: x)
+    protonet = keras_meta.ProtoNet(make_mlp())
+    episode = episodes(tasks=2)
+    with pytest.raises(ValueError, match="compile"):
+        protonet.fit(tf.data.Dataset.from_tensors(episode))
+    protonet.compile()
+    missing = dict(episode, support_y=np.zeros_like(episode["support_y"]))
+    with pytest.raises(ValueError, match=r"no example of class\(es\) \[1, 2\]"):
+        protonet.evaluate(tf.data.Dataset.from_tensors(missing), verbose=0)
+    with pytest.raises(ValueError, match="0..N-1"):
+        protonet.adapt(episode["support_x"][0], episode["support_y"][0] + 1)
+    with pytest.raises(ValueError, match="without a task axis"):
+        protonet.adapt(episode["support_x"], episode["support_y"])
+    bad = dict(episode, query_x=np.full_like(episode["query_x"], np.nan))
+    with pytest.raises(ValueError, match="non-finite"):
+        protonet.predict(tf.data.Dataset.from_tensors(bad), verbose=0)
+
+
+@pytest.mark.slow
+def test_saved_adapted_model_classifies_raw_pngs_like_the_pipeline(
+        tmp_path, omniglot_dir):
+    with zipfile.ZipFile(os.path.join(omniglot_dir,
+                                      "images_background_small1.zip")) as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".png") and (
+            "/Greek/character01/" in n or "/Greek/character02/" in n))
+        pngs = [z.read(n) for n in names]
+    for n, data in zip(names, pngs):
+        path = tmp_path / "Greek" / n.split("/")[-2] / os.path.basename(n)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    cached = keras_meta.data.load_omniglot(str(tmp_path)).images
+    raw = np.stack([tf.io.decode_png(p, channels=1).numpy() for p in pngs])
+    keras.utils.set_random_seed(0)
+    net = keras_meta.models.conv4_classifier(2, filters=8, strided=False)
+    protonet = keras_meta.ProtoNet(
+        keras.Model(net.inputs, net.get_layer("flatten").output))
+    protonet.compile()
+    labels = np.repeat([0, 1], 20)
+    support = [0, 1, 20, 21]
+    adapted = protonet.adapt(cached[support], labels[support])
+    adapted.save(tmp_path / "adapted.keras")
+    loaded = keras.models.load_model(tmp_path / "adapted.keras")
+    from_cache = adapted.predict(cached, verbose=0)
+    np.testing.assert_allclose(loaded.predict(raw, verbose=0), from_cache,
+                               rtol=1e-4, atol=1e-4)
