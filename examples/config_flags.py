@@ -132,3 +132,9 @@ def read(flag_specs, flag_values=flags.FLAGS):
 def kinds(flag_specs):
     """`{name: (kind, choices)}`: what a sweep checks its values against."""
     return {s.name: (s.kind, s.choices) for s in flag_specs}
+
+
+def defaults(config_class):
+    """`{field name: default}` of a config dataclass (for comparing a
+    resumed run's record, which may predate a field)."""
+    return {f.name: f.default for f in dataclasses.fields(config_class)}

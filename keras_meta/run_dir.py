@@ -72,11 +72,17 @@ def _jsonable(config):
         {k: v for k, v in config.items() if k not in NOT_SETTINGS}))
 
 
-def config_changes(saved, current):
-    """`{name: (old, new)}` for every setting that differs, in name order."""
+def config_changes(saved, current, defaults=None):
+    """`{name: (old, new)}` for every setting that differs, in name order.
+
+    A name `saved` lacks (a setting added after the run was recorded)
+    compares as its value in `defaults`, where given.
+    """
+    defaults = defaults or {}
     names = sorted(set(saved) | set(current))
-    return {name: (saved.get(name), current.get(name)) for name in names
-            if saved.get(name) != current.get(name)}
+    old = {name: saved.get(name, defaults.get(name)) for name in names}
+    return {name: (old[name], current.get(name)) for name in names
+            if old[name] != current.get(name)}
 
 
 def _flag_list(changes):
@@ -197,11 +203,13 @@ class RunDirectory:
         may_change: names of settings that may differ on resume (logging,
             checkpoint cadence, longer training); any other difference is
             refused with `ResumeRefused` when the directory is entered.
+        defaults: the settings' default values: a setting that a run's
+            record lacks (added in a later release) compares as its default.
     """
 
     def __init__(self, path, resume=False, strategy=None,
                  checkpoint_ext=".keras", log=print, config=None,
-                 may_change=()):
+                 may_change=(), defaults=None):
         self.path = path
         self.resume = resume
         self.is_chief = distribute.is_chief(strategy)
@@ -213,6 +221,7 @@ class RunDirectory:
         self._log = log
         self._config = None if config is None else _jsonable(config)
         self._may_change = set(may_change)
+        self._defaults = None if defaults is None else _jsonable(defaults)
         self._record = None
         self._changes = {}
         self._candidates = []
@@ -274,7 +283,7 @@ class RunDirectory:
                       "cannot be compared with the run's.")
             self._record = None
             return
-        changes = config_changes(saved, self._config)
+        changes = config_changes(saved, self._config, self._defaults)
         refused = {k: v for k, v in changes.items()
                    if k not in self._may_change}
         if refused:

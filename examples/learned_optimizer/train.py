@@ -36,6 +36,7 @@ from keras_meta.optimizers import weights_io
 from keras_meta.rules import normalized as normalized_rule
 from keras_meta.rules.base import UpdateRule
 
+from examples import config_flags
 from examples import flag_checks
 from examples.learned_optimizer import config as config_lib
 
@@ -440,7 +441,8 @@ def run(config):
     with run_dir.RunDirectory(
             config.model_dir, resume=config.resume, strategy=strategy,
             checkpoint_ext=".npz", config=settings,
-            may_change=config_lib.MAY_CHANGE_ON_RESUME) as directory:
+            may_change=config_lib.MAY_CHANGE_ON_RESUME,
+            defaults=config_flags.defaults(config_lib.Config)) as directory:
         model_dir = directory.write_path
         session = _MetaTraining(config, model_dir, strategy, rule, phi0,
                                 update_rule)

@@ -82,7 +82,26 @@ class Config:
         "the outer step size (SGD's rate; default 1.0 on Omniglot, 0.1 on "
         "sinusoid).")
     first_order: bool = option(False, "Drop second derivatives (FOMAML).")
-    multi_step_loss: str | None = option(None, "Meta-loss over inner steps: last, annealed (MAML++) or uniform (every count up to --inner_steps; learned rules). Unset: the variant's.", choices=("last", "annealed", "uniform"))  # noqa: E501
+    multi_step_loss: str | None = option(
+        None, "Meta-loss over inner steps: last, annealed (MAML++) or "
+        "uniform (every count up to --inner_steps; learned rules). Unset: "
+        "the variant's.", choices=("last", "annealed", "uniform"))
+    step_weights: tuple[float, ...] | None = option(
+        None, "The meta-loss as weights of the inner-step counts "
+        "1..--inner_steps (one per count; replaces --multi_step_loss), "
+        "e.g. 4,1,1,1,1: learned inner rules that hold at more steps.")
+    meta_clipnorm: float | None = option(
+        None, "Clip the meta-gradient's norm (Adam's clipnorm); advised "
+        "for learned inner rules.")
+    per_step_bn: bool = option(
+        False, "--variant=maml_plus_plus: per-step batch-norm statistics "
+        "and weights.")
+    first_order_steps: int | None = option(
+        None, "--variant=maml_plus_plus: first-order meta-gradients for "
+        "the first N meta-steps, then second order.")
+    cosine_decay_steps: int | None = option(
+        None, "--variant=maml_plus_plus: cosine annealing of the meta "
+        "learning rate over N meta-steps.")
     # Resolved to "auto" (XLA where it is known to help) for Omniglot.
     jit_compile: bool | None = option(None, "Compile the steps with XLA.")
     steps_per_execution: int | None = option(
@@ -192,6 +211,18 @@ def _check(config):
             f"--variant={config.variant} implies --inner_optimizer={implied}"
             f"; got --inner_optimizer={inner}. Use --variant=maml with "
             "--inner_optimizer to swap the inner rule.")
+    plus_plus = [name for name in ("per_step_bn", "first_order_steps",
+                                   "cosine_decay_steps")
+                 if getattr(config, name) not in (None, False)]
+    if plus_plus and config.variant != "maml_plus_plus":
+        raise ValueError(
+            f"--{plus_plus[0]} is a MAML++ option; it needs "
+            f"--variant=maml_plus_plus, got --variant={config.variant}.")
+    if config.step_weights is not None and (
+            len(config.step_weights) != config.inner_steps):
+        raise ValueError(
+            f"--step_weights needs one weight per inner-step count (--inner_"
+            f"steps={config.inner_steps}); got {len(config.step_weights)}.")
     if config.strategy not in distribute.STRATEGIES:
         raise ValueError(f"--strategy must be one of "
                          f"{distribute.STRATEGIES}; got {config.strategy!r}.")
@@ -212,6 +243,8 @@ def check_values(config):
     flag_checks.positive_ints("eval_steps", config.eval_steps)
     flag_checks.number("inner_lr", config.inner_lr)
     flag_checks.number("meta_lr", config.meta_lr)
+    if config.meta_clipnorm is not None:
+        flag_checks.number("meta_clipnorm", config.meta_clipnorm, strict=True)
     if config.max_train_minutes is not None:
         flag_checks.number("max_train_minutes", config.max_train_minutes,
                            strict=True, allow_inf=True)

@@ -20,6 +20,7 @@ from keras_meta import errors
 from keras_meta import run_dir
 from keras_meta import saving
 
+from examples import config_flags
 from examples import flag_checks
 from examples.maml import config as config_lib
 from examples.maml import learners
@@ -44,15 +45,33 @@ def build_maml(config, task):
         first_order=config.first_order,
         eval_inner_steps=config.eval_inner_steps,
         inner_optimizer=config.inner_optimizer,
+        **_meta_loss_and_plus_plus(config),
     )
     maml.compile(
-        optimizer=keras.optimizers.Adam(config.meta_lr),
+        optimizer=keras.optimizers.Adam(config.meta_lr,
+                                        clipnorm=config.meta_clipnorm),
         loss=task.loss,
         metrics=list(task.metrics),
         jit_compile=config.jit_compile,
         steps_per_execution=config.steps_per_execution,
     )
     return maml
+
+
+def _meta_loss_and_plus_plus(config):
+    """The constructor arguments of --multi_step_loss / --step_weights and
+    of the MAML++ options that were set."""
+    kwargs = {}
+    if config.step_weights is not None:
+        kwargs["multi_step_loss"] = [float(w) for w in config.step_weights]
+    elif config.multi_step_loss is not None:
+        kwargs["multi_step_loss"] = config.multi_step_loss
+    if config.per_step_bn:
+        kwargs.update(per_step_bn_statistics=True, per_step_bn_weights=True)
+    for name in ("first_order_steps", "cosine_decay_steps"):
+        if getattr(config, name) is not None:
+            kwargs[name] = getattr(config, name)
+    return kwargs
 
 
 def batches_consumed(maml):
@@ -92,7 +111,7 @@ def _callbacks(config, task, checkpoints, start_step):
         checkpointer,
         # With `profile`, a TensorBoard profile of train-function calls
         # profile_batches[0]..[1] (each runs steps_per_execution steps).
-        keras.callbacks.TensorBoard(
+        km_callbacks.TensorBoard(
             logs_dir, profile_batch=(tuple(config.profile_batches)
                                      if config.profile else 0)),
     ]
@@ -208,7 +227,8 @@ def run(config):
     with run_dir.RunDirectory(
             config.model_dir, resume=config.resume, strategy=strategy,
             config=dataclasses.asdict(config),
-            may_change=config_lib.MAY_CHANGE_ON_RESUME) as directory:
+            may_change=config_lib.MAY_CHANGE_ON_RESUME,
+            defaults=config_flags.defaults(config_lib.Config)) as directory:
         # Every worker reads the chief's checkpoints (a shared file system)
         # but only the chief writes to model_dir; the others to a
         # temporary directory.

@@ -92,7 +92,7 @@ def read_scalars(log_dir, tag):
 
     Example:
         >>> read_scalars("runs/maml/logs/validation",
-        ...              "epoch_query_loss_after_step_1")  # doctest: +SKIP
+        ...              "query/loss_after_step_1")  # doctest: +SKIP
         [(0, 1.9), (1, 0.9)]
     """
     values = {}
@@ -212,7 +212,7 @@ TARGETS = {
         result_file="results.json",
         default_args=(("verbose", "2"),),
         progress_dir=os.path.join("logs", "validation"),
-        progress_tag="epoch_query_loss_after_step_1",
+        progress_tag="query/loss_after_step_1",
         metrics_fn=_maml_metrics,
         default_metric=_maml_metric,
         epoch_flag="steps_per_epoch",

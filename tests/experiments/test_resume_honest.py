@@ -9,6 +9,7 @@ import re
 import shutil
 import zipfile
 
+import keras
 import numpy as np
 import pytest
 
@@ -224,6 +225,11 @@ def test_damage_finds_missing_members(tmp_path):
     (dict(seed=-1), "--seed must be an int >= 0; got -1"),
     (dict(profile=True, profile_batches=(5, 3)),
      "--profile_batches must be two ints"),
+    (dict(per_step_bn=True), "--per_step_bn is a MAML\\+\\+ option; it needs "
+                             "--variant=maml_plus_plus"),
+    (dict(step_weights=(1.0, 2.0, 3.0)),
+     "--step_weights needs one weight per inner-step count"),
+    (dict(meta_clipnorm=0.0), "--meta_clipnorm must be a finite number > 0"),
 ])
 def test_maml_refuses_bad_flags_before_anything(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -328,3 +334,18 @@ def test_lopt_refuses_bad_flags_before_anything(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         lopt_train.run(lopt(tmp_path / "run", **changes))
     assert not (tmp_path / "run").exists()
+
+
+def test_maml_plus_plus_and_meta_loss_flags_reach_the_model(tmp_path):
+    cfg = maml_config.resolve(config(
+        tmp_path / "run", variant="maml_plus_plus", inner_steps=2,
+        eval_inner_steps=2, step_weights=(3.0, 1.0), meta_clipnorm=1.0,
+        per_step_bn=True, first_order_steps=5, cosine_decay_steps=7))
+    maml = train.build_maml(cfg, maml_tasks.make_task(cfg))
+    assert maml.multi_step_loss == [0.75, 0.25]  # normalized
+    assert maml.per_step_bn_statistics and maml.per_step_bn_weights
+    assert maml.first_order_steps == 5
+    assert maml.optimizer.clipnorm == 1.0
+    schedule = maml.optimizer._learning_rate
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    assert schedule.decay_steps == 7

@@ -50,3 +50,17 @@ def test_checkpoints_need_resume(tmp_path):
     with run_dir.RunDirectory(str(path / "fresh"), resume=True) as run:
         assert run.latest_checkpoint is None
         assert run.checkpoints == str(path / "fresh" / "checkpoints")
+
+
+def test_a_setting_added_later_compares_as_its_default():
+    old = {"steps": 10, "lr": 0.1}  # recorded before per_step_bn existed
+    new = {**old, "per_step_bn": False}
+    defaults = {"steps": 1, "lr": 1.0, "per_step_bn": False}
+    assert run_dir.config_changes(old, new, defaults) == {}
+    assert run_dir.config_changes(old, new) == {
+        "per_step_bn": (None, False)}
+    assert run_dir.config_changes(
+        old, {**old, "per_step_bn": True}, defaults) == {
+        "per_step_bn": (False, True)}
+    assert run_dir.config_changes(old, {**new, "lr": 0.2}, defaults) == {
+        "lr": (0.1, 0.2)}

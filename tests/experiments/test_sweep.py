@@ -351,7 +351,7 @@ def test_two_trial_train_maml_sweep_writes_hparams_and_summaries(tmp_path):
     assert [h.name for h in experiment.hparam_infos] == ["inner_lr", "seed"]
     assert list(experiment.hparam_infos[1].domain_discrete) == [0]
     assert {m.name.tag for m in experiment.metric_infos} >= {
-        report.FINAL_TAG, "epoch_query_loss_after_step_1"}
+        report.FINAL_TAG, "query/loss_after_step_1"}
 
     with open(os.path.join(sweep_dir, "summary.json")) as f:
         written = json.load(f)

@@ -51,7 +51,7 @@ def test_script_trains_saves_logs_and_reports(tmp_path):
                for r in results["table"])
 
     tags = event_tags(os.path.join(model_dir, "logs"))
-    for tag in ("epoch_loss", "epoch_pre_adapt_loss", "epoch_post_adapt_loss"):
+    for tag in ("meta/loss", "query/pre_adapt_loss", "query/post_adapt_loss"):
         assert tag in tags, tags
     assert any(t.startswith("rule/rate/") for t in tags), tags
     assert "rule/update_size/step_1" in tags, tags
