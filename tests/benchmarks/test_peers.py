@@ -16,9 +16,9 @@ from keras_meta.rules import lstm as lstm_rule
 
 torch = pytest.importorskip("torch")
 
-from benchmarks import maml_peers  # noqa: E402
 from benchmarks.peers import torch_l2l  # noqa: E402
 from benchmarks.peers import torch_maml  # noqa: E402
+from benchmarks.peers import workloads as maml_peers  # noqa: E402
 
 
 def _torch_params(net, conv):
