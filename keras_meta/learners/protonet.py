@@ -1,11 +1,14 @@
 """Prototypical Networks (Snell et al., 2017) as a `keras.Model`."""
 
+import functools
+
 import keras
 import tensorflow as tf
 from keras.src.saving import serialization_lib
 
 from keras_meta import saving
 from keras_meta.learners import base
+from keras_meta.maml import export as maml_export
 
 DISTANCES = ("euclidean", "cosine")
 # The scale of cosine logits when none is given: cosines lie in [-1, 1],
@@ -239,6 +242,57 @@ class ProtoNet(base.EpisodeLearner):
                              name="prototypes")
         head.build((None, int(centers.shape[-1])))
         return base.with_head(self.embedding, head, [centers])
+
+    def export(self, filepath, format="tf_saved_model", verbose=None,
+               input_signature=None):
+        """Exports a SavedModel that classifies a new task's queries from
+        its support set, loadable where only TensorFlow is installed.
+
+        Overrides `keras.Model.export` with the same call. Signatures, each
+        returning `{"output_0": ...}`: `adapt_and_predict(support_x,
+        support_y, query_x)` (int32 labels 0..N-1; the query logits
+        [m, N] against the support set's prototypes, the embedding in
+        inference mode; also `serving_default`) and `predict(x)` (the
+        embeddings).
+
+        Example:
+
+        ```python
+        protonet.export("omniglot_server")
+        served = tf.saved_model.load("omniglot_server")
+        logits = served.signatures["adapt_and_predict"](
+            support_x=sx, support_y=sy, query_x=qx)["output_0"]
+        ```
+
+        Args:
+            filepath: the SavedModel directory.
+            format: "tf_saved_model" only.
+            verbose: print the signatures (default True).
+            input_signature: the embedding's input batch spec (default its
+                `inputs`).
+        """
+        if format != "tf_saved_model":
+            raise ValueError(
+                "ProtoNet.export writes format='tf_saved_model' (the format "
+                f"whose graphs can adapt); got format={format!r}.")
+        x = maml_export.input_spec(self.embedding, input_signature,
+                                   "ProtoNet")
+
+        def adapt_and_predict(support_x, support_y, query_x):
+            embed = functools.partial(self.embedding, training=False)
+            centers = prototypes(embed(support_x)[None], support_y[None],
+                                 tf.reduce_max(support_y) + 1)
+            return distance_logits(embed(query_x)[None], centers,
+                                   self.distance, self.scale)[0]
+
+        fns = {
+            "adapt_and_predict": (adapt_and_predict, [
+                tf.TensorSpec(x.shape, x.dtype, name="support_x"),
+                tf.TensorSpec([None], tf.int32, name="support_y"),
+                tf.TensorSpec(x.shape, x.dtype, name="query_x")]),
+            "predict": (lambda x: self.embedding(x, training=False), [x]),
+        }
+        maml_export.save_signatures(fns, filepath, "ProtoNet", verbose)
 
     def get_config(self):
         config = super().get_config()

@@ -28,29 +28,30 @@ from keras_meta.maml import serving
 _FORMATS = ("tf_saved_model",)
 
 
-def example_spec(maml, input_signature):
-    """The `tf.TensorSpec` of a batch of the wrapped model's inputs
-    ([None, *input_shape])."""
+def input_spec(model, input_signature, owner="MAML"):
+    """The `tf.TensorSpec` of a batch of `model`'s inputs
+    ([None, *input_shape]), from `input_signature` or `model.inputs`;
+    `owner` names the exporting class in errors."""
     if input_signature is None:
-        inputs = getattr(maml.model, "inputs", None)
+        inputs = getattr(model, "inputs", None)
         if not inputs:
             raise ValueError(
-                f"MAML.export: the wrapped model {maml.model.name!r} has no "
+                f"{owner}.export: the wrapped model {model.name!r} has no "
                 "known input shape (a subclassed model); pass "
                 "input_signature=[tf.TensorSpec([None, *input_shape], "
                 "dtype)].")
         if len(inputs) != 1:
             raise ValueError(
-                "MAML.export supports models with one input; "
-                f"{maml.model.name!r} has {len(inputs)}.")
+                f"{owner}.export supports models with one input; "
+                f"{model.name!r} has {len(inputs)}.")
         spec = inputs[0]
     else:
         spec = input_signature
         if isinstance(spec, (list, tuple)):
             if len(spec) != 1:
                 raise ValueError(
-                    "MAML.export: input_signature must hold one spec (the "
-                    f"model's input batch); got {len(spec)}.")
+                    f"{owner}.export: input_signature must hold one spec "
+                    f"(the model's input batch); got {len(spec)}.")
             spec = spec[0]
     shape = (None,) + tuple(spec.shape[1:])
     return tf.TensorSpec(shape, tf.as_dtype(keras.backend.standardize_dtype(
@@ -108,7 +109,7 @@ def export_saved_model(maml, filepath, format="tf_saved_model",
     checks.require_compiled(maml, "export")
     steps = maml._eval_steps(steps)
     jit = bool(maml.jit_compile if jit_compile is None else jit_compile)
-    x = example_spec(maml, input_signature)
+    x = input_spec(maml.model, input_signature)
     y = target_spec(maml, x, target_signature)
     fns = {
         "adapt_and_predict": (
@@ -124,20 +125,28 @@ def export_saved_model(maml, filepath, format="tf_saved_model",
                            name="support_mask"),
              with_axis(x, "query_x")]),
     }
+    return save_signatures(fns, filepath, "MAML", verbose, jit)
+
+
+def save_signatures(fns, filepath, owner, verbose, jit_compile=False):
+    """Traces each `(fn, input signature)` of `fns` once and saves them as
+    the SavedModel's signatures (the first also `serving_default`), with
+    the variables they read; returns the concrete functions by name."""
     # Concrete functions, traced once each: `tf.saved_model.save` traces a
     # `tf.function` attached to the saved object again.
     concrete = {
         name: tf.function(fn, input_signature=signature, autograph=False,
-                          jit_compile=jit if name != "predict" else None
-                          ).get_concrete_function()
+                          jit_compile=jit_compile if name != "predict"
+                          else None).get_concrete_function()
         for name, (fn, signature) in fns.items()}
     root = tf.Module()
     root.meta_variables = list({id(v): v for fn in concrete.values()
                                 for v in fn.variables}.values())
+    first = next(iter(concrete.values()))
     tf.saved_model.save(root, filepath, signatures=dict(
-        concrete, serving_default=concrete["adapt_and_predict"]))
+        concrete, serving_default=first))
     if verbose is None or verbose:
-        print(f"Saved MAML at '{filepath}'. Signatures (-> output_0):")
+        print(f"Saved {owner} at '{filepath}'. Signatures (-> output_0):")
         for name, fn in concrete.items():
             print(f"  {name}(" + ", ".join(
                 f"{spec.name}: {spec.dtype.name}{list(spec.shape)}"

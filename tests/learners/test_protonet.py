@@ -1,6 +1,8 @@
 """keras_meta.ProtoNet: distances, training, adapt, saving, raw PNGs."""
 
 import os
+import subprocess
+import sys
 import zipfile
 
 import keras
@@ -139,3 +141,36 @@ def test_saved_adapted_model_classifies_raw_pngs_like_the_pipeline(
     from_cache = adapted.predict(cached, verbose=0)
     np.testing.assert_allclose(loaded.predict(raw, verbose=0), from_cache,
                                rtol=1e-4, atol=1e-4)
+
+
+def test_export_classifies_from_the_support_set_without_keras_meta(tmp_path):
+    protonet = keras_meta.ProtoNet(keras.Sequential([
+        keras.Input((2,)), keras.layers.Dense(3, activation="tanh")]))
+    episode = tiny_episode()
+    sx, sy, qx = (episode["support_x"][0], episode["support_y"][0],
+                  episode["query_x"][0])
+    expected = protonet.adapt(sx, sy)(qx).numpy()
+    path = str(tmp_path / "served")
+    protonet.export(path, verbose=False)
+    np.savez(tmp_path / "in.npz", sx=sx, sy=sy, qx=qx, expected=expected)
+    script = (
+        "import importlib.abc, sys\n"
+        "class Hide(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'keras_meta':\n"
+        "            raise ImportError('hidden')\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "import numpy as np, tensorflow as tf\n"
+        f"x = np.load({str(tmp_path / 'in.npz')!r})\n"
+        f"sig = tf.saved_model.load({path!r}).signatures\n"
+        "out = sig['adapt_and_predict'](support_x=x['sx'], support_y=x['sy'],"
+        " query_x=x['qx'])['output_0'].numpy()\n"
+        "np.testing.assert_allclose(out, x['expected'], rtol=1e-5, "
+        "atol=1e-6)\n"
+        "assert sig['predict'](x=x['qx'])['output_0'].shape == (2, 3)\n"
+        "print('served ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, cwd=str(tmp_path), timeout=300)
+    assert "served ok" in done.stdout, done.stderr[-2000:]
+    with pytest.raises(ValueError, match="tf_saved_model"):
+        protonet.export(path, format="onnx")
