@@ -76,22 +76,23 @@ def evaluate(rule, problems, steps, num_instances=2, objective="train"):
         final parameters' loss on held-out examples. `curves` maps problem
         name to the mean training loss curve (numpy array of `steps + 1`).
     """
+    validation = objective == "validation"
     scores, curves = [], {}
     for problem in problems:
         runs, finals = [], []
         for i in range(num_instances):
             inst = problem.sample(EVAL_SEED + i)
-            out = trainer_lib.run_rule(
-                rule, problem, inst, steps, seed=EVAL_SEED + i,
-                return_validation=objective == "validation")
-            runs.append(out[0] if objective == "validation" else out)
-            finals.append(out[1] if objective == "validation" else np.nan)
+            out = trainer_lib.run_rule(rule, problem, inst, steps,
+                                       seed=EVAL_SEED + i,
+                                       return_validation=validation)
+            losses, final = out if validation else (out, None)
+            runs.append(losses)
+            finals.append(final)
         runs = np.stack(runs)
         curves[problem.name] = runs.mean(0)
+        scored = np.asarray(finals) if validation else runs[:, 1:]
         with np.errstate(divide="ignore", invalid="ignore"):
-            s = (np.mean(np.log(np.asarray(finals) + 1e-12))
-                 if objective == "validation"
-                 else np.mean(np.log(runs[:, 1:] + 1e-12)))
+            s = np.mean(np.log(scored + 1e-12))
         scores.append(s if np.isfinite(s) else float("inf"))
     return float(np.mean(scores)), curves
 

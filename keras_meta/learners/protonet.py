@@ -271,10 +271,7 @@ class ProtoNet(base.EpisodeLearner):
             input_signature: the embedding's input batch spec (default its
                 `inputs`).
         """
-        if format != "tf_saved_model":
-            raise ValueError(
-                "ProtoNet.export writes format='tf_saved_model' (the format "
-                f"whose graphs can adapt); got format={format!r}.")
+        maml_export.check_format(format, "ProtoNet")
         x = maml_export.input_spec(self.embedding, input_signature,
                                    "ProtoNet")
 

@@ -28,6 +28,17 @@ from keras_meta.maml import serving
 _FORMATS = ("tf_saved_model",)
 
 
+def check_format(format, owner="MAML"):
+    """Raises unless `format` is "tf_saved_model", the one format whose
+    graphs can adapt."""
+    if format not in _FORMATS:
+        raise ValueError(
+            f"{owner}.export writes format='tf_saved_model' (the format "
+            f"whose graphs can adapt); got format={format!r}. For the "
+            "model alone in another format, export the wrapped network "
+            "(e.g. maml.model.export(path, format=...)).")
+
+
 def input_spec(model, input_signature, owner="MAML"):
     """The `tf.TensorSpec` of a batch of `model`'s inputs
     ([None, *input_shape]), from `input_signature` or `model.inputs`;
@@ -100,12 +111,7 @@ def export_saved_model(maml, filepath, format="tf_saved_model",
     Returns:
         The signatures' concrete functions, by name.
     """
-    if format not in _FORMATS:
-        raise ValueError(
-            f"MAML.export writes format='tf_saved_model' (the format whose "
-            f"graphs can adapt); got format={format!r}. For the meta-model "
-            "alone in another format, export the wrapped model: "
-            "maml.model.export(path, format=...).")
+    check_format(format)
     checks.require_compiled(maml, "export")
     steps = maml._eval_steps(steps)
     jit = bool(maml.jit_compile if jit_compile is None else jit_compile)
