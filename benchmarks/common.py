@@ -24,6 +24,14 @@ def write_json(name, payload):
     return path
 
 
+def read_json(name):
+    """The payload `write_json(name, ...)` wrote (a name in results/, or a
+    path)."""
+    path = name if os.path.dirname(name) else os.path.join(RESULTS_DIR, name)
+    with open(path) as f:
+        return json.load(f)
+
+
 def print_table(header, rows):
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

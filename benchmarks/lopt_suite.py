@@ -84,6 +84,10 @@ flags.DEFINE_list("weights", [], "More LearnedOptimizer weights: shipped "
                   "suffix `+ema` adds use_ema=True, `+none` the rule "
                   "option normalize='none' (with init_normalized).")
 flags.DEFINE_string("out", "lopt_suite.json", "JSON file in results/.")
+flags.DEFINE_list("reuse", [], "JSON files in results/ of earlier runs of "
+                  "this command: a run (workload, steps, seed, optimizer "
+                  "spec) found in one is copied instead of trained again, "
+                  "e.g. the Adam grid while trying new candidates.")
 
 ADAM_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 ADAMW_DECAY = 1e-2
@@ -129,12 +133,35 @@ def optimizer_groups(names, weights):
     return groups, specs
 
 
-def run_cell(workload, name, steps, seeds, specs):
-    """Every spec on every seed of one workload; {spec key: [runs]}."""
+def reusable_runs(paths, workload_set):
+    """{(workload, steps, spec key, seed): run} from earlier results."""
+    found = {}
+    for path in paths:
+        previous = common.read_json(path)
+        if previous.get("workload_set", "held_out") != workload_set:
+            raise ValueError(
+                f"--reuse={path} holds the {previous.get('workload_set')!r} "
+                f"workload set, not {workload_set!r}.")
+        for name, by_steps in previous["cells"].items():
+            for steps, cell in by_steps.items():
+                for key, runs in cell["runs"].items():
+                    for seed, run in enumerate(runs):
+                        found[(name, int(steps), key, seed)] = run
+    return found
+
+
+def run_cell(workload, name, steps, seeds, specs, reuse=None):
+    """Every spec on every seed of one workload; {spec key: [runs]}.
+    Runs found in `reuse` (`reusable_runs`) are copied, not trained."""
+    reuse = reuse or {}
     runs = {key: [] for key in specs}
     for seed in range(seeds):
-        splits = workload.data(seed)
+        splits = None
         for key, spec in specs.items():
+            if (name, steps, key, seed) in reuse:
+                runs[key].append(reuse[(name, steps, key, seed)])
+                continue
+            splits = splits or workload.data(seed)
             result = runner.fit(workload, splits, spec, seed, steps)
             runs[key].append(result)
             print(f"  {name} {steps} seed {seed} {key}: test loss "
@@ -155,6 +182,7 @@ def main(argv):
         raise ValueError(f"Unknown --workloads {unknown} in the "
                          f"{FLAGS.workload_set} set; known: {list(table)}.")
     learned = [g for g in groups if g.startswith("learned")]
+    reuse = reusable_runs(FLAGS.reuse, FLAGS.workload_set)
     results = {"steps": [int(s) for s in FLAGS.steps], "seeds": FLAGS.seeds,
                "workload_set": FLAGS.workload_set,
                "optimizers": list(groups), "adam_rates": ADAM_RATES,
@@ -165,7 +193,8 @@ def main(argv):
         for name in names:
             cell_start = time.perf_counter()
             try:
-                runs = run_cell(table[name], name, steps, FLAGS.seeds, specs)
+                runs = run_cell(table[name], name, steps, FLAGS.seeds, specs,
+                                reuse)
             except suite_data.DataUnavailable as e:
                 print(f"Skipping {name}: {e}", flush=True)
                 results["skipped"][name] = str(e)

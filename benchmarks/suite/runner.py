@@ -18,14 +18,35 @@ import keras_meta
 STEPS_PER_EXECUTION = 50
 
 
+def _rule_option(option):
+    """`{field: value}` of a rule option: "none" (`normalize="none"`) or
+    "field=value" of the rule config (`a:b` for a pair)."""
+    if option == "none":
+        return {"normalize": "none"}
+    field, sep, text = option.partition("=")
+    if not sep:
+        raise ValueError(f"Unknown option {option!r}; known: ema, none, "
+                         "and field=value of the rule config.")
+
+    def parse(x):
+        try:
+            return float(x)
+        except ValueError:
+            return {"true": True, "false": False}.get(x.lower(), x)
+    values = [parse(x) for x in text.split(":")]
+    return {field: values[0] if len(values) == 1 else values}
+
+
 def make_optimizer(spec):
     """A fresh optimizer from a spec.
 
     Specs: ("adam", lr), ("adam_ema", lr) (with `use_ema=True`),
     ("adamw", lr, weight_decay), ("learned", weights[, options]) where
     weights is None (the shipped default) or a name or file and options a
-    tuple of "ema" (`use_ema=True`) and "none" (the rule option
-    `normalize="none"`, for `"init_normalized"`).
+    tuple of "ema" (`use_ema=True`), "none" (the rule option
+    `normalize="none"`) and "field=value" rule options (e.g.
+    "hyper_rate=0.1", "hyper_offset_range=-2.3:2.3"), which apply to
+    `"init_normalized"`'s config or must match a file's.
     """
     kind = spec[0]
     if kind == "adam":
@@ -36,14 +57,12 @@ def make_optimizer(spec):
         return keras.optimizers.AdamW(spec[1], weight_decay=spec[2])
     if kind == "learned":
         options = set(spec[2]) if len(spec) > 2 else set()
-        unknown = options - {"ema", "none"}
-        if unknown:
-            raise ValueError(f"Unknown options {sorted(unknown)} in {spec!r}; "
-                             "known: ema, none.")
         kwargs = {"use_ema": "ema" in options}
-        if "none" in options:
-            kwargs["rule"] = {"rule_type": "normalized_mlp",
-                              "normalize": "none"}
+        rule = {}
+        for option in sorted(options - {"ema"}):
+            rule.update(_rule_option(option))
+        if rule:
+            kwargs["rule"] = {"rule_type": "normalized_mlp", **rule}
         if spec[1] is not None:
             kwargs["weights"] = spec[1]
         return keras_meta.LearnedOptimizer(**kwargs)

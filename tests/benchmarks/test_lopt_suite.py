@@ -104,8 +104,13 @@ def test_weights_options_and_the_ema_peer():
     opt = runner.make_optimizer(specs[key])
     assert opt.use_ema and opt._rule_config.normalize == "none"
     assert runner.make_optimizer(specs[groups["adam_1e-3_ema"][1]]).use_ema
-    with pytest.raises(ValueError, match="Unknown options"):
+    with pytest.raises(ValueError, match="Unknown option 'fast'"):
         runner.make_optimizer(("learned", None, ("fast",)))
+    opt = runner.make_optimizer(("learned", "init_normalized", (
+        "hyper_rate=0.1", "hyper_offset_range=-1:2", "none")))
+    config = opt._rule_config
+    assert (config.hyper_rate, config.hyper_offset_range,
+            config.normalize) == (0.1, (-1.0, 2.0), "none")
 
 
 @pytest.mark.parametrize("name", list(dev_workloads.DEV_WORKLOADS))
@@ -121,3 +126,29 @@ def test_dev_workloads_train_and_split(name):
         result = runner.fit(workload, splits, ("adam", 1e-3), seed=0,
                             steps=2)
         assert result["finite"] and np.isfinite(result["test_loss"])
+
+
+def test_reuse_copies_earlier_runs_and_trains_only_the_rest(tmp_path,
+                                                            monkeypatch):
+    earlier = {"workload_set": "dev", "cells": {"keywords": {"1000": {
+        "runs": {"adam 0.001": [{"test_loss": 1.5}, {"test_loss": 2.5}]}}}}}
+    path = tmp_path / "earlier.json"
+    path.write_text(__import__("json").dumps(earlier))
+    reuse = lopt_suite.reusable_runs([str(path)], "dev")
+    assert reuse[("keywords", 1000, "adam 0.001", 1)] == {"test_loss": 2.5}
+    with pytest.raises(ValueError, match="'dev' workload set, not 'held_out'"):
+        lopt_suite.reusable_runs([str(path)], "held_out")
+
+    trained = []
+    monkeypatch.setattr(runner, "fit", lambda workload, splits, spec, seed,
+                        steps: trained.append((spec, seed)) or {
+                            "test_loss": 0.0, "seconds": 0.0})
+
+    class Workload:
+        def data(self, seed):
+            return None
+    specs = {"adam 0.001": ("adam", 1e-3), "learned default": ("learned",
+                                                               None)}
+    runs = lopt_suite.run_cell(Workload(), "keywords", 1000, 2, specs, reuse)
+    assert [r["test_loss"] for r in runs["adam 0.001"]] == [1.5, 2.5]
+    assert trained == [(("learned", None), 0), (("learned", None), 1)]

@@ -170,6 +170,52 @@ def test_weight_decay_is_decoupled_and_scales_with_the_step():
                                    rtol=1e-5, atol=1e-10)
 
 
+def test_hypergradient_offset_follows_the_momentum_cosine_by_hand():
+    config = normalized.NormalizedConfig(
+        hyper_rate=0.3, hyper_down_fraction=0.5,
+        hyper_offset_range=(-0.3, 0.5))
+    rule = normalized.NormalizedMLPRule(config)
+    params = _tensors(normalized.init_meta_params(config))
+    rng = np.random.default_rng(0)
+    base = [[tf.constant(rng.normal(size=s), "float32") for s in SHAPES]
+            for _ in range(3)]
+    # One direction with some noise, then its reversal: the cosine is
+    # positive first, negative after the turn (until the average turns
+    # too), and the offset hits both bounds.
+    grads_seq = ([[b0 + 0.2 * b for b0, b in zip(base[0], g)]
+                  for g in base] * 3 + [[-b0 for b0 in base[0]]] * 10)
+    _, state = _steps(rule, params, grads_seq)
+    m1 = [np.zeros(s) for s in SHAPES]
+    v = [np.zeros(s) for s in SHAPES]
+    offset = [0.0, 0.0]
+    history = []
+    for t, grads in enumerate(grads_seq, start=1):
+        for i, g in enumerate(grads):
+            g = np.asarray(g, np.float64)
+            v[i] = 0.999 * v[i] + 0.001 * g * g
+            inv = 1.0 / (np.sqrt(v[i] / (1 - 0.999 ** t)) + 1e-8)
+            past = m1[i] * inv
+            norms = np.linalg.norm(g) * np.linalg.norm(past)
+            cos = float(np.sum(g * past) / norms) if norms else 0.0
+            cos = cos if cos > 0 else 0.5 * cos
+            offset[i] = float(np.clip(offset[i] + 0.3 * cos, -0.3, 0.5))
+            m1[i] = 0.99 * m1[i] + 0.01 * g
+        history.append(list(offset))
+    assert max(h[0] for h in history) == pytest.approx(0.5)
+    assert min(h[0] for h in history) == pytest.approx(-0.3)
+    for i, s in enumerate(state):
+        assert float(s["offset"]) == pytest.approx(offset[i], abs=1e-5)
+    # The step size is the schedule's times exp(offset).
+    sizes = rule.step_sizes(params, state, _values())
+    for i, size in enumerate(sizes):
+        assert float(size) == pytest.approx(
+            config.init_lr * math.exp(offset[i]), rel=1e-5)
+    # The offset is per tensor state: the file's config round-trips it.
+    assert normalized.state_keys(config)[-1] == "offset"
+    assert normalized.NormalizedConfig.from_dict(
+        config.to_dict()) == config
+
+
 def test_schedule_is_bounded_and_learned():
     params = normalized.init_meta_params(CONFIG)
     params["schedule/kernel"][:] = 0.0

@@ -79,8 +79,8 @@ def _learned():
     return baselines.Learned(phi, config), ()
 
 
-def _normalized():
-    config = normalized.NormalizedConfig(init_lr=0.1)
+def _normalized(**fields):
+    config = normalized.NormalizedConfig(init_lr=0.1, **fields)
     params = normalized.init_meta_params(config, seed=1)
     params["out/kernel"] += 0.1  # the MLP matters
     return (normalized.NormalizedMLPRule(config, weight_decay=0.01),
@@ -107,6 +107,7 @@ CASES = {
         granularity="tensor", hyper_horizon=10.0, hyper_down_fraction=0.5,
         min_offset=-1.0, max_offset=1.0),
     "normalized_mlp": lambda: _normalized(),
+    "normalized_mlp_hyper": lambda: _normalized(hyper_rate=0.1),
 }
 
 

@@ -37,6 +37,25 @@ class NormalizedConfig:
             features (`(MLP(f) - MLP(-f)) / 2`), so that it cannot learn a
             constant drift of every parameter (ES noise otherwise moves the
             output bias freely); twice the MLP's arithmetic.
+        hyper_rate: gain of hypergradient step-size adaptation (Baydin et
+            al., 2018); 0 turns it off. Each tensor keeps a log step-size
+            offset, `offset += hyper_rate * c_t` clipped to
+            `hyper_offset_range`, with `c_t` the cosine between the
+            gradient and the preconditioned momentum
+            `m_k / (sqrt(v_hat) + eps)` of the previous step
+            (`k = hyper_momentum`): positive while steps keep making
+            progress along the recent direction, negative when they
+            overshoot. Costs one scalar per tensor.
+        hyper_momentum: index into `momentum_decays` of the average the
+            cosine is taken against; a long average (0.99: about 100
+            steps) discounts the high-curvature oscillation that makes the
+            one-step hypergradient shrink rates too far.
+        hyper_down_fraction: gain on negative cosines, as a fraction of
+            `hyper_rate` (1: the plain hypergradient).
+        hyper_offset_range: `(low, high)` bounds of the log offset: the
+            adapted step size stays within `exp(low)` and `exp(high)` of
+            the rule's own step size (a trust region: unbounded rates
+            overfit or diverge).
     """
 
     hidden_size: int = 8
@@ -51,9 +70,14 @@ class NormalizedConfig:
     max_schedule_offset: float = math.log(100.0)
     normalize: str = "tensor"
     antisymmetric: bool = False
+    hyper_rate: float = 0.0
+    hyper_momentum: int = 1
+    hyper_down_fraction: float = 0.5
+    hyper_offset_range: tuple = (math.log(0.1), math.log(10.0))
 
     def __post_init__(self):
-        for name in ("momentum_decays", "progress_timescales", "lr_range"):
+        for name in ("momentum_decays", "progress_timescales", "lr_range",
+                     "hyper_offset_range"):
             object.__setattr__(self, name,
                                tuple(float(x) for x in getattr(self, name)))
         if self.hidden_size < 1 or self.num_layers < 1:
@@ -76,9 +100,28 @@ class NormalizedConfig:
         if self.normalize not in ("tensor", "none"):
             raise ValueError("normalize must be 'tensor' or 'none', got "
                              f"{self.normalize!r}.")
+        if not (self.hyper_rate >= 0.0 and 0.0 <= self.hyper_down_fraction
+                and 0 <= self.hyper_momentum < len(self.momentum_decays)):
+            raise ValueError(
+                "Need hyper_rate >= 0, hyper_down_fraction >= 0 and "
+                "0 <= hyper_momentum < len(momentum_decays); got "
+                f"hyper_rate={self.hyper_rate!r}, hyper_down_fraction="
+                f"{self.hyper_down_fraction!r}, hyper_momentum="
+                f"{self.hyper_momentum!r} with momentum_decays="
+                f"{self.momentum_decays}.")
+        low, high = self.hyper_offset_range
+        if not (len(self.hyper_offset_range) == 2 and low <= 0.0 <= high):
+            raise ValueError(
+                "hyper_offset_range must be (low, high) with low <= 0 <= "
+                f"high; got {self.hyper_offset_range}.")
         if not self.max_schedule_offset > 0:
             raise ValueError("max_schedule_offset must be > 0, got "
                              f"{self.max_schedule_offset}.")
+
+    @property
+    def adapts_step_size(self):
+        """Whether each tensor keeps a hypergradient step-size offset."""
+        return self.hyper_rate > 0.0
 
     @property
     def num_parameter_features(self):
@@ -93,7 +136,8 @@ class NormalizedConfig:
 
     def to_dict(self):
         d = dataclasses.asdict(self)
-        for name in ("momentum_decays", "progress_timescales", "lr_range"):
+        for name in ("momentum_decays", "progress_timescales", "lr_range",
+                     "hyper_offset_range"):
             d[name] = list(d[name])
         return d
 

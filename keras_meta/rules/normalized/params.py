@@ -62,16 +62,19 @@ def init_meta_params(config=NormalizedConfig(), seed=0, dtype="float32"):
 
 def state_keys(config=NormalizedConfig()):
     """The keys of one tensor's state, in a fixed order: `m0`, `m1`, ...
-    (one per momentum decay), `v`, `t`."""
-    return tuple(f"m{i}" for i in range(len(config.momentum_decays))) + (
+    (one per momentum decay), `v`, `t`, then `offset` (the hypergradient's
+    log step-size offset) where `config.adapts_step_size`."""
+    keys = tuple(f"m{i}" for i in range(len(config.momentum_decays))) + (
         "v", "t")
+    return keys + (("offset",) if config.adapts_step_size else ())
 
 
 def state_shapes(shape, config=NormalizedConfig()):
     """`{key: shape}` of one tensor's state: the momenta and `v` shaped
-    like the tensor, the step count `t` a scalar."""
+    like the tensor, the step count `t` and the `offset` scalars."""
     shape = tuple(shape)
-    return {key: (() if key == "t" else shape) for key in state_keys(config)}
+    return {key: (() if key in ("t", "offset") else shape)
+            for key in state_keys(config)}
 
 
 def init_state(value, config=NormalizedConfig()):

@@ -43,6 +43,22 @@ def step_size(meta_params, t, is_vector, config, dtype="float32"):
     return tf.exp(base + bound * tf.tanh(z / bound))
 
 
+def _hypergradient_offset(g, state, inv, config):
+    """The new log step-size offset: the old one plus `hyper_rate` times
+    the cosine between `g` and the previous step's preconditioned momentum
+    `m_k * inv` (negative cosines scaled by `hyper_down_fraction`), within
+    `hyper_offset_range`. The first step's momentum is zero: cosine 0."""
+    dtype = g.dtype
+    past = tf.reshape(state[f"m{config.hyper_momentum}"], (-1,)) * inv
+    norms = tf.norm(g) * tf.norm(past)
+    cos = tf.math.divide_no_nan(tf.reduce_sum(g * past), norms)
+    cos = tf.maximum(cos, 0.0) + config.hyper_down_fraction * tf.minimum(
+        cos, 0.0)
+    low, high = config.hyper_offset_range
+    return tf.clip_by_value(tf.cast(state["offset"], dtype)
+                            + config.hyper_rate * cos, low, high)
+
+
 def _dense(inputs, kernel, bias):
     """`relu(inputs @ kernel + bias)` for a list of `[N]` tensors, one
     output unit at a time: elementwise ops only, which XLA fuses into one
@@ -133,6 +149,9 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
     if config.normalize == "tensor":
         direction = tf.math.divide_no_nan(direction, _rms(direction))
     rate = step_size(meta_params, t, is_vector, config, dtype)
+    if config.adapts_step_size:
+        new_state["offset"] = _hypergradient_offset(g, state, inv, config)
+        rate = rate * tf.exp(new_state["offset"])
     if weight_decay:
         direction = direction + weight_decay * p
     return tf.reshape(-rate * direction, shape), new_state
@@ -161,8 +180,13 @@ class NormalizedMLPRule(UpdateRule):
                   + output_scale * MLP(feats; tanh(t / tau), is_vector)
         d       = d / rms(d)                       (over the tensor)
         lr_t    = exp(clip(log_lr, lr_range)
-                      + B tanh(schedule(tanh(t / tau), is_vector) / B))
+                      + B tanh(schedule(tanh(t / tau), is_vector) / B)
+                      + offset_t)
         update  = -lr_t * (d + weight_decay * p)
+
+    `offset_t` is 0 unless `config.hyper_rate > 0`: then a per-tensor log
+    offset that follows the hypergradient (see `NormalizedConfig`), so
+    each tensor's step size adapts to the problem within a trust region.
 
     With the MLP's output layer and the schedule at zero (as
     `init_meta_params` makes them) the rule is Adam's direction,
@@ -218,7 +242,13 @@ class NormalizedMLPRule(UpdateRule):
         return [r[0] for r in results], [r[1] for r in results]
 
     def step_sizes(self, meta_params, state, values):
-        """The step size of each tensor's next step (a list of scalars)."""
-        return [step_size(meta_params, s["t"] + 1.0, len(v.shape) <= 1,
-                          self.config, s["t"].dtype)
-                for s, v in zip(state, values)]
+        """The step size of each tensor's next step (a list of scalars;
+        with hypergradient adaptation, at the current offset)."""
+        sizes = []
+        for s, v in zip(state, values):
+            size = step_size(meta_params, s["t"] + 1.0, len(v.shape) <= 1,
+                             self.config, s["t"].dtype)
+            if self.config.adapts_step_size:
+                size = size * tf.exp(s["offset"])
+            sizes.append(size)
+        return sizes
