@@ -7,6 +7,8 @@ mean is chosen; the reported numbers are that rate's TEST loss and
 metric. Nothing is chosen on test data.
 """
 
+import math
+
 import numpy as np
 
 
@@ -100,7 +102,10 @@ TABLE_HEADER = ["workload", "steps", "optimizer", "rate",
 
 def goal_counts(cells, learned_names):
     """Per learned optimizer and step count: on how many workloads its
-    mean test loss is <= Adam-best, <= 1.2x Adam-best, < Adam(1e-3)."""
+    mean test loss is <= Adam-best, <= 1.2x Adam-best, < Adam(1e-3), and
+    `mean_log_ratio`, the mean over workloads of log(its mean test loss /
+    Adam-best's): the dev set's selection score (lower is better; inf with
+    a non-finite run)."""
     out = {}
     for name in learned_names:
         for (workload, steps), summary in cells.items():
@@ -109,8 +114,12 @@ def goal_counts(cells, learned_names):
             e, best = summary[name], summary["adam_best"]
             c = out.setdefault(name, {}).setdefault(str(steps), {
                 "workloads": 0, "le_adam_best": 0, "le_1.2x_adam_best": 0,
-                "lt_adam_1e-3": 0, "nonfinite": 0})
+                "lt_adam_1e-3": 0, "nonfinite": 0, "mean_log_ratio": 0.0})
             ratio = e["test_loss_mean"] / best["test_loss_mean"]
+            log_ratio = (math.log(ratio) if e["nonfinite"] == 0
+                         and ratio > 0 else math.inf)
+            c["mean_log_ratio"] += (log_ratio - c["mean_log_ratio"]) / (
+                c["workloads"] + 1)
             c["workloads"] += 1
             c["le_adam_best"] += int(ratio <= 1.0)
             c["le_1.2x_adam_best"] += int(ratio <= 1.2)
