@@ -45,6 +45,7 @@ def build_maml(config, task):
         first_order=config.first_order,
         eval_inner_steps=config.eval_inner_steps,
         inner_optimizer=config.inner_optimizer,
+        inner_guard=config.inner_guard or None,  # 0: off
         **_meta_loss_and_plus_plus(config),
     )
     maml.compile(
@@ -228,7 +229,9 @@ def run(config):
             config.model_dir, resume=config.resume, strategy=strategy,
             config=dataclasses.asdict(config),
             may_change=config_lib.MAY_CHANGE_ON_RESUME,
-            defaults=config_flags.defaults(config_lib.Config)) as directory:
+            defaults=dict(config_flags.defaults(config_lib.Config),
+                          inner_guard=config_lib.INNER_GUARD_OFF),
+    ) as directory:
         # Every worker reads the chief's checkpoints (a shared file system)
         # but only the chief writes to model_dir; the others to a
         # temporary directory.

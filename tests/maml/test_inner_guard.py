@@ -183,3 +183,24 @@ def test_config_round_trip_and_bad_values(tmp_path):
     for bad in (0, -1.0, math.nan, "2", True, [2.0]):
         with pytest.raises(ValueError, match="inner_guard"):
             keras_meta.MAML(linear_net(), inner_guard=bad)
+
+
+def test_training_script_defaults_per_inner_rule():
+    from examples.maml import config as config_lib
+    from examples.maml import tasks as maml_tasks
+    from examples.maml import train
+
+    def resolve(**flags):
+        return config_lib.resolve(config_lib.Config(**flags))
+
+    sgd, lstm = resolve(), resolve(inner_optimizer="lstm", inner_steps=5)
+    assert (sgd.inner_guard, sgd.eval_inner_steps) == (0.0, 10)
+    assert (lstm.inner_guard, lstm.eval_inner_steps) == (2.0, 5)
+    assert resolve(task="omniglot", inner_optimizer="lslr").inner_guard == 0
+    off = resolve(variant="meta_sgd", inner_guard=0.0, train_steps=1)
+    assert train.build_maml(off, maml_tasks.make_task(off)).inner_guard \
+        is None
+    on = resolve(inner_guard=10.0)
+    assert train.build_maml(on, maml_tasks.make_task(on)).inner_guard == 10
+    with pytest.raises(ValueError, match="--inner_guard"):
+        resolve(inner_guard=-1.0)
