@@ -195,7 +195,8 @@ OMNIGLOT_DEFAULTS = {
 
 
 # --inner_guard's "off"; a run recorded before the flag existed ran without
-# a guard, so `train.run` compares its missing setting as this on resume.
+# a guard, so a resume compares its missing setting as this
+# (`resume_defaults`).
 INNER_GUARD_OFF = 0.0
 # Defaults per inner rule on sinusoid, where they were measured (BUILD_NOTES
 # 4.2). The learned rules get the per-task inner guard (MAML's inner_guard;
@@ -211,6 +212,13 @@ SINUSOID_RULE_DEFAULTS = {
     "lslr": _LEARNED_RULE,
     "lstm": _LEARNED_RULE,
 }
+
+
+def resume_defaults():
+    """The settings a run's record may lack (added after it was written),
+    as `run_dir.RunDirectory` compares them on resume: the flags' defaults,
+    and no inner guard (what such a run trained with)."""
+    return dict(config_flags.defaults(Config), inner_guard=INNER_GUARD_OFF)
 
 
 def task_defaults(task, ways):

@@ -20,7 +20,6 @@ from keras_meta import errors
 from keras_meta import run_dir
 from keras_meta import saving
 
-from examples import config_flags
 from examples import flag_checks
 from examples.maml import config as config_lib
 from examples.maml import learners
@@ -229,9 +228,7 @@ def run(config):
             config.model_dir, resume=config.resume, strategy=strategy,
             config=dataclasses.asdict(config),
             may_change=config_lib.MAY_CHANGE_ON_RESUME,
-            defaults=dict(config_flags.defaults(config_lib.Config),
-                          inner_guard=config_lib.INNER_GUARD_OFF),
-    ) as directory:
+            defaults=config_lib.resume_defaults()) as directory:
         # Every worker reads the chief's checkpoints (a shared file system)
         # but only the chief writes to model_dir; the others to a
         # temporary directory.

@@ -147,7 +147,8 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
             keeps its last accepted weights for the remaining steps
             (`keras_meta.rules.inner_loop.unroll`'s `guard`); in training,
             evaluation, `adapt`, serving and `export`. Costs one forward
-            pass of the support set per step.
+            pass of the support set per step. A stopped task's
+            `inner_update_norms` are 0 from the undone step on.
         max_consecutive_skips: int >= 1 or None. A meta-step whose losses
             or meta-gradients are not finite is skipped (weights untouched)
             and counted in `skipped_steps`; `fit` stops with a

@@ -204,3 +204,17 @@ def test_training_script_defaults_per_inner_rule():
     assert train.build_maml(on, maml_tasks.make_task(on)).inner_guard == 10
     with pytest.raises(ValueError, match="--inner_guard"):
         resolve(inner_guard=-1.0)
+
+
+def test_a_run_recorded_before_the_flag_resumes_unguarded():
+    import dataclasses
+
+    from examples.maml import config as config_lib
+    from keras_meta import run_dir
+
+    for rule, changes in (("sgd", {}), ("lstm", {"inner_guard": (0.0, 2.0)})):
+        current = dataclasses.asdict(config_lib.resolve(config_lib.Config(
+            inner_optimizer=rule, eval_inner_steps=10)))
+        old = {k: v for k, v in current.items() if k != "inner_guard"}
+        assert run_dir.config_changes(
+            old, current, config_lib.resume_defaults()) == changes
