@@ -21,8 +21,8 @@ Flags left unset take the task's defaults (the MAML paper's settings; see
 examples/maml/config.py, where every flag is declared); on sinusoid the
 learned inner rules (meta_sgd, lslr, lstm) also default to --inner_guard=2
 (a task stops where an inner step takes its support loss above twice its
-and to validating and adapting with --inner_steps steps. A model_dir in use
-by another run is refused.
+value before adaptation) and to validating and adapting with --inner_steps
+steps. A model_dir in use by another run is refused.
 """
 
 import os
