@@ -2,6 +2,9 @@ r"""Meta-train MAML or a variant on sinusoid regression or Omniglot.
 
     python examples/train_maml.py --model_dir=runs/sinusoid
     python examples/train_maml.py --inner_optimizer=lstm --model_dir=runs/lstm
+    python examples/train_maml.py --inner_optimizer=meta_sgd --inner_steps=5 \
+        --step_weights=4,1,1,1,1 --meta_clipnorm=1 --eval_steps=1,5,10 \
+        --model_dir=runs/meta_sgd
     python examples/train_maml.py --task=omniglot \
         --data_dir=../shared/data/omniglot --model_dir=runs/omniglot5
     tensorboard --logdir runs
@@ -15,8 +18,11 @@ query MSE with its 95% confidence interval over --eval_tasks new tasks for
 each K in --eval_shots after each count in --eval_steps; Omniglot, the query
 accuracy after adaptation over --eval_tasks episodes of held-out alphabets.
 Flags left unset take the task's defaults (the MAML paper's settings; see
-examples/maml/config.py, where every flag is declared). A model_dir in use
-by another run is refused.
+examples/maml/config.py, where every flag is declared); on sinusoid the
+learned inner rules (meta_sgd, lslr, lstm) also default to --inner_guard=2
+(a task stops where an inner step takes its support loss above twice its
+value before adaptation) and to validating and adapting with --inner_steps
+steps. A model_dir in use by another run is refused.
 """
 
 import os

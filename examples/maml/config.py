@@ -73,7 +73,9 @@ class Config:
         None, "Meta-steps between logs and validation.")
     inner_steps: int | None = option(None, "Inner steps in meta-training.")
     eval_inner_steps: int | None = option(
-        None, "Inner steps in validation and evaluation.")
+        None, "Inner steps in validation and of the saved model's adapt "
+        "and export. Unset on sinusoid: 10 for sgd, --inner_steps for the "
+        "learned rules.")
     inner_lr: float | None = option(
         None, "Inner learning rate (Omniglot: in the reference's "
         "convention, loss summed over classes).")
@@ -90,6 +92,12 @@ class Config:
         None, "The meta-loss as weights of the inner-step counts "
         "1..--inner_steps (one per count; replaces --multi_step_loss), "
         "e.g. 4,1,1,1,1: learned inner rules that hold at more steps.")
+    inner_guard: float | None = option(
+        None, "Per task, undo an inner step after which the support loss "
+        "is above this factor times its value before adaptation (or not "
+        "finite) and stop that task's adaptation (MAML's inner_guard); 0 "
+        "turns it off. Unset: on sinusoid 2 for the learned rules "
+        "(meta_sgd, lslr, lstm) and off for sgd; off on Omniglot.")
     meta_clipnorm: float | None = option(
         None, "Clip the meta-gradient's norm (Adam's clipnorm); advised "
         "for learned inner rules.")
@@ -186,6 +194,33 @@ OMNIGLOT_DEFAULTS = {
 }
 
 
+# --inner_guard's "off"; a run recorded before the flag existed ran without
+# a guard, so a resume compares its missing setting as this
+# (`resume_defaults`).
+INNER_GUARD_OFF = 0.0
+# Defaults per inner rule on sinusoid, where they were measured (BUILD_NOTES
+# 4.2). The learned rules get the per-task inner guard (MAML's inner_guard;
+# without it a few tasks diverge at more steps than trained) and validate
+# and adapt with the steps they were trained with (eval_inner_steps None:
+# --inner_steps; with 1 training step, 10 steps are worse even guarded).
+# Plain SGD: no guard (no task diverges; its results stay bitwise those of
+# 4.1) and 10 steps. Omniglot: no guard unless asked for.
+_LEARNED_RULE = dict(inner_guard=2.0, eval_inner_steps=None)
+SINUSOID_RULE_DEFAULTS = {
+    "sgd": dict(inner_guard=INNER_GUARD_OFF),
+    "meta_sgd": _LEARNED_RULE,
+    "lslr": _LEARNED_RULE,
+    "lstm": _LEARNED_RULE,
+}
+
+
+def resume_defaults():
+    """The settings a run's record may lack (added after it was written),
+    as `run_dir.RunDirectory` compares them on resume: the flags' defaults,
+    and no inner guard (what such a run trained with)."""
+    return dict(config_flags.defaults(Config), inner_guard=INNER_GUARD_OFF)
+
+
 def task_defaults(task, ways):
     """The defaults of `task` ("sinusoid" or "omniglot") with `ways`."""
     if task == "sinusoid":
@@ -243,6 +278,8 @@ def check_values(config):
     flag_checks.positive_ints("eval_steps", config.eval_steps)
     flag_checks.number("inner_lr", config.inner_lr)
     flag_checks.number("meta_lr", config.meta_lr)
+    if config.inner_guard is not None:
+        flag_checks.number("inner_guard", config.inner_guard, allow_inf=True)
     if config.meta_clipnorm is not None:
         flag_checks.number("meta_clipnorm", config.meta_clipnorm, strict=True)
     if config.max_train_minutes is not None:
@@ -268,8 +305,12 @@ def resolve(config):
     learners.check(config)
     defaults = dict(task_defaults(config.task, config.ways), meta_lr=1e-3)
     if config.learner != "maml":
-        defaults = learners.defaults(config.learner, config.task,
-                                     config.paper_settings)
+        defaults = dict(learners.defaults(config.learner, config.task,
+                                          config.paper_settings))
+    elif config.task == "sinusoid":
+        defaults.update(SINUSOID_RULE_DEFAULTS[config.inner_optimizer])
+    # Off is 0.0, also in runs recorded before the flag (`INNER_GUARD_OFF`).
+    defaults.setdefault("inner_guard", INNER_GUARD_OFF)
     if config.strategy != "default":
         # XLA on the whole step fails under MirroredStrategy (variables on
         # other devices); TPUStrategy compiles with XLA anyway. Keras 3.15
@@ -279,6 +320,8 @@ def resolve(config):
     filled = {k: (defaults[k] if getattr(config, k) is None and k in defaults
                   else getattr(config, k))
               for k in (f.name for f in dataclasses.fields(config))}
+    if filled["eval_inner_steps"] is None:
+        filled["eval_inner_steps"] = filled["inner_steps"]
     if config.task == "omniglot":
         filled["eval_shots"] = filled["eval_shots"] or (filled["shots"],)
         filled["eval_steps"] = filled["eval_steps"] or (

@@ -20,7 +20,6 @@ from keras_meta import errors
 from keras_meta import run_dir
 from keras_meta import saving
 
-from examples import config_flags
 from examples import flag_checks
 from examples.maml import config as config_lib
 from examples.maml import learners
@@ -45,6 +44,7 @@ def build_maml(config, task):
         first_order=config.first_order,
         eval_inner_steps=config.eval_inner_steps,
         inner_optimizer=config.inner_optimizer,
+        inner_guard=config.inner_guard or None,  # 0: off
         **_meta_loss_and_plus_plus(config),
     )
     maml.compile(
@@ -228,7 +228,7 @@ def run(config):
             config.model_dir, resume=config.resume, strategy=strategy,
             config=dataclasses.asdict(config),
             may_change=config_lib.MAY_CHANGE_ON_RESUME,
-            defaults=config_flags.defaults(config_lib.Config)) as directory:
+            defaults=config_lib.resume_defaults()) as directory:
         # Every worker reads the chief's checkpoints (a shared file system)
         # but only the chief writes to model_dir; the others to a
         # temporary directory.

@@ -71,7 +71,8 @@ class Adaptation:
         Returns:
             float [tasks, steps]: column k is the root mean square, over
             the adapted coordinates, of the change the inner rule made in
-            step k + 1.
+            step k + 1 (0 for a step that `inner_guard` undid, and for
+            every later step of that task).
         """
         checks.require_compiled(self, "inner_update_norms")
         episode = checks.episode_of(episode)

@@ -70,6 +70,20 @@ def check_arguments(inner_learning_rate, inner_steps, eval_inner_steps,
             f"{task_parallelism!r}.")
 
 
+def inner_guard(value):
+    """`value` as MAML's `inner_guard` (None or a float); raises
+    `ValueError` unless it is None or a real number > 0 (inf allowed)."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or math.isnan(value) or value <= 0):
+        raise ValueError(
+            "`inner_guard` must be None or a number > 0 (the factor over "
+            "a task's support loss before adaptation above which an inner "
+            f"step is undone; inf: only non-finite losses); got {value!r}.")
+    return float(value)
+
+
 def pre_adaptation_interval(track):
     """Meta-steps between pre-adaptation passes in `fit` (0: never)."""
     if isinstance(track, bool):

@@ -141,6 +141,14 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
             runs it on every step, False never (no `pre_adapt_*` training
             logs). Training is the same either way; `evaluate` always
             reports them.
+        inner_guard: None (default) or a float `f > 0`: per task, an inner
+            step after which the support loss is not finite or above `f`
+            times the loss before adaptation is undone, and that task
+            keeps its last accepted weights for the remaining steps
+            (`keras_meta.rules.inner_loop.unroll`'s `guard`); in training,
+            evaluation, `adapt`, serving and `export`. Costs one forward
+            pass of the support set per step. A stopped task's
+            `inner_update_norms` are 0 from the undone step on.
         max_consecutive_skips: int >= 1 or None. A meta-step whose losses
             or meta-gradients are not finite is skipped (weights untouched)
             and counted in `skipped_steps`; `fit` stops with a
@@ -173,6 +181,7 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
         task_parallelism="auto",
         max_consecutive_skips=20,
         track_pre_adaptation=10,
+        inner_guard=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -195,6 +204,7 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
         self.transductive = bool(transductive)
         self.task_parallelism = task_parallelism
         self.max_consecutive_skips = max_consecutive_skips
+        self.inner_guard = checks.inner_guard(inner_guard)
         self._pre_adaptation_interval = checks.pre_adaptation_interval(
             track_pre_adaptation)
         # A plain bool or int (not e.g. numpy's), so the config is JSON.
@@ -453,6 +463,7 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
             "task_parallelism": self.task_parallelism,
             "max_consecutive_skips": self.max_consecutive_skips,
             "track_pre_adaptation": self.track_pre_adaptation,
+            "inner_guard": self.inner_guard,
         })
         return saving.stamp(config)
 

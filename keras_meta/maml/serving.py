@@ -111,12 +111,15 @@ def batched_dense_predictions(maml, params, rates, support_x, support_y,
         losses = maml._loss_fn(support_y, pred)
         losses = tf.reduce_mean(tf.reshape(
             losses, tf.concat([tf.shape(weights), [-1]], 0)), axis=2)
-        return tf.reduce_sum(tf.reduce_sum(losses * weights, axis=1)
-                             / tf.reduce_sum(weights, axis=1))
+        losses = (tf.reduce_sum(losses * weights, axis=1)
+                  / tf.reduce_sum(weights, axis=1))
+        # Guarded: each task's loss, so that each is guarded on its own.
+        return (losses if maml.inner_guard is not None
+                else tf.reduce_sum(losses))
 
     adapted, _, _ = inner_loop.unroll(
         maml.inner_optimizer, rates, [fast[i] for i in indices],
-        support_loss, steps, second_order=False)
+        support_loss, steps, second_order=False, guard=maml.inner_guard)
     return batched_dense.forward(
         maml._dense_plan, task_lib.merge_adapted(indices, fast, adapted),
         query_x)

@@ -114,7 +114,9 @@ def run_tasks_batched(maml, params, rates, episode, steps, second_order,
         losses, _ = task_losses(
             task_lib.merge_adapted(indices, fast, adapted),
             episode["support_x"], episode["support_y"])
-        return tf.reduce_sum(losses)
+        # Guarded: each task's loss, so that each is guarded on its own.
+        return (losses if maml.inner_guard is not None
+                else tf.reduce_sum(losses))
 
     def on_step(step, adapted):
         if step in record_steps and step != steps:
@@ -123,7 +125,8 @@ def run_tasks_batched(maml, params, rates, episode, steps, second_order,
 
     adapted, _, _ = inner_loop.unroll(
         maml.inner_optimizer, rates, [fast[i] for i in indices],
-        support_loss, steps, second_order=second_order, on_step=on_step)
+        support_loss, steps, second_order=second_order, on_step=on_step,
+        guard=maml.inner_guard)
     results[steps] = query(task_lib.merge_adapted(indices, fast, adapted))
     if not pre_adaptation:
         results[0] = (tf.zeros_like(results[steps][0]), None)

@@ -102,7 +102,9 @@ def adapt_one_task(maml, params, rates, non_trainable, support_x, support_y,
 
     Returns:
         The adapted ("fast") parameter list; with MAML++'s per-step batch
-        norm weights, those of the pass after `steps` steps.
+        norm weights, those of the pass after `steps` steps. With
+        `maml.inner_guard`, a step that raises the support loss too far is
+        undone and the task stops there (`inner_loop.unroll`'s `guard`).
     """
     indices = maml._adapted_indices
     rule_params, step_weights = split_rates(maml, rates)
@@ -120,7 +122,8 @@ def adapt_one_task(maml, params, rates, non_trainable, support_x, support_y,
 
     adapted, _, _ = inner_loop.unroll(
         maml.inner_optimizer, rule_params, [params[i] for i in indices],
-        support_loss, steps, second_order=second_order, on_step=report)
+        support_loss, steps, second_order=second_order, on_step=report,
+        guard=maml.inner_guard)
     fast = merge_adapted(indices, params, adapted)
     if maml._step_batch_norm is not None:
         fast = maml._step_batch_norm.weights_after(fast, step_weights, steps)
