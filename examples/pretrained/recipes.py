@@ -34,6 +34,18 @@ RUNS = {
            "--granularity=coordinate", "--problems=quadratic", "--unroll=20",
            "--horizon=200", "--meta_lr=1e-3", "--second_order", "--seed=1",
            "--eval_every=250", "--checkpoint_every=250"),
+    # The normalized MLP rule (antisymmetric, Adam's per-coordinate scale)
+    # by persistent ES on the small-Omniglot task family, objective: the
+    # validation loss after 2,000-4,000-step runs ("pes_anti").
+    "pes_anti": ("--rule_kind=normalized", "--normalize=none",
+                 "--antisymmetric", "--estimator=pes",
+                 "--tasks=small_omniglot", "--num_tasks=16", "--unroll=20",
+                 "--horizon=2000", "--horizon_range=2000,4000",
+                 "--num_particles=8", "--sigma=0.01",
+                 "--meta_objective=validation", "--meta_loss=log",
+                 "--meta_lr=1e-3", "--eval_tasks=4", "--eval_steps=1000",
+                 "--eval_objective=validation", "--eval_every=250",
+                 "--checkpoint_every=50", "--seed=0"),
     # The coordinatewise Adam-modulating rule on a mixture ("final").
     "final": ("--problems=quadratic,mlp_teacher,mlp_omniglot",
               "--problem_weights=0.5,0.25,0.25", "--unroll=20",
@@ -66,6 +78,9 @@ RECIPES = {
                                     "min_offset": -math.log(10.0),
                                     "max_offset": math.log(100.0)}),
     "quadratic": Recipe("m4", 6750),
+    # pes_anti at meta-step 1000, chosen on the development workloads
+    # (BUILD_NOTES 4.6).
+    "normalized": Recipe("pes_anti", 1000),
     # Today's code changes the mlp_omniglot family (one Omniglot reader for
     # MAML and meta-training, commit 207a523), so the run is made with the
     # commit that shipped the file.
@@ -75,9 +90,10 @@ RECIPES = {
 
 
 def problems(run):
-    """The problem families of `run`, in order."""
-    flag = next(a for a in RUNS[run] if a.startswith("--problems="))
-    return flag.split("=", 1)[1].split(",")
+    """The problem families of `run`, in order; None for a run on a task
+    distribution (`--tasks=`), whose problems are drawn by seed."""
+    flag = next((a for a in RUNS[run] if a.startswith("--problems=")), None)
+    return flag.split("=", 1)[1].split(",") if flag else None
 
 
 def train_command(run, meta_steps, model_dir, extra=(), root=REPO):

@@ -36,6 +36,10 @@ PRETRAINED = {
     # on the paper's quadratic family only (the paper trains one optimizer
     # per problem family).
     "quadratic": "quadratic_lstm_phi.npz",
+    # The normalized MLP rule (antisymmetric, Adam's per-coordinate scale),
+    # meta-trained by persistent ES for held-out validation loss on small
+    # Omniglot tasks; meant with `use_ema=True`.
+    "normalized": "normalized_mlp_phi.npz",
 }
 DEFAULT_PRETRAINED = "per_tensor"
 # `weights=` names of untrained rules: "init" (the `rule` given, else the

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import keras_meta
 from keras_meta.rules import lstm as lstm_rule
+from keras_meta.optimizers import rule_kinds
 from keras_meta.optimizers import weights_io
 
 
@@ -61,7 +62,8 @@ def test_named_shipped_weights_and_rule_lookup(name):
     by_name = keras_meta.LearnedOptimizer(weights=name)
     # A config naming only the rule (as `from_config` of a model saved with
     # these weights) finds the same shipped file.
-    by_rule = keras_meta.LearnedOptimizer(rule=cfg.to_dict())
+    by_rule = keras_meta.LearnedOptimizer(
+        rule=rule_kinds.config_to_dict(cfg))
     for opt in (by_name, by_rule):
         assert opt.rule_config == cfg
         for k, v in phi.items():

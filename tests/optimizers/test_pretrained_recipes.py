@@ -1,22 +1,27 @@
-"""The default weights' recipe (examples/pretrained) still trains the same.
+"""The shipped weights' recipes (examples/pretrained) still train the same.
 
-Runs the first two meta-steps of the recipe of the shipped default
-(`weights="per_tensor"`) through examples/train_learned_optimizer.py, as a
-subprocess with the recipe's flags, and compares phi and each step's
-meta-objective and meta-gradient norm with tests/fixtures/per_tensor_recipe_2_steps.npz.
+Runs the first two meta-steps of a recipe through
+examples/train_learned_optimizer.py, as a subprocess with the recipe's
+flags, and compares phi and each step's meta-objective and meta-gradient
+norm with tests/fixtures/<name>_recipe_2_steps.npz.
 
-- "short" (always run): the recipe with truncations of 4 steps instead of
-  40 (--unroll=4 --horizon=8). Same problem mixture, seeds, rule and
-  meta-optimizer, so the same code paths; tracing a 40-step truncation
-  takes minutes on 2 cores.
-- "recipe" (set KERAS_META_FULL_RECIPE_TEST=1; minutes): the recipe's own
-  truncations. Its fixture entry came from the recipe's command stopped
-  after two meta-steps; the test shortens only the horizon (400 -> 80:
-  the first problem instance lasts 10 meta-steps either way) and turns off
-  checkpoints and in-training evaluation, none of which changes phi.
+- `per_tensor` (the default), "short" (always run): the recipe with
+  truncations of 4 steps instead of 40 (--unroll=4 --horizon=8). Same
+  problem mixture, seeds, rule and meta-optimizer, so the same code paths;
+  tracing a 40-step truncation takes minutes on 2 cores.
+- `per_tensor`, "recipe" (set KERAS_META_FULL_RECIPE_TEST=1; minutes): the
+  recipe's own truncations. Its fixture entry came from the recipe's
+  command stopped after two meta-steps; the test shortens only the horizon
+  (400 -> 80: the first problem instance lasts 10 meta-steps either way)
+  and turns off checkpoints and in-training evaluation, none of which
+  changes phi.
+- `normalized`, "short": the persistent-ES recipe with 2 of its 16 task
+  architectures, 2 particles, 4-step truncations of 8-16-step runs and a
+  2-step evaluation of one task (evaluation does not change phi).
 
-Both fixtures were written by the code of the commit that added them, whose
-per_tensor recipe reproduced the shipped file byte for byte.
+Each fixture was written by the code of the commit that added it; the
+per_tensor recipe reproduced the shipped file byte for byte, and the
+normalized one its arrays bitwise (examples/pretrained/README.md).
 """
 
 import glob
@@ -33,8 +38,7 @@ from keras_meta.optimizers import weights_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
-FIXTURE = os.path.join(REPO, "tests", "fixtures",
-                       "per_tensor_recipe_2_steps.npz")
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
 META_STEPS = 2
 # Adam's first meta-updates move each coordinate by about meta_lr (3e-4)
 # whatever the gradient's size, so a coordinate whose meta-gradient changes
@@ -66,31 +70,36 @@ def _scalars(run_dir, tag):
 # Flags added after the recipe's own (later flags win): fewer meta-steps,
 # no checkpoints or in-training evaluation, and per case the truncation.
 CASES = {
-    "short": ["--unroll=4", "--horizon=8"],
-    "recipe": ["--horizon=80"],
+    ("per_tensor", "short"): ["--unroll=4", "--horizon=8"],
+    ("per_tensor", "recipe"): ["--horizon=80"],
+    ("normalized", "short"): [
+        "--num_tasks=2", "--unroll=4", "--horizon=8", "--horizon_range=8,16",
+        "--num_particles=2", "--eval_tasks=1", "--eval_steps=2"],
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_default_recipe_first_meta_steps(case, omniglot_dir, tmp_path):
+@pytest.mark.parametrize("name,case", sorted(CASES))
+def test_recipe_first_meta_steps(name, case, omniglot_dir, tmp_path):
     if case == "recipe" and not os.environ.get("KERAS_META_FULL_RECIPE_TEST"):
         pytest.skip("minutes on 2 cores; set KERAS_META_FULL_RECIPE_TEST=1")
     recipes = _recipes()
-    recipe = recipes.RECIPES[weights_io.DEFAULT_PRETRAINED]
+    recipe = recipes.RECIPES[name]
     run_dir = str(tmp_path / "run")
     env = recipes.train_env()
     env["KERAS_META_OMNIGLOT_DIR"] = omniglot_dir
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = recipes.train_command(
         recipe.run, META_STEPS, run_dir,
-        extra=["--eval_every=1000", "--checkpoint_every=1000", *CASES[case]])
+        extra=["--eval_every=1000", "--checkpoint_every=1000",
+               *CASES[(name, case)]])
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Skipping problem" not in done.stdout, done.stdout[-3000:]
 
     phi, config = weights_io.load_phi(os.path.join(run_dir, "phi_last.npz"))
-    with np.load(FIXTURE) as data:
+    fixture = os.path.join(FIXTURES, f"{name}_recipe_2_steps.npz")
+    with np.load(fixture) as data:
         expected = {k[len(case) + 1:]: data[k] for k in data.files
                     if k.startswith(case + "/")}
     scalars = {tag: expected.pop(tag)
@@ -106,7 +115,7 @@ def test_default_recipe_first_meta_steps(case, omniglot_dir, tmp_path):
         np.testing.assert_allclose(_scalars(run_dir, tag), scalars[tag],
                                    rtol=1e-5, err_msg=tag)
     # The recipe's config change turns this run's config into the shipped
-    # default's.
-    shipped_config = weights_io.load_phi(weights_io.pretrained_path())[1]
+    # file's.
+    shipped_config = weights_io.load_phi(weights_io.pretrained_path(name))[1]
     changed = type(config).from_dict({**config.to_dict(), **recipe.config})
     assert changed == shipped_config
