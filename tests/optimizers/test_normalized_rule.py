@@ -128,6 +128,19 @@ def test_antisymmetric_mlp_flips_with_the_signs_and_has_no_drift():
         got, _ = _steps(normalized.NormalizedMLPRule(cfg),
                         _trained_like(config=cfg), [zeros], zeros)
         assert bool(np.any(got[0][0].numpy() != 0.0)) == drifts
+    # The one-layer shortcut (each pre-activation once) is bitwise the
+    # definition.
+    feats = [tf.constant(np.random.default_rng(i).normal(size=50),
+                         "float32") for i in range(5)]
+    tensor_feats = normalized.rule.tensor_features(7.0, False, config,
+                                                   "float32")
+    definition = 0.5 * (
+        normalized.rule._mlp(params, feats, tensor_feats, config)
+        - normalized.rule._mlp(params, [-f for f in feats], tensor_feats,
+                               config))
+    np.testing.assert_array_equal(
+        normalized.rule.mlp_output(params, feats, tensor_feats,
+                                   config).numpy(), definition.numpy())
 
 
 def _trained_like(seed=0, config=CONFIG):

@@ -79,27 +79,53 @@ def mlp_output(meta_params, features, tensor_feats, config):
     """
     if config.antisymmetric:
         negated = [-f for f in features]
+        if config.num_layers == 1:
+            return _odd_one_layer_mlp(meta_params, features, tensor_feats)
         return 0.5 * (_mlp(meta_params, features, tensor_feats, config)
                       - _mlp(meta_params, negated, tensor_feats, config))
     return _mlp(meta_params, features, tensor_feats, config)
 
 
-def _mlp(meta_params, features, tensor_feats, config):
-    """The plain MLP of `mlp_output`."""
-    dtype = features[0].dtype
+def _getter(meta_params, dtype):
+    return lambda name: tf.cast(meta_params[name], dtype)
 
-    def get(name):
-        return tf.cast(meta_params[name], dtype)
 
-    bias = tf.linalg.matvec(get("mlp0/tensor_kernel"), tensor_feats,
+def _first_layer_bias(get, tensor_feats):
+    """Layer 0's bias for this tensor: its own plus the per-tensor
+    features' contribution."""
+    return tf.linalg.matvec(get("mlp0/tensor_kernel"), tensor_feats,
                             transpose_a=True) + get("mlp0/bias")
-    hidden = _dense(features, get("mlp0/kernel"), bias)
-    for layer in range(1, config.num_layers):
-        hidden = _dense(hidden, get(f"mlp{layer}/kernel"),
-                        get(f"mlp{layer}/bias"))
+
+
+def _output(get, hidden):
     kernel = get("out/kernel")
     return get("out/bias")[0] + tf.add_n(
         [h * kernel[j, 0] for j, h in enumerate(hidden)])
+
+
+def _odd_one_layer_mlp(meta_params, features, tensor_feats):
+    """`(MLP(f) - MLP(-f)) / 2` for one hidden layer with each unit's
+    pre-activation `z` computed once: `MLP(-f)` sees `bias - z`, which is
+    bitwise what the negated features give (negation is exact and the sum
+    is symmetric), for half of the layer's arithmetic."""
+    get = _getter(meta_params, features[0].dtype)
+    bias, kernel = _first_layer_bias(get, tensor_feats), get("mlp0/kernel")
+    z = [tf.add_n([x * kernel[i, j] for i, x in enumerate(features)])
+         for j in range(kernel.shape[1])]
+    plus = [tf.nn.relu(bias[j] + zj) for j, zj in enumerate(z)]
+    minus = [tf.nn.relu(bias[j] + -zj) for j, zj in enumerate(z)]
+    return 0.5 * (_output(get, plus) - _output(get, minus))
+
+
+def _mlp(meta_params, features, tensor_feats, config):
+    """The plain MLP of `mlp_output`."""
+    get = _getter(meta_params, features[0].dtype)
+    hidden = _dense(features, get("mlp0/kernel"),
+                    _first_layer_bias(get, tensor_feats))
+    for layer in range(1, config.num_layers):
+        hidden = _dense(hidden, get(f"mlp{layer}/kernel"),
+                        get(f"mlp{layer}/bias"))
+    return _output(get, hidden)
 
 
 def _moments(g, state, shape, config):
