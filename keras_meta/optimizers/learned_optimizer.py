@@ -75,6 +75,13 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     RMS-normalized per tensor at every step and scaled by a bounded step
     size that follows a learned schedule; untrained, it is Adam's direction
     normalized per tensor at step size 1e-3, the start of its meta-training.
+    `weights="normalized"` is that rule meta-trained (antisymmetric, with
+    Adam's per-coordinate scale) for the validation loss of small tasks;
+    it is meant with `use_ema=True`, which makes `fit` end on the average
+    of the weights:
+
+        model.compile(optimizer=keras_meta.LearnedOptimizer(
+            weights="normalized", use_ema=True), loss="mse")
 
     `weight_decay` with the normalized rule is decoupled weight decay in
     AdamW's meaning, scaled by the rule's actual step: each step does
