@@ -78,9 +78,9 @@ def mlp_output(meta_params, features, tensor_feats, config):
     signs of the gradient and the parameter and has no constant drift.
     """
     if config.antisymmetric:
-        negated = [-f for f in features]
         if config.num_layers == 1:
             return _odd_one_layer_mlp(meta_params, features, tensor_feats)
+        negated = [-f for f in features]
         return 0.5 * (_mlp(meta_params, features, tensor_feats, config)
                       - _mlp(meta_params, negated, tensor_feats, config))
     return _mlp(meta_params, features, tensor_feats, config)
