@@ -47,6 +47,11 @@ goal counts of issue 22.
 
     python -m benchmarks.lopt_suite --steps=1000,5000 --seeds=3
 
+`--reuse=a.json,b.json` copies every run (workload, steps, seed,
+optimizer spec) found in earlier results instead of training it again:
+try a new candidate against an Adam grid trained once, or join a run
+made in parts.
+
 Cost: 11 fits per workload, step count and seed with the default
 optimizers (5 Adam + 5 AdamW rates + the learned default); a 1,000-step
 fit takes 4-30 s on 2 CPU cores (the learned optimizer's 10-50 s, most of
