@@ -29,10 +29,12 @@ def _rule_option(option):
                          "and field=value of the rule config.")
 
     def parse(x):
-        try:
-            return float(x)
-        except ValueError:
-            return {"true": True, "false": False}.get(x.lower(), x)
+        for kind in (int, float):
+            try:
+                return kind(x)
+            except ValueError:
+                pass
+        return {"true": True, "false": False}.get(x.lower(), x)
     values = [parse(x) for x in text.split(":")]
     return {field: values[0] if len(values) == 1 else values}
 

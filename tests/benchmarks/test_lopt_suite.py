@@ -2,6 +2,8 @@
 split, the Embedding workload's gradients are sparse, rates are chosen on
 validation loss."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -107,10 +109,12 @@ def test_weights_options_and_the_ema_peer():
     with pytest.raises(ValueError, match="Unknown option 'fast'"):
         runner.make_optimizer(("learned", None, ("fast",)))
     opt = runner.make_optimizer(("learned", "init_normalized", (
-        "hyper_rate=0.1", "hyper_offset_range=-1:2", "none")))
+        "hyper_rate=0.1", "hyper_offset_range=-1:2", "hyper_momentum=2",
+        "none")))
     config = opt._rule_config
     assert (config.hyper_rate, config.hyper_offset_range,
-            config.normalize) == (0.1, (-1.0, 2.0), "none")
+            config.hyper_momentum, config.normalize) == (
+                0.1, (-1.0, 2.0), 2, "none")
 
 
 @pytest.mark.parametrize("name", list(dev_workloads.DEV_WORKLOADS))
@@ -133,7 +137,7 @@ def test_reuse_copies_earlier_runs_and_trains_only_the_rest(tmp_path,
     earlier = {"workload_set": "dev", "cells": {"keywords": {"1000": {
         "runs": {"adam 0.001": [{"test_loss": 1.5}, {"test_loss": 2.5}]}}}}}
     path = tmp_path / "earlier.json"
-    path.write_text(__import__("json").dumps(earlier))
+    path.write_text(json.dumps(earlier))
     reuse = lopt_suite.reusable_runs([str(path)], "dev")
     assert reuse[("keywords", 1000, "adam 0.001", 1)] == {"test_loss": 2.5}
     with pytest.raises(ValueError, match="'dev' workload set, not 'held_out'"):

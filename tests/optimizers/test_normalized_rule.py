@@ -278,6 +278,12 @@ def test_config_round_trip_and_errors():
         normalized.NormalizedConfig(init_lr=1.0)
     with pytest.raises(ValueError, match="normalize must be"):
         normalized.NormalizedConfig(normalize="layer")
+    for bad in ({"hyper_rate": -0.1}, {"hyper_momentum": 1.0},
+                {"hyper_momentum": 3}, {"hyper_down_fraction": -1.0}):
+        with pytest.raises(ValueError, match="hyper_momentum"):
+            normalized.NormalizedConfig(**bad)
+    with pytest.raises(ValueError, match="hyper_offset_range"):
+        normalized.NormalizedConfig(hyper_offset_range=(0.5, 2.0))
     with pytest.raises(ValueError, match="weight_decay"):
         normalized.NormalizedMLPRule(CONFIG, weight_decay=-1.0)
 

@@ -101,6 +101,8 @@ class NormalizedConfig:
             raise ValueError("normalize must be 'tensor' or 'none', got "
                              f"{self.normalize!r}.")
         if not (self.hyper_rate >= 0.0 and 0.0 <= self.hyper_down_fraction
+                and isinstance(self.hyper_momentum, int)
+                and not isinstance(self.hyper_momentum, bool)
                 and 0 <= self.hyper_momentum < len(self.momentum_decays)):
             raise ValueError(
                 "Need hyper_rate >= 0, hyper_down_fraction >= 0 and "
