@@ -16,6 +16,9 @@ uses, and other synthetic generators), other architectures.
   gradients; accuracy).
 - `lstm_products`: LSTM(16) telling the sign of a sum of products of two
   noisy input channels (accuracy).
+- `attention_majority`: a pre-LN attention block (4 heads) and mean
+  pooling naming the most frequent token of a sequence (layer-normalized,
+  scale-invariant weights, as in Transformers; accuracy).
 """
 
 import keras
@@ -82,6 +85,16 @@ def product_signs(seed, sizes=(1500, 1000, 2000), length=20):
     return suite_data._split(x, y, sizes)
 
 
+def majority_tokens(seed, sizes=(2000, 1000, 2000), vocab=6, length=12):
+    """Uniform tokens over `vocab`; the label is the most frequent one
+    (ties to the smallest)."""
+    rng = np.random.default_rng(seed + 333)
+    x = rng.integers(0, vocab, (sum(sizes), length))
+    counts = (x[:, :, None] == np.arange(vocab)).sum(axis=1)
+    y = counts.argmax(axis=1)
+    return suite_data._split(x.astype("int32"), y.astype("int32"), sizes)
+
+
 def _mlp():
     return keras.Sequential([
         keras.Input((OMNIGLOT_SIZE, OMNIGLOT_SIZE, 1)),
@@ -116,6 +129,20 @@ def _lstm():
                              keras.layers.Dense(2)])
 
 
+def _attention(vocab=6, length=12, dim=24):
+    tokens = keras.Input((length,), dtype="int32")
+    x = keras.layers.Embedding(vocab, dim)(tokens)
+    x = x + keras.layers.Embedding(length, dim)(keras.ops.arange(length))
+    h = keras.layers.LayerNormalization()(x)
+    x = x + keras.layers.MultiHeadAttention(4, dim // 4)(h, h)
+    h = keras.layers.LayerNormalization()(x)
+    x = x + keras.layers.Dense(dim)(keras.layers.Dense(
+        48, activation="gelu")(h))
+    x = keras.layers.GlobalAveragePooling1D()(
+        keras.layers.LayerNormalization()(x))
+    return keras.Model(tokens, keras.layers.Dense(vocab)(x))
+
+
 _classifier = suite_workloads.classifier
 DEV_WORKLOADS = {
     "omniglot_mlp": _classifier(omniglot_training_alphabets, _mlp, 32),
@@ -124,4 +151,5 @@ DEV_WORKLOADS = {
         sine_regression, _tanh_mlp, "mse", "mae", 32),
     "keywords": _classifier(keyword_tokens, _keyword_classifier, 32),
     "lstm_products": _classifier(product_signs, _lstm, 32),
+    "attention_majority": _classifier(majority_tokens, _attention, 32),
 }

@@ -12,6 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 import keras_meta
+from keras_meta.optimizers import rule_kinds
+from keras_meta.optimizers import weights_io
+from keras_meta.rules import normalized
 
 # Steps run per call of the compiled train function (public `compile`
 # argument); it divides every step count used here.
@@ -60,15 +63,40 @@ def make_optimizer(spec):
     if kind == "learned":
         options = set(spec[2]) if len(spec) > 2 else set()
         kwargs = {"use_ema": "ema" in options}
+        ablations = {o for o in options if o.startswith("ablate=")}
         rule = {}
-        for option in sorted(options - {"ema"}):
+        for option in sorted(options - {"ema"} - ablations):
             rule.update(_rule_option(option))
         if rule:
             kwargs["rule"] = {"rule_type": "normalized_mlp", **rule}
         if spec[1] is not None:
             kwargs["weights"] = spec[1]
+        if ablations:
+            kwargs.update(_ablated(kwargs.get("weights"), rule or None,
+                                   sorted(ablations)))
         return keras_meta.LearnedOptimizer(**kwargs)
     raise ValueError(f"Unknown optimizer spec {spec!r}.")
+
+
+def _ablated(weights, rule, ablations):
+    """`{"weights": phi, "rule": config dict}` of a normalized rule with
+    parts removed, for diagnosis: "ablate=parameter_feature" drops the
+    MLP's parameter feature, "ablate=mlp" zeroes the MLP's output (Adam's
+    direction at the rule's own step sizes)."""
+    phi, config = weights_io.resolve(weights, rule)
+    if not isinstance(config, normalized.NormalizedConfig):
+        raise ValueError(f"ablate= needs a normalized rule, got {config}.")
+    for ablation in ablations:
+        part = ablation.partition("=")[2]
+        if part == "parameter_feature":
+            phi, config = normalized.drop_parameter_feature(phi, config)
+        elif part == "mlp":
+            phi = dict(phi, **{k: np.zeros_like(phi[k])
+                               for k in ("out/kernel", "out/bias")})
+        else:
+            raise ValueError(f"Unknown {ablation!r}; known: "
+                             "ablate=parameter_feature, ablate=mlp.")
+    return {"weights": phi, "rule": rule_kinds.config_to_dict(config)}
 
 
 def _dataset(x, y, batch_size, seed):

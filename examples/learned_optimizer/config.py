@@ -86,6 +86,9 @@ class Config:
     antisymmetric: bool = option(
         False, "--rule_kind=normalized: NormalizedConfig.antisymmetric (the "
         "MLP's output odd in its features: no learned constant drift).")
+    parameter_feature: bool = option(
+        True, "--rule_kind=normalized: NormalizedConfig.parameter_feature "
+        "(the MLP sees p / rms(p); off: only the gradient's history).")
     estimator: str = option(
         "tbptt", "Meta-gradient estimator: truncated backpropagation, or "
         "persistent evolution strategies (antithetic forward-only pairs, "
@@ -110,6 +113,10 @@ class Config:
         "(keras_meta.meta.task_family: 8x8/14x14 Omniglot of the training "
         "alphabets, MLPs, convnets, autoencoders, augmented).",
         choices=("small_omniglot",))
+    task_layer_norm: float = option(
+        0.0, "--tasks: probability that an MLP or convnet of the task "
+        "distribution has layer normalization after each hidden layer "
+        "(scale-invariant weights, as in Transformers).")
     num_tasks: int = option(
         16, "--tasks: architectures drawn (seeded by --seed).")
     eval_tasks: int | None = option(

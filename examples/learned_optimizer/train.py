@@ -62,7 +62,8 @@ def build_tasks(config):
     if config.tasks is None:
         return build_problems(config.problems)
     if config.tasks == "small_omniglot":
-        return task_family.sample_tasks(config.seed, config.num_tasks)
+        return task_family.sample_tasks(config.seed, config.num_tasks,
+                                        layer_norm=config.task_layer_norm)
     raise ValueError(f"Unknown task distribution {config.tasks!r}.")
 
 
@@ -181,7 +182,7 @@ def build_rule(config):
             raise ValueError(
                 f"init_weights {config.init_weights!r} hold a "
                 f"{rule_kinds.kind_of(cfg)} rule, not a normalized one.")
-        for name in ("normalize", "antisymmetric"):
+        for name in ("normalize", "antisymmetric", "parameter_feature"):
             if getattr(cfg, name) != getattr(config, name):
                 raise ValueError(
                     f"init_weights {config.init_weights!r} hold a rule with "
@@ -189,7 +190,8 @@ def build_rule(config):
                     f"{getattr(config, name)!r} was given.")
     else:
         cfg = normalized_rule.NormalizedConfig(
-            normalize=config.normalize, antisymmetric=config.antisymmetric)
+            normalize=config.normalize, antisymmetric=config.antisymmetric,
+            parameter_feature=config.parameter_feature)
         phi0 = None
     return cfg, phi0, rule_kinds.make_rule(cfg)
 

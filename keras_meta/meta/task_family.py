@@ -7,7 +7,8 @@ training alphabets only (every alphabet of the offline subset but
 
   * MLP classifiers and small convnets (strided 3 x 3 convolutions) of
     random widths, depths and activations, on `num_classes`-way tasks
-    drawn from those characters' 20 drawings each;
+    drawn from those characters' 20 drawings each; optionally
+    (`layer_norm`) with layer normalization after each hidden layer;
   * dense autoencoders of random widths and depths reconstructing the
     characters (mean per-pixel sigmoid cross-entropy).
 
@@ -247,26 +248,48 @@ class AutoencoderProblem(AugmentedProblem):
             labels=target, logits=outputs))
 
 
-def _mlp(rng, size, outputs):
+def _hidden(make, activation, layer_norm):
+    """The layer `make(activation)`; with `layer_norm`, `make(None)`, then
+    `LayerNormalization`, then the activation (pre-activation
+    normalization: the layer's weights become scale-invariant)."""
+    if not layer_norm:
+        return [make(activation)]
+    return [make(None), keras.layers.LayerNormalization(),
+            keras.layers.Activation(activation)]
+
+
+def _draw_layer_norm(rng, layer_norm):
+    # No draw at probability 0: the architectures of a seed stay those of
+    # runs made before the option existed.
+    return bool(layer_norm) and bool(rng.random() < layer_norm)
+
+
+def _mlp(rng, size, outputs, layer_norm=0.0):
     depth = int(rng.integers(1, 4))
     widths = [int(rng.choice(WIDTHS)) for _ in range(depth)]
     activation = str(rng.choice(ACTIVATIONS))
+    norm = _draw_layer_norm(rng, layer_norm)
     layers = [keras.Input((size, size, 1)), keras.layers.Flatten()]
-    layers += [keras.layers.Dense(w, activation=activation) for w in widths]
+    for w in widths:
+        layers += _hidden(lambda a, w=w: keras.layers.Dense(w, activation=a),
+                          activation, norm)
     layers += [keras.layers.Dense(outputs)]
-    tag = "x".join(map(str, widths)) + "_" + activation
+    tag = "x".join(map(str, widths)) + "_" + activation + ("_ln" * norm)
     return keras.Sequential(layers), tag
 
 
-def _conv(rng, size, outputs):
+def _conv(rng, size, outputs, layer_norm=0.0):
     depth = int(rng.integers(1, 3 if size <= 8 else 4))
     filters = [int(rng.choice(FILTERS)) for _ in range(depth)]
     activation = str(rng.choice(ACTIVATIONS))
+    norm = _draw_layer_norm(rng, layer_norm)
     layers = [keras.Input((size, size, 1))]
-    layers += [keras.layers.Conv2D(f, 3, strides=2, padding="same",
-                                   activation=activation) for f in filters]
+    for f in filters:
+        layers += _hidden(lambda a, f=f: keras.layers.Conv2D(
+            f, 3, strides=2, padding="same", activation=a), activation, norm)
     layers += [keras.layers.Flatten(), keras.layers.Dense(outputs)]
-    tag = "c" + "x".join(map(str, filters)) + "_" + activation
+    tag = ("c" + "x".join(map(str, filters)) + "_" + activation
+           + ("_ln" * norm))
     return keras.Sequential(layers), tag
 
 
@@ -285,9 +308,11 @@ def _autoencoder(rng, size):
 
 
 def make_task(kind, size, rng, augmentation=Augmentation(), directory=None,
-              dtype="float32"):
+              dtype="float32", layer_norm=0.0):
     """One random architecture of `kind` (`KINDS`) on `size` x `size`
-    characters, its hyperparameters drawn from the NumPy generator `rng`.
+    characters, its hyperparameters drawn from the NumPy generator `rng`;
+    an MLP or convnet has layer normalization after each hidden layer
+    with probability `layer_norm`.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
@@ -299,7 +324,8 @@ def make_task(kind, size, rng, augmentation=Augmentation(), directory=None,
             model, images, batch_size, augmentation,
             f"ae{size}_{tag}_b{batch_size}_{source}", dtype)
     num_classes = int(rng.choice(CLASS_COUNTS))
-    model, tag = (_mlp if kind == "mlp" else _conv)(rng, size, num_classes)
+    model, tag = (_mlp if kind == "mlp" else _conv)(rng, size, num_classes,
+                                                    layer_norm)
     return ClassificationProblem(
         model, images, batch_size, augmentation,
         f"{kind}{size}_{tag}_{num_classes}way_b{batch_size}_{source}",
@@ -308,7 +334,7 @@ def make_task(kind, size, rng, augmentation=Augmentation(), directory=None,
 
 def sample_tasks(seed, count, kinds=KINDS, sizes=SIZES,
                  augmentation=Augmentation(), directory=None,
-                 dtype="float32"):
+                 dtype="float32", layer_norm=0.0):
     """`count` random architectures, cycling through `kinds` and drawing
     the image size from `sizes`; the same `seed` gives the same list.
 
@@ -321,11 +347,17 @@ def sample_tasks(seed, count, kinds=KINDS, sizes=SIZES,
         directory: the Omniglot zips' folder (default
             `problems.OMNIGLOT_DIR`); synthetic characters without them.
         dtype: float dtype.
+        layer_norm: probability, per MLP or convnet, of layer
+            normalization after each hidden layer (in [0, 1]; 0 draws
+            nothing, so a seed's architectures are unchanged).
 
     Returns:
         list of `AugmentedProblem`.
     """
+    if not 0.0 <= layer_norm <= 1.0:
+        raise ValueError(
+            f"layer_norm must be a probability in [0, 1], got {layer_norm!r}.")
     rng = np.random.default_rng(seed)
     return [make_task(kinds[i % len(kinds)], int(rng.choice(sizes)), rng,
-                      augmentation, directory, dtype)
+                      augmentation, directory, dtype, layer_norm)
             for i in range(count)]

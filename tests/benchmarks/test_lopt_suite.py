@@ -117,6 +117,24 @@ def test_weights_options_and_the_ema_peer():
                 0.1, (-1.0, 2.0), 2, "none")
 
 
+def test_ablations_remove_the_named_part_of_the_rule():
+    from keras_meta.optimizers import weights_io
+    phi, config = weights_io.resolve("normalized")
+    opt = runner.make_optimizer(("learned", "normalized", (
+        "ablate=parameter_feature", "ema")))
+    assert opt.use_ema and not opt._rule_config.parameter_feature
+    np.testing.assert_array_equal(opt.phi["mlp0/kernel"].numpy(),
+                                  phi["mlp0/kernel"][:-1])
+    opt = runner.make_optimizer(("learned", "normalized", ("ablate=mlp",)))
+    assert opt._rule_config == config
+    assert not np.any(opt.phi["out/kernel"].numpy())
+    np.testing.assert_array_equal(opt.phi["log_lr"].numpy(), phi["log_lr"])
+    with pytest.raises(ValueError, match="Unknown 'ablate=lstm'"):
+        runner.make_optimizer(("learned", "normalized", ("ablate=lstm",)))
+    with pytest.raises(ValueError, match="needs a normalized rule"):
+        runner.make_optimizer(("learned", "per_tensor", ("ablate=mlp",)))
+
+
 @pytest.mark.parametrize("name", list(dev_workloads.DEV_WORKLOADS))
 def test_dev_workloads_train_and_split(name):
     workload = dev_workloads.DEV_WORKLOADS[name]

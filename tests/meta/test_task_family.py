@@ -1,5 +1,6 @@
 """Tests of the meta-training task distribution (keras_meta.meta.task_family)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -94,6 +95,28 @@ def test_same_seed_same_tasks_and_synthetic_fallback():
     images, source = task_family.character_images(8, NO_DATA)
     assert source == "synthetic" and images.shape[1:] == (20, 8, 8, 1)
     assert set(np.unique(images)) <= {0.0, 1.0}
+
+
+def test_layer_norm_option_adds_normalized_architectures_only_when_asked():
+    plain = [p.name for p in task_family.sample_tasks(0, 12,
+                                                       directory=NO_DATA)]
+    zero = task_family.sample_tasks(0, 12, directory=NO_DATA, layer_norm=0.0)
+    assert [p.name for p in zero] == plain
+    every = task_family.sample_tasks(0, 12, directory=NO_DATA, layer_norm=1.0)
+    for problem in every:
+        has_ln = any(isinstance(layer, keras.layers.LayerNormalization)
+                     for layer in problem.model.layers)
+        assert has_ln == (not problem.name.startswith("ae"))
+        assert has_ln == ("_ln_" in problem.name)
+    # A normalized task trains under a rule like any other.
+    problem = next(p for p in every if p.name.startswith("mlp"))
+    instance = problem.sample(0)
+    batch = problem.batches(instance, 1, 0)
+    task = problem.task_tensors(instance)
+    first = [b[0] for b in batch[0]], [b[0] for b in batch[1]]
+    assert np.isfinite(float(problem.loss(instance.params, task, first)))
+    with pytest.raises(ValueError, match="layer_norm must be a probability"):
+        task_family.sample_tasks(0, 2, directory=NO_DATA, layer_norm=2.0)
 
 
 @pytest.mark.skipif(not problems.omniglot_available(),

@@ -343,3 +343,28 @@ def test_init_normalized_weights_and_provenance_round_trip(tmp_path):
         assert "rule_type" not in str(data["__config__"])
     with pytest.raises(ValueError, match="rule_type"):
         rule_kinds.config_from_dict({"rule_type": "nope"})
+
+
+def test_without_the_parameter_feature_the_update_ignores_the_values():
+    config = normalized.NormalizedConfig(normalize="none",
+                                         antisymmetric=True,
+                                         parameter_feature=False)
+    assert config.num_parameter_features == 4
+    assert normalized.meta_param_shapes(config)["mlp0/kernel"] == (4, 8)
+    params = _trained_like(config=config)
+    grads = [_grads(s) for s in range(3)]
+    rule = normalized.NormalizedMLPRule(config)
+    a, _ = _steps(rule, params, grads, _values(0))
+    b, _ = _steps(rule, params, grads, [10.0 * v for v in _values(1)])
+    for x, y in zip(a, b):
+        for u, w in zip(x, y):
+            np.testing.assert_array_equal(u.numpy(), w.numpy())
+    # With it, the same gradients give other updates for other values.
+    with_p = normalized.NormalizedConfig(normalize="none", antisymmetric=True)
+    rule = normalized.NormalizedMLPRule(with_p)
+    params = _trained_like(config=with_p)
+    a, _ = _steps(rule, params, grads, _values(0))
+    b, _ = _steps(rule, params, grads, [10.0 * v for v in _values(1)])
+    assert not np.allclose(a[-1][0].numpy(), b[-1][0].numpy())
+    with pytest.raises(ValueError, match="parameter_feature must be a bool"):
+        normalized.NormalizedConfig(parameter_feature=1)

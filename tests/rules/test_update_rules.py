@@ -108,6 +108,8 @@ CASES = {
         min_offset=-1.0, max_offset=1.0),
     "normalized_mlp": lambda: _normalized(),
     "normalized_mlp_hyper": lambda: _normalized(hyper_rate=0.1),
+    "normalized_mlp_gradient_only": lambda: _normalized(
+        parameter_feature=False, antisymmetric=True, normalize="none"),
 }
 
 

@@ -29,6 +29,11 @@ class NormalizedConfig:
         lr_range: `(low, high)` bounds of the base step size `exp(log_lr)`.
         max_schedule_offset: bound of the learned schedule's log offset: the
             step size stays within `exp(+-max_schedule_offset)` of the base.
+        parameter_feature: give the MLP the parameter over its tensor's
+            RMS (`p / rms(p)`) as a feature. Without it the rule sees only
+            the gradient's history, as Adam does, and cannot decay or grow
+            weights by their size (which fights the scale invariance of
+            weights feeding a normalization layer).
         normalize: `"tensor"` divides the direction by its RMS over the
             tensor at every step; `"none"` keeps Adam's per-coordinate
             scale (better for sparse rows: a tensor whose gradient touches
@@ -69,6 +74,7 @@ class NormalizedConfig:
     lr_range: tuple = (1e-6, 1e-1)
     max_schedule_offset: float = math.log(100.0)
     normalize: str = "tensor"
+    parameter_feature: bool = True
     antisymmetric: bool = False
     hyper_rate: float = 0.0
     hyper_momentum: int = 1
@@ -97,6 +103,10 @@ class NormalizedConfig:
             raise ValueError(
                 "Need lr_range = (low, high) with 0 < low <= init_lr <= high; "
                 f"got lr_range={self.lr_range}, init_lr={self.init_lr}.")
+        for name in ("parameter_feature", "antisymmetric"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got "
+                                 f"{getattr(self, name)!r}.")
         if self.normalize not in ("tensor", "none"):
             raise ValueError("normalize must be 'tensor' or 'none', got "
                              f"{self.normalize!r}.")
@@ -128,8 +138,9 @@ class NormalizedConfig:
     @property
     def num_parameter_features(self):
         """Per-parameter MLP inputs: g, each momentum (over sqrt(v_hat)),
-        and the parameter over its tensor's RMS."""
-        return len(self.momentum_decays) + 2
+        and (with `parameter_feature`) the parameter over its tensor's
+        RMS."""
+        return len(self.momentum_decays) + 1 + int(self.parameter_feature)
 
     @property
     def num_tensor_features(self):

@@ -1,6 +1,7 @@
 """The normalized rule's meta-parameters and per-tensor state: shapes and
 initial values."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -58,6 +59,21 @@ def init_meta_params(config=NormalizedConfig(), seed=0, dtype="float32"):
         else:
             params[name] = np.zeros(shape)
     return {k: np.asarray(v, dtype) for k, v in params.items()}
+
+
+def drop_parameter_feature(meta_params, config):
+    """The same rule without its parameter feature: `(meta_params, config)`
+    with `mlp0/kernel`'s last row (the weights of `p / rms(p)`) removed
+    and `parameter_feature=False`. Equal to zeroing that row.
+
+    Raises:
+        ValueError: `config` has no parameter feature.
+    """
+    if not config.parameter_feature:
+        raise ValueError(f"The rule {config} has no parameter feature.")
+    params = dict(meta_params)
+    params["mlp0/kernel"] = np.asarray(params["mlp0/kernel"])[:-1]
+    return params, dataclasses.replace(config, parameter_feature=False)
 
 
 def state_keys(config=NormalizedConfig()):

@@ -166,8 +166,9 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
     new_state, corrected, inv = _moments(g, state, shape, config)
     t = new_state["t"]
     adam = corrected[0] * inv
-    features = ([g * inv] + [m * inv for m in corrected]
-                + [tf.math.divide_no_nan(p, _rms(p))])
+    features = [g * inv] + [m * inv for m in corrected]
+    if config.parameter_feature:
+        features.append(tf.math.divide_no_nan(p, _rms(p)))
     is_vector = len(grad.shape) <= 1
     tensor_feats = tensor_features(t, is_vector, config, dtype)
     direction = adam + config.output_scale * mlp_output(
@@ -202,6 +203,7 @@ class NormalizedMLPRule(UpdateRule):
 
         m_i     = EMA_{decay_i}(g), v = EMA_{beta_2}(g^2), bias-corrected
         feats   = [g, m_0, m_1, ...] / (sqrt(v_hat) + eps), p / rms(p)
+                  (the last with `config.parameter_feature`)
         d       = m_0_hat / (sqrt(v_hat) + eps)
                   + output_scale * MLP(feats; tanh(t / tau), is_vector)
         d       = d / rms(d)                       (over the tensor)
