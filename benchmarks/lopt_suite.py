@@ -37,7 +37,11 @@ Optimizers (`--optimizers`), all in the same run:
   chosen, and its TEST loss is reported; nothing is selected on test data.
 - `adam_1e-3`: Adam(1e-3), untuned (the grid's run when both are asked).
 - `learned`: `keras_meta.LearnedOptimizer()` (the shipped default), plus
-  one `learned[<w>]` per `--weights` name or file, untuned.
+  one `learned[<w>]` per `--weights` name or file, untuned; suffixes
+  `+ema` (`use_ema=True`), `+none` and `+field=value` (rule options of
+  `init_normalized`), `+ablate=parameter_feature` / `+ablate=mlp` (a
+  normalized rule without its parameter feature / with its MLP's output
+  zeroed: which part of a rule helps or hurts on a workload).
 
 Output: one table (per workload, step count and optimizer: test loss mean
 ± sd over seeds, its ratio to `adam_best`, test metric mean, non-finite
@@ -87,7 +91,9 @@ flags.DEFINE_list("optimizers", ["adam_best", "adamw_best", "adam_1e-3",
 flags.DEFINE_list("weights", [], "More LearnedOptimizer weights: shipped "
                   "names or phi files, one `learned[<w>]` row each; a "
                   "suffix `+ema` adds use_ema=True, `+none` the rule "
-                  "option normalize='none' (with init_normalized).")
+                  "option normalize='none' (with init_normalized), "
+                  "`+ablate=parameter_feature|mlp` removes a part of a "
+                  "normalized rule (see docstring).")
 flags.DEFINE_string("out", "lopt_suite.json", "JSON file in results/.")
 flags.DEFINE_list("reuse", [], "JSON files in results/ of earlier runs of "
                   "this command: a run (workload, steps, seed, optimizer "

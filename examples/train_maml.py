@@ -49,6 +49,10 @@ flags.adopt_module_key_flags(config_flags)
 
 def main(argv):
     del argv
+    if flags.FLAGS.evaluate_only:
+        results = train.evaluate_saved(config.from_flags())
+        print(results["formatted"])
+        return
     try:
         results = train.run(config.from_flags())
     except errors.TrainingInterrupted as e:

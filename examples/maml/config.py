@@ -31,7 +31,7 @@ MAY_CHANGE_ON_RESUME = frozenset({
     "train_steps", "steps_per_epoch",
     "max_train_minutes", "verbose", "checkpoint_every", "keep_checkpoints",
     "profile", "profile_batches", "eval_tasks", "eval_shots", "eval_steps",
-    "tpu"})
+    "tpu", "evaluate_only"})
 # Flags that are ints >= 1 once the task's defaults are filled in.
 POSITIVE_INTS = ("ways", "shots", "queries", "meta_batch_size",
                  "train_steps", "steps_per_epoch", "inner_steps",
@@ -160,6 +160,11 @@ class Config:
     paper_settings: bool = option(
         False, "--learner other than maml: the paper's settings instead "
         "of the CPU-budget defaults (examples/maml/learners.py).")
+    evaluate_only: bool = option(
+        False, "Train nothing: evaluate model_dir/model.keras of a finished "
+        "run with this command's evaluation settings (--ways, --eval_*; "
+        "other --ways only for ProtoNet and FineTune, whose networks do not "
+        "fix it) and write model_dir/evaluation-<ways>way.json.")
     profile: bool = option(
         False, "Write a TensorBoard profile (Profile tab; needs "
         "tensorboard-plugin-profile to view) of a few training calls to "

@@ -8,6 +8,7 @@ held-out evaluation.
 """
 
 import dataclasses
+import json
 import os
 import time
 
@@ -234,3 +235,52 @@ def run(config):
         # temporary directory.
         config = dataclasses.replace(config, model_dir=directory.write_path)
         return _run_in(directory, config, strategy)
+
+
+# Learners whose saved network works at any number of ways (the others'
+# output layer has one unit per class of the run).
+ANY_WAYS = ("protonet", "finetune")
+
+
+def evaluate_saved(config):
+    """Evaluates a finished run's `model.keras` with `config`'s evaluation
+    settings (episodes, ways, shots, steps); trains nothing.
+
+    Returns the results dict of `run` without training numbers, also
+    written to `model_dir/evaluation-<ways>way.json`.
+
+    Raises:
+        FileNotFoundError: `model_dir` holds no finished run.
+        ValueError: `config.ways` differs from the run's for a learner
+            whose network fixes it (MAML and its variants, Reptile).
+    """
+    config = config_lib.resolve(config)
+    path = os.path.join(config.model_dir, "model.keras")
+    trained_with = os.path.join(config.model_dir, "results.json")
+    if not (os.path.exists(path) and os.path.exists(trained_with)):
+        raise FileNotFoundError(
+            f"--evaluate_only needs a finished run in {config.model_dir!r} "
+            "(model.keras and results.json); found none.")
+    with open(trained_with) as f:
+        run_config = json.load(f)["config"]
+    if (run_config.get("ways") != config.ways
+            and run_config.get("learner", "maml") not in ANY_WAYS):
+        raise ValueError(
+            f"--evaluate_only --ways={config.ways}: the run in "
+            f"{config.model_dir!r} trained a {run_config.get('learner')} "
+            f"with {run_config.get('ways')} output classes; only "
+            f"{' and '.join(ANY_WAYS)} evaluate at other --ways.")
+    keras.utils.set_random_seed(config.seed)
+    task = tasks.make_task(config)
+    task.check()
+    model = keras.models.load_model(path)
+    start = time.time()
+    table = learners.table_rows(
+        config, task.table(learners.for_table(config, model)))
+    results = dict(config=dataclasses.asdict(config), table=table,
+                   metric=task.metric_name,
+                   eval_seconds=time.time() - start, model_path=path)
+    saving.write_json(os.path.join(
+        config.model_dir, f"evaluation-{config.ways}way.json"), results)
+    results["formatted"] = task.format(table)
+    return results

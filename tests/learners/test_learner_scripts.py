@@ -1,6 +1,7 @@
 """examples/train_maml.py --learner: settings, and tiny runs end to end."""
 
 import dataclasses
+import json
 
 import keras
 import pytest
@@ -67,3 +68,25 @@ def test_protonet_omniglot_run_reports_held_out_accuracy(tmp_path,
     protonet = keras.models.load_model(results["model_path"])
     assert isinstance(protonet, keras_meta.ProtoNet)
     assert dataclasses.asdict(config)["learner"] == "protonet"
+    # The saved model evaluated on 3-way episodes, nothing trained.
+    again = train.evaluate_saved(dataclasses.replace(config, ways=3,
+                                                     eval_tasks=30))
+    row, = again["table"]
+    assert row["tasks"] == 30 and 1 / 3 < row["mean"] <= 1.0
+    assert (tmp_path / "p" / "evaluation-3way.json").exists()
+    assert keras.models.load_model(results["model_path"]).count_params() == \
+        protonet.count_params()
+
+
+def test_evaluate_only_refuses_a_missing_run_and_other_ways_for_maml(
+        tmp_path):
+    config = maml_config.Config(task="omniglot", ways=5,
+                                model_dir=str(tmp_path / "m"))
+    with pytest.raises(FileNotFoundError, match="needs a finished run"):
+        train.evaluate_saved(config)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.keras").write_bytes(b"")
+    (tmp_path / "m" / "results.json").write_text(
+        json.dumps({"config": {"learner": "maml", "ways": 20}}))
+    with pytest.raises(ValueError, match="trained a maml with 20 output"):
+        train.evaluate_saved(config)
