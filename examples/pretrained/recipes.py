@@ -46,25 +46,15 @@ RUNS = {
                  "--meta_lr=1e-3", "--eval_tasks=4", "--eval_steps=1000",
                  "--eval_objective=validation", "--eval_every=250",
                  "--checkpoint_every=50", "--seed=0"),
-    # pes_anti on a wider task family: half of its MLPs and convnets have
-    # layer normalization (scale-invariant weights); with and without the
-    # parameter feature p / rms(p).
-    "pes_ln": ("--rule_kind=normalized", "--normalize=none",
-               "--antisymmetric", "--estimator=pes",
-               "--tasks=small_omniglot", "--task_layer_norm=0.5",
-               "--num_tasks=16", "--unroll=20",
-               "--horizon=2000", "--horizon_range=2000,4000",
-               "--num_particles=8", "--sigma=0.01",
-               "--meta_objective=validation", "--meta_loss=log",
-               "--meta_lr=1e-3", "--eval_tasks=4", "--eval_steps=1000",
-               "--eval_objective=validation", "--eval_every=250",
-               "--checkpoint_every=50", "--seed=0"),
     # The coordinatewise Adam-modulating rule on a mixture ("final").
     "final": ("--problems=quadratic,mlp_teacher,mlp_omniglot",
               "--problem_weights=0.5,0.25,0.25", "--unroll=20",
               "--horizon=100", "--meta_lr=1e-3", "--seed=0",
               "--eval_every=250"),
 }
+# pes_anti on a wider task family: half of its MLPs and convnets have layer
+# normalization; with and without the parameter feature p / rms(p).
+RUNS["pes_ln"] = RUNS["pes_anti"] + ("--task_layer_norm=0.5",)
 RUNS["pes_ln_nop"] = RUNS["pes_ln"] + ("--noparameter_feature",)
 
 
