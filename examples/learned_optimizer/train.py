@@ -167,6 +167,10 @@ def rule_config(rule, init_weights):
     return file_cfg, phi0
 
 
+# The NormalizedConfig fields that --rule_kind=normalized sets from flags.
+NORMALIZED_FLAGS = ("normalize", "antisymmetric", "parameter_feature")
+
+
 def build_rule(config):
     """`(rule config, initial phi or None, UpdateRule)` of a run's
     `rule_kind`.
@@ -182,7 +186,7 @@ def build_rule(config):
             raise ValueError(
                 f"init_weights {config.init_weights!r} hold a "
                 f"{rule_kinds.kind_of(cfg)} rule, not a normalized one.")
-        for name in ("normalize", "antisymmetric", "parameter_feature"):
+        for name in NORMALIZED_FLAGS:
             if getattr(cfg, name) != getattr(config, name):
                 raise ValueError(
                     f"init_weights {config.init_weights!r} hold a rule with "
@@ -190,8 +194,7 @@ def build_rule(config):
                     f"{getattr(config, name)!r} was given.")
     else:
         cfg = normalized_rule.NormalizedConfig(
-            normalize=config.normalize, antisymmetric=config.antisymmetric,
-            parameter_feature=config.parameter_feature)
+            **{name: getattr(config, name) for name in NORMALIZED_FLAGS})
         phi0 = None
     return cfg, phi0, rule_kinds.make_rule(cfg)
 

@@ -182,23 +182,26 @@ def _run_in(directory, config, strategy):
     model_path = os.path.join(config.model_dir, "model.keras")
     saving.save_model(maml, model_path)
 
-    start = time.time()
-    table = learners.table_rows(
-        config, task.table(learners.for_table(config, maml)))
     results = dict(
-        config=dataclasses.asdict(config),
-        table=table,
-        metric=task.metric_name,
+        _evaluation(config, task, maml, model_path),
         train_seconds=train_seconds,
-        eval_seconds=time.time() - start,
         meta_steps=int(maml.optimizer.iterations.numpy()),
-        model_path=model_path,
     )
     results["replicas"] = strategy.num_replicas_in_sync
     results["resumes"] = resumes
     saving.write_json(os.path.join(config.model_dir, "results.json"), results)
-    results["formatted"] = task.format(table)
+    results["formatted"] = task.format(results["table"])
     return results
+
+
+def _evaluation(config, task, learner, model_path):
+    """The held-out evaluation table of `learner` and its bookkeeping."""
+    start = time.time()
+    table = learners.table_rows(
+        config, task.table(learners.for_table(config, learner)))
+    return dict(config=dataclasses.asdict(config), table=table,
+                metric=task.metric_name, eval_seconds=time.time() - start,
+                model_path=model_path)
 
 
 def run(config):
@@ -273,14 +276,8 @@ def evaluate_saved(config):
     keras.utils.set_random_seed(config.seed)
     task = tasks.make_task(config)
     task.check()
-    model = keras.models.load_model(path)
-    start = time.time()
-    table = learners.table_rows(
-        config, task.table(learners.for_table(config, model)))
-    results = dict(config=dataclasses.asdict(config), table=table,
-                   metric=task.metric_name,
-                   eval_seconds=time.time() - start, model_path=path)
+    results = _evaluation(config, task, keras.models.load_model(path), path)
     saving.write_json(os.path.join(
         config.model_dir, f"evaluation-{config.ways}way.json"), results)
-    results["formatted"] = task.format(table)
+    results["formatted"] = task.format(results["table"])
     return results
