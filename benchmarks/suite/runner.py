@@ -63,7 +63,8 @@ def make_optimizer(spec):
     if kind == "learned":
         options = set(spec[2]) if len(spec) > 2 else set()
         kwargs = {"use_ema": "ema" in options}
-        ablations = {o for o in options if o.startswith("ablate=")}
+        ablations = {o for o in options
+                     if o.startswith(("ablate=", "mlp_scale="))}
         rule = {}
         for option in sorted(options - {"ema"} - ablations):
             rule.update(_rule_option(option))
@@ -82,20 +83,29 @@ def _ablated(weights, rule, ablations):
     """`{"weights": phi, "rule": config dict}` of a normalized rule with
     parts removed, for diagnosis: "ablate=parameter_feature" drops the
     MLP's parameter feature, "ablate=mlp" zeroes the MLP's output (Adam's
-    direction at the rule's own step sizes)."""
+    direction at the rule's own step sizes), "mlp_scale=S" multiplies the
+    MLP's output by S (between the rule and its ablation)."""
     phi, config = weights_io.resolve(weights, rule)
     if not isinstance(config, normalized.NormalizedConfig):
         raise ValueError(f"ablate= needs a normalized rule, got {config}.")
     for ablation in ablations:
-        part = ablation.partition("=")[2]
-        if part == "parameter_feature":
+        kind, _, part = ablation.partition("=")
+        if kind == "mlp_scale":
+            scale = _rule_option(ablation)["mlp_scale"]
+            if not isinstance(scale, (int, float)) or not 0 <= scale <= 1:
+                raise ValueError(f"{ablation!r}: the scale must be a number "
+                                 "in [0, 1].")
+            phi = dict(phi, **{k: scale * np.asarray(phi[k])
+                               for k in ("out/kernel", "out/bias")})
+        elif part == "parameter_feature":
             phi, config = normalized.drop_parameter_feature(phi, config)
         elif part == "mlp":
             phi = dict(phi, **{k: np.zeros_like(phi[k])
                                for k in ("out/kernel", "out/bias")})
         else:
             raise ValueError(f"Unknown {ablation!r}; known: "
-                             "ablate=parameter_feature, ablate=mlp.")
+                             "ablate=parameter_feature, ablate=mlp, "
+                             "mlp_scale=S.")
     return {"weights": phi, "rule": rule_kinds.config_to_dict(config)}
 
 

@@ -129,6 +129,15 @@ def test_ablations_remove_the_named_part_of_the_rule():
     assert opt._rule_config == config
     assert not np.any(opt.phi["out/kernel"].numpy())
     np.testing.assert_array_equal(opt.phi["log_lr"].numpy(), phi["log_lr"])
+    opt = runner.make_optimizer(("learned", "normalized", ("mlp_scale=0.25",)))
+    np.testing.assert_allclose(opt.phi["out/kernel"].numpy(),
+                               0.25 * phi["out/kernel"], rtol=1e-6)
+    np.testing.assert_allclose(opt.phi["out/bias"].numpy(),
+                               0.25 * phi["out/bias"], rtol=1e-6)
+    np.testing.assert_array_equal(opt.phi["mlp0/kernel"].numpy(),
+                                  phi["mlp0/kernel"])
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        runner.make_optimizer(("learned", "normalized", ("mlp_scale=2",)))
     with pytest.raises(ValueError, match="Unknown 'ablate=lstm'"):
         runner.make_optimizer(("learned", "normalized", ("ablate=lstm",)))
     with pytest.raises(ValueError, match="needs a normalized rule"):

@@ -15,10 +15,21 @@ def resolve(**kwargs):
     return maml_config.resolve(maml_config.Config(**kwargs))
 
 
-def test_maml_defaults_are_unchanged_and_learners_bring_theirs():
+def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
     maml = resolve(task="omniglot", ways=20)
     assert (maml.learner, maml.meta_lr, maml.inner_steps,
-            maml.meta_batch_size) == ("maml", 1e-3, 5, 16)
+            maml.meta_batch_size, maml.eval_inner_steps,
+            maml.eval_steps) == ("maml", 1e-3, 1, 8, 3, (3,))
+    paper = resolve(task="omniglot", ways=20, paper_settings=True)
+    assert (paper.inner_steps, paper.meta_batch_size, paper.eval_inner_steps,
+            paper.inner_lr) == (5, 16, 5, 0.1)
+    five = resolve(task="omniglot", ways=5)
+    assert dataclasses.replace(five, paper_settings=True) == resolve(
+        task="omniglot", ways=5, paper_settings=True)
+    assert (five.inner_steps, five.meta_batch_size) == (1, 32)
+    explicit = resolve(task="omniglot", ways=20, paper_settings=True,
+                       inner_steps=2)
+    assert explicit.inner_steps == 2
     protonet = resolve(task="omniglot", ways=20, learner="protonet")
     assert (protonet.train_ways, protonet.queries,
             protonet.meta_batch_size) == (30, 5, 1)
