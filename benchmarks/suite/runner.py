@@ -95,18 +95,22 @@ def _ablated(weights, rule, ablations):
             if not isinstance(scale, (int, float)) or not 0 <= scale <= 1:
                 raise ValueError(f"{ablation!r}: the scale must be a number "
                                  "in [0, 1].")
-            phi = dict(phi, **{k: scale * np.asarray(phi[k])
-                               for k in ("out/kernel", "out/bias")})
+            phi = _scale_mlp_output(phi, scale)
         elif part == "parameter_feature":
             phi, config = normalized.drop_parameter_feature(phi, config)
         elif part == "mlp":
-            phi = dict(phi, **{k: np.zeros_like(phi[k])
-                               for k in ("out/kernel", "out/bias")})
+            phi = _scale_mlp_output(phi, 0.0)
         else:
             raise ValueError(f"Unknown {ablation!r}; known: "
                              "ablate=parameter_feature, ablate=mlp, "
                              "mlp_scale=S.")
     return {"weights": phi, "rule": rule_kinds.config_to_dict(config)}
+
+
+def _scale_mlp_output(phi, scale):
+    """`phi` with the MLP's output layer (so its output) times `scale`."""
+    return dict(phi, **{k: scale * np.asarray(phi[k])
+                        for k in ("out/kernel", "out/bias")})
 
 
 def _dataset(x, y, batch_size, seed):
