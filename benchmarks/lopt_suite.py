@@ -42,7 +42,9 @@ Optimizers (`--optimizers`), all in the same run:
   `init_normalized`), `+ablate=parameter_feature` / `+ablate=mlp` (a
   normalized rule without its parameter feature / with its MLP's output
   zeroed: which part of a rule helps or hurts on a workload),
-  `+mlp_scale=S` (its MLP's output times S, 0 <= S <= 1).
+  `+mlp_scale=S` (its MLP's output times S, 0 <= S <= 1),
+  `+mlp_tensors=matrices`, `+decay_power=P`, `+decay_start=T` (those
+  untrained fields of a normalized rule's config set on a trained file).
 
 Output: one table (per workload, step count and optimizer: test loss mean
 ± sd over seeds, its ratio to `adam_best`, test metric mean, non-finite
@@ -94,7 +96,8 @@ flags.DEFINE_list("weights", [], "More LearnedOptimizer weights: shipped "
                   "suffix `+ema` adds use_ema=True, `+none` the rule "
                   "option normalize='none' (with init_normalized), "
                   "`+ablate=parameter_feature|mlp` removes a part of a "
-                  "normalized rule, `+mlp_scale=S` scales its MLP's output "
+                  "normalized rule, `+mlp_scale=S` scales its MLP's output, "
+                  "`+decay_power=P` etc. set untrained config fields "
                   "(see docstring).")
 flags.DEFINE_string("out", "lopt_suite.json", "JSON file in results/.")
 flags.DEFINE_list("reuse", [], "JSON files in results/ of earlier runs of "

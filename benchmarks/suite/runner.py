@@ -5,6 +5,7 @@ metrics=[...])`, `model.fit` on a shuffled, repeated `tf.data` pipeline of
 the finite training set, `model.evaluate` on each split at the end.
 """
 
+import dataclasses
 import time
 
 import keras
@@ -19,6 +20,10 @@ from keras_meta.rules import normalized
 # Steps run per call of the compiled train function (public `compile`
 # argument); it divides every step count used here.
 STEPS_PER_EXECUTION = 50
+# Options that edit a trained rule (`_ablated`), not name its config: the
+# untrained fields of `NormalizedConfig` and the MLP's diagnosis.
+EDITS = ("ablate=", "mlp_scale=", "mlp_tensors=", "decay_power=",
+         "decay_start=")
 
 
 def _rule_option(option):
@@ -63,8 +68,7 @@ def make_optimizer(spec):
     if kind == "learned":
         options = set(spec[2]) if len(spec) > 2 else set()
         kwargs = {"use_ema": "ema" in options}
-        ablations = {o for o in options
-                     if o.startswith(("ablate=", "mlp_scale="))}
+        ablations = {o for o in options if o.startswith(EDITS)}
         rule = {}
         for option in sorted(options - {"ema"} - ablations):
             rule.update(_rule_option(option))
@@ -81,10 +85,11 @@ def make_optimizer(spec):
 
 def _ablated(weights, rule, ablations):
     """`{"weights": phi, "rule": config dict}` of a normalized rule with
-    parts removed, for diagnosis: "ablate=parameter_feature" drops the
-    MLP's parameter feature, "ablate=mlp" zeroes the MLP's output (Adam's
+    parts removed or changed: "ablate=parameter_feature" drops the MLP's
+    parameter feature, "ablate=mlp" zeroes the MLP's output (Adam's
     direction at the rule's own step sizes), "mlp_scale=S" multiplies the
-    MLP's output by S (between the rule and its ablation)."""
+    MLP's output by S (between the rule and its ablation); "mlp_tensors=",
+    "decay_power=" and "decay_start=" set those untrained config fields."""
     phi, config = weights_io.resolve(weights, rule)
     if not isinstance(config, normalized.NormalizedConfig):
         raise ValueError(f"ablate= needs a normalized rule, got {config}.")
@@ -96,6 +101,8 @@ def _ablated(weights, rule, ablations):
                 raise ValueError(f"{ablation!r}: the scale must be a number "
                                  "in [0, 1].")
             phi = _scale_mlp_output(phi, scale)
+        elif kind in ("mlp_tensors", "decay_power", "decay_start"):
+            config = dataclasses.replace(config, **_rule_option(ablation))
         elif part == "parameter_feature":
             phi, config = normalized.drop_parameter_feature(phi, config)
         elif part == "mlp":

@@ -448,7 +448,10 @@ def run(config):
             config.model_dir, resume=config.resume, strategy=strategy,
             checkpoint_ext=".npz", config=settings,
             may_change=config_lib.MAY_CHANGE_ON_RESUME,
-            defaults=config_flags.defaults(config_lib.Config)) as directory:
+            # Rule fields newer than a run's record compare as defaults.
+            defaults={**type(rule)().to_dict(),
+                      **config_flags.defaults(config_lib.Config)},
+    ) as directory:
         model_dir = directory.write_path
         session = _MetaTraining(config, model_dir, strategy, rule, phi0,
                                 update_rule)

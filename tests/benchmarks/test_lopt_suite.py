@@ -2,6 +2,7 @@
 split, the Embedding workload's gradients are sparse, rates are chosen on
 validation loss."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -136,6 +137,12 @@ def test_ablations_remove_the_named_part_of_the_rule():
                                0.25 * phi["out/bias"], rtol=1e-6)
     np.testing.assert_array_equal(opt.phi["mlp0/kernel"].numpy(),
                                   phi["mlp0/kernel"])
+    opt = runner.make_optimizer(("learned", "normalized", (
+        "decay_power=0.5", "decay_start=1000", "mlp_tensors=matrices")))
+    assert opt._rule_config == dataclasses.replace(
+        config, decay_power=0.5, decay_start=1000.0, mlp_tensors="matrices")
+    np.testing.assert_array_equal(opt.phi["out/kernel"].numpy(),
+                                  phi["out/kernel"])
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         runner.make_optimizer(("learned", "normalized", ("mlp_scale=2",)))
     with pytest.raises(ValueError, match="Unknown 'ablate=lstm'"):

@@ -17,6 +17,7 @@ from keras_meta import run_dir
 from keras_meta.callbacks import checkpoints as ckpt_lib
 from keras_meta.data import image_classes
 
+from examples import config_flags
 from examples.learned_optimizer import config as lopt_config
 from examples.learned_optimizer import train as lopt_train
 from examples.maml import config as maml_config
@@ -306,6 +307,24 @@ def test_lopt_resume_skips_a_damaged_checkpoint_and_records(lopt_run,
     (resume,) = summary["resumes"]
     assert resume["checkpoint"] == os.path.basename(older)
     assert resume["changed"] == {"meta_steps": [2, 3]}
+
+
+def test_lopt_resume_of_a_record_older_than_a_rule_field(lopt_run, tmp_path):
+    """A record written before a rule field existed resumes: the missing
+    field compares as the rule's default, what that run trained with."""
+    model_dir = copy_lopt(lopt_run, tmp_path / "run")
+    path = model_dir / "checkpoints" / run_dir.CONFIG_FILE
+    record = json.loads(path.read_text())
+    rule_defaults = type(lopt_train.build_rule(lopt(model_dir))[0])()
+    flag_names = set(config_flags.defaults(lopt_config.Config))
+    dropped = [k for k, v in rule_defaults.to_dict().items()
+               if k not in flag_names and record["config"].get(k) == v]
+    assert dropped
+    for name in dropped:
+        del record["config"][name]
+    path.write_text(json.dumps(record))
+    summary = lopt_train.run(lopt(model_dir, resume=True, meta_steps=3))
+    assert summary["resumes"][-1]["changed"] == {"meta_steps": [2, 3]}
 
 
 def test_lopt_checkpoint_load_errors_name_the_file(tmp_path):

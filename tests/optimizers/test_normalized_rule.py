@@ -244,6 +244,44 @@ def test_schedule_is_bounded_and_learned():
         CONFIG.lr_range[1] * 1.0001 * math.exp(CONFIG.max_schedule_offset))
 
 
+def test_anytime_decay_starts_at_decay_start_and_follows_the_power():
+    config = normalized.NormalizedConfig(decay_power=0.5, decay_start=100)
+    params = _trained_like()
+    for t, factor in ((1.0, 1.0), (100.0, 1.0), (400.0, 0.5), (1e4, 0.1)):
+        plain = float(normalized.step_size(params, t, False, CONFIG))
+        decayed = float(normalized.step_size(params, t, False, config))
+        assert decayed == pytest.approx(factor * plain, rel=1e-5), t
+    # The update is the plain rule's times the factor (the direction is
+    # unchanged), here at the 400th step.
+    grads = _grads(4)
+    updates = []
+    for cfg in (config, CONFIG):
+        rule = normalized.NormalizedMLPRule(cfg)
+        state = [dict(s, t=tf.constant(399.0)) for s in rule.init(_values())]
+        updates.append(rule.update(params, grads, state, _values(), 0)[0])
+    for a, b in zip(*updates):
+        np.testing.assert_allclose(a.numpy(), 0.5 * b.numpy(), rtol=1e-5)
+
+
+def test_mlp_on_matrices_only_gives_vectors_adams_direction():
+    config = normalized.NormalizedConfig(normalize="none",
+                                         mlp_tensors="matrices")
+    params = _trained_like(config=config)
+    grads_seq = [_grads(s) for s in range(3)]
+    got, _ = _steps(normalized.NormalizedMLPRule(config), params, grads_seq)
+    full, _ = _steps(normalized.NormalizedMLPRule(
+        normalized.NormalizedConfig(normalize="none")), params, grads_seq)
+    sizes = [float(normalized.step_size(params, t, True, config))
+             for t in (1.0, 2.0, 3.0)]
+    adam = _normalized_adam(grads_seq, 1.0, normalize=False)
+    for step, (g, f, a, size) in enumerate(zip(got, full, adam, sizes)):
+        # The vector (the bias) takes Adam's direction at the step size...
+        np.testing.assert_allclose(g[1].numpy(), size * a[1], rtol=2e-5)
+        # ...the matrix keeps the MLP's term, as in the full rule.
+        np.testing.assert_allclose(g[0].numpy(), f[0].numpy(), rtol=1e-6)
+        assert not np.allclose(f[1].numpy(), g[1].numpy()), step
+
+
 def test_unroll_and_meta_gradients_reach_every_meta_parameter():
     rule = normalized.NormalizedMLPRule(CONFIG)
     params = _trained_like()
@@ -284,6 +322,17 @@ def test_config_round_trip_and_errors():
             normalized.NormalizedConfig(**bad)
     with pytest.raises(ValueError, match="hyper_offset_range"):
         normalized.NormalizedConfig(hyper_offset_range=(0.5, 2.0))
+    with pytest.raises(ValueError, match="mlp_tensors must be"):
+        normalized.NormalizedConfig(mlp_tensors="vectors")
+    for bad in ({"decay_power": -0.5}, {"decay_start": 0}):
+        with pytest.raises(ValueError, match="decay_power >= 0"):
+            normalized.NormalizedConfig(**bad)
+    with pytest.raises(ValueError, match="decay_start must be a number"):
+        normalized.NormalizedConfig(decay_start="1000")
+    # Files written before these fields load with their defaults (off).
+    old = {k: v for k, v in CONFIG.to_dict().items()
+           if k not in ("mlp_tensors", "decay_power", "decay_start")}
+    assert normalized.NormalizedConfig.from_dict(old) == CONFIG
     with pytest.raises(ValueError, match="weight_decay"):
         normalized.NormalizedMLPRule(CONFIG, weight_decay=-1.0)
 

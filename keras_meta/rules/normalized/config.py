@@ -61,6 +61,15 @@ class NormalizedConfig:
             adapted step size stays within `exp(low)` and `exp(high)` of
             the rule's own step size (a trust region: unbounded rates
             overfit or diverge).
+        mlp_tensors: the tensors whose direction gets the MLP's term:
+            `"all"`, or `"matrices"` (rank 2 and up): vectors (biases,
+            normalization scales and offsets) then take Adam's direction at
+            the rule's step size, as AdamW practice exempts them from
+            weight decay and Celo2 gives them AdamW.
+        decay_power: an anytime decay of the step size, which needs no
+            total step count: after `decay_start` steps the step size is
+            multiplied by `(decay_start / t) ** decay_power`; 0 keeps it.
+        decay_start: the step at which that decay begins.
     """
 
     hidden_size: int = 8
@@ -80,6 +89,9 @@ class NormalizedConfig:
     hyper_momentum: int = 1
     hyper_down_fraction: float = 0.5
     hyper_offset_range: tuple = (math.log(0.1), math.log(10.0))
+    mlp_tensors: str = "all"
+    decay_power: float = 0.0
+    decay_start: float = 1000.0
 
     def __post_init__(self):
         for name in ("momentum_decays", "progress_timescales", "lr_range",
@@ -129,6 +141,24 @@ class NormalizedConfig:
         if not self.max_schedule_offset > 0:
             raise ValueError("max_schedule_offset must be > 0, got "
                              f"{self.max_schedule_offset}.")
+        self._check_untrained_fields()
+
+    def _check_untrained_fields(self):
+        """`mlp_tensors` and the anytime decay: evaluation-time choices,
+        settable on a trained file's config."""
+        if self.mlp_tensors not in ("all", "matrices"):
+            raise ValueError("mlp_tensors must be 'all' or 'matrices', got "
+                             f"{self.mlp_tensors!r}.")
+        for name in ("decay_power", "decay_start"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}.")
+            object.__setattr__(self, name, float(value))
+        if not (self.decay_power >= 0.0 and self.decay_start > 0.0):
+            raise ValueError(
+                "Need decay_power >= 0 and decay_start > 0; got "
+                f"decay_power={self.decay_power!r}, "
+                f"decay_start={self.decay_start!r}.")
 
     @property
     def adapts_step_size(self):

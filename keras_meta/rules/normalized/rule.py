@@ -33,14 +33,20 @@ def tensor_features(t, is_vector, config, dtype):
 def step_size(meta_params, t, is_vector, config, dtype="float32"):
     """The step size of a tensor's `t`-th step (1-based):
     `exp(clip(log_lr) + B tanh(schedule(features) / B))`, within `lr_range`
-    and `B = max_schedule_offset` of it."""
+    and `B = max_schedule_offset` of it, times the anytime decay
+    `(decay_start / max(t, decay_start)) ** decay_power`."""
     feats = tensor_features(t, is_vector, config, dtype)
     low, high = (math.log(x) for x in config.lr_range)
     base = tf.clip_by_value(tf.cast(meta_params["log_lr"], dtype), low, high)
     z = tf.reduce_sum(feats * tf.cast(meta_params["schedule/kernel"], dtype))
     z = z + tf.cast(meta_params["schedule/bias"], dtype)
     bound = config.max_schedule_offset
-    return tf.exp(base + bound * tf.tanh(z / bound))
+    size = tf.exp(base + bound * tf.tanh(z / bound))
+    if config.decay_power:
+        start = tf.constant(config.decay_start, dtype)
+        t = tf.cast(t, dtype)
+        size = size * tf.pow(start / tf.maximum(t, start), config.decay_power)
+    return size
 
 
 def _hypergradient_offset(g, state, inv, config):
@@ -165,14 +171,15 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
     p = tf.reshape(tf.cast(value, dtype), (-1,))
     new_state, corrected, inv = _moments(g, state, shape, config)
     t = new_state["t"]
-    adam = corrected[0] * inv
-    features = [g * inv] + [m * inv for m in corrected]
-    if config.parameter_feature:
-        features.append(tf.math.divide_no_nan(p, _rms(p)))
+    direction = corrected[0] * inv
     is_vector = len(grad.shape) <= 1
-    tensor_feats = tensor_features(t, is_vector, config, dtype)
-    direction = adam + config.output_scale * mlp_output(
-        meta_params, features, tensor_feats, config)
+    if not (is_vector and config.mlp_tensors == "matrices"):
+        features = [g * inv] + [m * inv for m in corrected]
+        if config.parameter_feature:
+            features.append(tf.math.divide_no_nan(p, _rms(p)))
+        tensor_feats = tensor_features(t, is_vector, config, dtype)
+        direction = direction + config.output_scale * mlp_output(
+            meta_params, features, tensor_feats, config)
     if config.normalize == "tensor":
         direction = tf.math.divide_no_nan(direction, _rms(direction))
     rate = step_size(meta_params, t, is_vector, config, dtype)
@@ -209,8 +216,11 @@ class NormalizedMLPRule(UpdateRule):
         d       = d / rms(d)                       (over the tensor)
         lr_t    = exp(clip(log_lr, lr_range)
                       + B tanh(schedule(tanh(t / tau), is_vector) / B)
-                      + offset_t)
+                      + offset_t) * (s / max(t, s)) ** decay_power
         update  = -lr_t * (d + weight_decay * p)
+
+    (`s = config.decay_start`; with `config.mlp_tensors="matrices"`
+    vectors get `d` without the MLP's term.)
 
     `offset_t` is 0 unless `config.hyper_rate > 0`: then a per-tensor log
     offset that follows the hypergradient (see `NormalizedConfig`), so
