@@ -3,6 +3,7 @@ values)."""
 
 import dataclasses
 import math
+import numbers
 
 from keras_meta import validation
 
@@ -151,7 +152,7 @@ class NormalizedConfig:
                              f"{self.mlp_tensors!r}.")
         for name in ("decay_power", "decay_start"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name} must be a number, got {value!r}.")
             object.__setattr__(self, name, float(value))
         if not (self.decay_power >= 0.0 and self.decay_start > 0.0):
