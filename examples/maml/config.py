@@ -84,6 +84,10 @@ class Config:
         "the outer step size (SGD's rate; default 1.0 on Omniglot, 0.1 on "
         "sinusoid).")
     first_order: bool = option(False, "Drop second derivatives (FOMAML).")
+    zero_head: bool = option(
+        False, "The zeroing trick (Kao et al., 2022): the head (the last "
+        "layer with weights) stays at zero and every task adapts it from "
+        "zero. MAML variants only.")
     multi_step_loss: str | None = option(
         None, "Meta-loss over inner steps: last, annealed (MAML++) or "
         "uniform (every count up to --inner_steps; learned rules). Unset: "

@@ -194,6 +194,10 @@ def check(config):
         raise ValueError(
             f"--variant={config.variant} is a MAML variant; with "
             f"--learner={config.learner} leave --variant unset.")
+    if config.learner != "maml" and config.zero_head:
+        raise ValueError(
+            f"--zero_head is a MAML option; --learner={config.learner} "
+            "does not take it.")
     if config.learner == "protonet" and config.train_ways is not None and (
             config.train_ways < 2):
         raise ValueError(

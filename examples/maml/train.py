@@ -46,6 +46,7 @@ def build_maml(config, task):
         eval_inner_steps=config.eval_inner_steps,
         inner_optimizer=config.inner_optimizer,
         inner_guard=config.inner_guard or None,  # 0: off
+        zeroed_layers=True if config.zero_head else None,
         **_meta_loss_and_plus_plus(config),
     )
     maml.compile(

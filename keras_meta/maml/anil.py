@@ -2,16 +2,8 @@
 
 import keras
 
+from keras_meta.maml.checks import last_layer_with_weights
 from keras_meta.maml.model import MAML
-
-
-def last_layer_with_weights(model):
-    """Name of the last layer of `model` that has trainable weights."""
-    layers = [l for l in model._flatten_layers(include_self=False)
-              if l.trainable_weights and not l._flatten_layers(include_self=False)]
-    if not layers:
-        raise ValueError(f"Model {model.name!r} has no layer with weights.")
-    return layers[-1].name
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")

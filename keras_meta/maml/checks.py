@@ -95,10 +95,19 @@ def pre_adaptation_interval(track):
         f"pass on every N-th meta-step); got {track!r}.")
 
 
-def adapted_indices(model, layer_names):
+def last_layer_with_weights(model):
+    """Name of the last layer of `model` that has trainable weights."""
+    layers = [l for l in model._flatten_layers(include_self=False)
+              if l.trainable_weights and not l._flatten_layers(include_self=False)]
+    if not layers:
+        raise ValueError(f"Model {model.name!r} has no layer with weights.")
+    return layers[-1].name
+
+
+def adapted_indices(model, layer_names, argument="adapted_layers"):
     """Indices into `model.trainable_variables` of the variables of the
     layers named `layer_names` (all of them for None); raises on a name
-    that is not a layer with trainable weights."""
+    that is not a layer with trainable weights, naming `argument`."""
     variables = model.trainable_variables
     if layer_names is None:
         return list(range(len(variables)))
@@ -108,15 +117,30 @@ def adapted_indices(model, layer_names):
         if name not in layers:
             known = [n for n, l in layers.items() if l.trainable_weights]
             raise ValueError(
-                f"`adapted_layers` names {name!r}, which is not a layer "
+                f"`{argument}` names {name!r}, which is not a layer "
                 f"of {model.name!r}; layers with weights: {known}.")
         ids = {id(v) for v in layers[name].trainable_variables}
         if not ids:
             raise ValueError(
-                f"`adapted_layers` names {name!r}, which has no "
+                f"`{argument}` names {name!r}, which has no "
                 "trainable variables.")
         indices += [i for i, v in enumerate(variables) if id(v) in ids]
     return sorted(set(indices))
+
+
+def zeroed_layers(model, zeroed):
+    """`MAML`'s `zeroed_layers` as a list of layer names or None: True
+    names the last layer with trainable weights (the head)."""
+    if zeroed is None or zeroed is False:
+        return None
+    if zeroed is True:
+        return [last_layer_with_weights(model)]
+    if isinstance(zeroed, str) or not all(
+            isinstance(name, str) for name in zeroed):
+        raise ValueError(
+            "`zeroed_layers` must be None, True or a list of layer names; "
+            f"got {zeroed!r}.")
+    return list(zeroed)
 
 
 def check_learning_rate(optimizer):

@@ -141,6 +141,15 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
             runs it on every step, False never (no `pre_adapt_*` training
             logs). Training is the same either way; `evaluate` always
             reports them.
+        zeroed_layers: None (default), True (the last layer with trainable
+            weights, the head) or a list of layer names whose trainable
+            variables are zero at construction and stay zero: their
+            meta-gradients are dropped, so every task adapts them from
+            zero (the zeroing trick of Kao et al., 2022, which resets the
+            head to zero after every meta-step; for a classifier, one SGD
+            step from a zero head gives each class a weight vector from
+            its support features, and the initial head cannot drift).
+            Use with an inner loop that adapts those layers.
         inner_guard: None (default) or a float `f > 0`: per task, an inner
             step after which the support loss is not finite or above `f`
             times the loss before adaptation is undone, and that task
@@ -161,6 +170,8 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
         - [Li et al., 2017 (Meta-SGD)](https://arxiv.org/abs/1707.09835)
         - [Antoniou et al., 2019 (MAML++)](https://arxiv.org/abs/1810.09502)
         - [Raghu et al., 2020 (ANIL)](https://arxiv.org/abs/1909.09157)
+        - [Kao et al., 2022 (the zeroing trick)](
+          https://arxiv.org/abs/2106.15367)
     """
 
     # MAML++'s per-step batch norm (`batch_norm.StepBatchNorm`), if any.
@@ -182,6 +193,7 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
         max_consecutive_skips=20,
         track_pre_adaptation=10,
         inner_guard=None,
+        zeroed_layers=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -213,6 +225,17 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
             else self._pre_adaptation_interval)
         self._adapted_indices = checks.adapted_indices(model,
                                                        self.adapted_layers)
+        self.zeroed_layers = checks.zeroed_layers(model, zeroed_layers)
+        self._zeroed_indices = checks.adapted_indices(
+            model, self.zeroed_layers or [], "zeroed_layers")
+        if set(self._zeroed_indices) - set(self._adapted_indices):
+            raise ValueError(
+                f"`zeroed_layers` {self.zeroed_layers} must adapt in the "
+                "inner loop (else they stay zero); `adapted_layers` is "
+                f"{self.adapted_layers}.")
+        for i in self._zeroed_indices:
+            variable = model.trainable_variables[i]
+            variable.assign(tf.zeros(variable.shape, variable.dtype))
         self._dense_plan = batched_dense.plan(model)
         if task_parallelism == "batched" and self._dense_plan is None:
             raise ValueError(
@@ -399,6 +422,10 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
         pre_losses = self._maybe_pre_adaptation_pass(episode)
         meta_loss, grads, outputs, _ = meta_gradients.compute(
             self, episode, self._second_order())
+        # Zeroed layers: a zero gradient leaves Adam's and SGD's moments
+        # and the weights at zero.
+        grads = [tf.zeros_like(g) if i in self._zeroed_indices else g
+                 for i, g in enumerate(grads)]
         variables = self._meta_variables()
         quantity = skipping.quantity(pre_losses, outputs["losses"][:, 1:],
                                      [meta_loss, *grads])
@@ -464,6 +491,7 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
             "max_consecutive_skips": self.max_consecutive_skips,
             "track_pre_adaptation": self.track_pre_adaptation,
             "inner_guard": self.inner_guard,
+            "zeroed_layers": self.zeroed_layers,
         })
         return saving.stamp(config)
 

@@ -100,3 +100,16 @@ def test_script_refuses_a_model_dir_in_use(tmp_path, lock_holder):
     assert f"{model_dir} is in use by another run (PID {pid}" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (model_dir / "checkpoints").exists()
+
+
+def test_zero_head_flag_builds_maml_with_a_zeroed_head():
+    from examples.maml import tasks
+    from examples.maml import train
+    config = maml_config.resolve(maml_config.Config(zero_head=True))
+    maml = train.build_maml(config, tasks.make_task(config))
+    head = maml.zeroed_layers[0]
+    assert maml.zeroed_layers == [maml.model.layers[-1].name]
+    assert not any(np.any(v.numpy()) for v in
+                   maml.model.get_layer(head).trainable_variables)
+    plain = maml_config.resolve(maml_config.Config())
+    assert train.build_maml(plain, tasks.make_task(plain)).zeroed_layers is None

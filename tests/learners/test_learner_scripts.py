@@ -43,6 +43,8 @@ def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
     (dict(learner="protonet"), "--learner=protonet does not apply to "
      "--task=sinusoid"),
     (dict(learner="reptile", variant="meta_sgd"), "leave --variant unset"),
+    (dict(learner="protonet", task="omniglot", zero_head=True),
+     "--zero_head is a MAML option; --learner=protonet does not take it"),
     (dict(task="omniglot", learner="protonet", train_ways=1),
      "--train_ways must be >= 2"),
 ])

@@ -48,6 +48,8 @@ VARIANTS = {
                        dict(inner_learning_rate=0.1, inner_steps=2,
                             multi_step_loss_anneal_steps=4)),
     "anil": (keras_meta.ANIL, dict(inner_learning_rate=0.1, inner_steps=2)),
+    "zeroed_head": (keras_meta.MAML, dict(inner_learning_rate=0.1,
+                                          inner_steps=2, zeroed_layers=True)),
 }
 
 
@@ -183,6 +185,33 @@ def test_anil_adapts_only_the_head():
                            head.kernel.numpy())
 
 
+def test_zeroed_head_is_plain_maml_from_a_zero_head_every_step():
+    """The zeroing trick: the head starts at zero and stays there; the body
+    takes plain MAML's meta-step from a zero head."""
+    data = episode()
+    zeroed = make_maml("zeroed_head", tiny_net(seed=1))
+    head = zeroed.model.get_layer("head")
+    assert zeroed.zeroed_layers == ["head"]
+    assert not np.any(head.kernel.numpy()) and not np.any(head.bias.numpy())
+    plain = make_maml("maml", tiny_net(seed=1))
+    for v in plain.model.get_layer("head").trainable_variables:
+        v.assign(tf.zeros_like(v))
+    for _ in range(2):
+        zeroed.train_on_batch(data)
+        plain.train_on_batch(data)
+        for v in plain.model.get_layer("head").trainable_variables:
+            assert np.any(v.numpy())  # plain MAML moves its head ...
+            v.assign(tf.zeros_like(v))  # ... which the trick resets
+    np.testing.assert_allclose(
+        zeroed.model.get_layer("body").kernel.numpy(),
+        plain.model.get_layer("body").kernel.numpy(), rtol=1e-6)
+    assert not np.allclose(zeroed.model.get_layer("body").kernel.numpy(),
+                           tiny_net(seed=1).get_layer("body").kernel.numpy())
+    assert not np.any(head.kernel.numpy()) and not np.any(head.bias.numpy())
+    adapted = zeroed.adapt(data["support_x"][0], data["support_y"][0])
+    assert np.any(adapted.get_layer("head").kernel.numpy())
+
+
 def test_task_losses_match_adapt_then_evaluate():
     maml = make_maml("maml", tiny_net())
     data = episode()
@@ -262,7 +291,7 @@ def test_meta_sgd_learns_its_rates():
 
 
 @pytest.mark.parametrize("variant", ["maml", "meta_sgd", "maml_plus_plus",
-                                     "anil"])
+                                     "anil", "zeroed_head"])
 def test_save_load_round_trip(variant, tmp_path):
     maml = make_maml(variant, tiny_net(batch_norm=True))
     maml.fit(keras_meta.data.sinusoid(shots=5, meta_batch_size=4, seed=0),
@@ -436,6 +465,13 @@ def test_sinusoid_meta_training_learns_to_adapt(sinusoid_mlp):
     (dict(inner_learning_rate=-0.1), "`inner_learning_rate` must be a finite float >= 0; got -0.1"),
     (dict(inner_optimizer="per_layer"), "got str: 'per_layer'"),
     (dict(adapted_layers=["nope"]), "'nope', which is not a layer"),
+    (dict(zeroed_layers="head"), "`zeroed_layers` must be None, True or a "
+     "list of layer names; got 'head'"),
+    (dict(zeroed_layers=["nope"]), "`zeroed_layers` names 'nope', which is "
+     "not a layer"),
+    (dict(adapted_layers=["head"], zeroed_layers=["body"]), "`zeroed_layers` "
+     "['body'] must adapt in the inner loop (else they stay zero); "
+     "`adapted_layers` is ['head']."),
     (dict(task_parallelism="threads"), "got 'threads'"),
     (dict(track_pre_adaptation=0), "`track_pre_adaptation` must be a bool "
      "or an int >= 1 (run the pass on every N-th meta-step); got 0"),
