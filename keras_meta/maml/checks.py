@@ -128,19 +128,29 @@ def adapted_indices(model, layer_names, argument="adapted_layers"):
     return sorted(set(indices))
 
 
-def zeroed_layers(model, zeroed):
-    """`MAML`'s `zeroed_layers` as a list of layer names or None: True
-    names the last layer with trainable weights (the head)."""
+def zero_layers(model, zeroed, adapted, adapted_layers):
+    """Resolves `MAML`'s `zeroed_layers` (None, True for the last layer
+    with trainable weights, or layer names) to `(names or None, indices
+    into model.trainable_variables)`, checks that those layers adapt
+    (`adapted`: the adapted indices) and sets their variables to zero."""
     if zeroed is None or zeroed is False:
-        return None
+        return None, []
     if zeroed is True:
-        return [last_layer_with_weights(model)]
+        zeroed = [last_layer_with_weights(model)]
     if isinstance(zeroed, str) or not all(
             isinstance(name, str) for name in zeroed):
         raise ValueError(
             "`zeroed_layers` must be None, True or a list of layer names; "
             f"got {zeroed!r}.")
-    return list(zeroed)
+    indices = adapted_indices(model, list(zeroed), "zeroed_layers")
+    if set(indices) - set(adapted):
+        raise ValueError(
+            f"`zeroed_layers` {list(zeroed)} must adapt in the inner loop "
+            f"(else they stay zero); `adapted_layers` is {adapted_layers}.")
+    for i in indices:
+        variable = model.trainable_variables[i]
+        variable.assign(tf.zeros(variable.shape, variable.dtype))
+    return list(zeroed), indices
 
 
 def check_learning_rate(optimizer):

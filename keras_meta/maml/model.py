@@ -141,15 +141,10 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
             runs it on every step, False never (no `pre_adapt_*` training
             logs). Training is the same either way; `evaluate` always
             reports them.
-        zeroed_layers: None (default), True (the last layer with trainable
-            weights, the head) or a list of layer names whose trainable
-            variables are zero at construction and stay zero: their
-            meta-gradients are dropped, so every task adapts them from
-            zero (the zeroing trick of Kao et al., 2022, which resets the
-            head to zero after every meta-step; for a classifier, one SGD
-            step from a zero head gives each class a weight vector from
-            its support features, and the initial head cannot drift).
-            Use with an inner loop that adapts those layers.
+        zeroed_layers: None (default), True (the head: the last layer
+            with trainable weights) or layer names whose variables start
+            at zero and get no meta-gradient, so every task adapts them
+            from zero (the zeroing trick); they must adapt.
         inner_guard: None (default) or a float `f > 0`: per task, an inner
             step after which the support loss is not finite or above `f`
             times the loss before adaptation is undone, and that task
@@ -225,17 +220,8 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
             else self._pre_adaptation_interval)
         self._adapted_indices = checks.adapted_indices(model,
                                                        self.adapted_layers)
-        self.zeroed_layers = checks.zeroed_layers(model, zeroed_layers)
-        self._zeroed_indices = checks.adapted_indices(
-            model, self.zeroed_layers or [], "zeroed_layers")
-        if set(self._zeroed_indices) - set(self._adapted_indices):
-            raise ValueError(
-                f"`zeroed_layers` {self.zeroed_layers} must adapt in the "
-                "inner loop (else they stay zero); `adapted_layers` is "
-                f"{self.adapted_layers}.")
-        for i in self._zeroed_indices:
-            variable = model.trainable_variables[i]
-            variable.assign(tf.zeros(variable.shape, variable.dtype))
+        self.zeroed_layers, self._zeroed_indices = checks.zero_layers(
+            model, zeroed_layers, self._adapted_indices, self.adapted_layers)
         self._dense_plan = batched_dense.plan(model)
         if task_parallelism == "batched" and self._dense_plan is None:
             raise ValueError(
