@@ -157,6 +157,11 @@ class Config:
     train_ways: int | None = option(
         None, "--learner=protonet: classes per training episode (more "
         "than --ways helps; default 30, 60 with --paper_settings).")
+    train_shift: int = option(
+        0, "Omniglot: move each training image by its own random offset of "
+        "up to this many pixels per axis (0: none; validation and "
+        "evaluation images never move). Episode learners only, not "
+        "--learner=finetune.")
     strided: bool | None = option(
         None, "--learner other than maml: conv4 with strided convolutions "
         "(True) or 2x2 max-pooling (False); unset: the learner's default "
@@ -310,6 +315,11 @@ def check_values(config):
     if config.profile:
         flag_checks.step_range("profile_batches", config.profile_batches)
     flag_checks.non_negative_int("seed", config.seed)
+    flag_checks.non_negative_int("train_shift", config.train_shift)
+    if config.train_shift and config.task != "omniglot":
+        raise ValueError(
+            f"--train_shift moves images; --task={config.task} has none "
+            f"(got --train_shift={config.train_shift}).")
 
 
 def resolve(config):

@@ -163,7 +163,8 @@ def train_episodes(config, task, skip_batches):
         return keras_meta.data.episodes(
             task.train, ways=config.train_ways, shots=config.shots,
             queries=config.queries, meta_batch_size=config.meta_batch_size,
-            seed=config.seed, rotations=True, skip_batches=skip_batches)
+            seed=config.seed, rotations=True, skip_batches=skip_batches,
+            shift=config.train_shift)
     return task.train_episodes(skip_batches=skip_batches)
 
 
@@ -198,6 +199,11 @@ def check(config):
         raise ValueError(
             f"--zero_head is a MAML option; --learner={config.learner} "
             "does not take it.")
+    if config.learner == "finetune" and config.train_shift:
+        raise ValueError(
+            f"--train_shift={config.train_shift} augments episodes; "
+            "--learner=finetune pretrains on pooled images and does not "
+            "take it.")
     if config.learner == "protonet" and config.train_ways is not None and (
             config.train_ways < 2):
         raise ValueError(

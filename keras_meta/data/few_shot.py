@@ -12,7 +12,7 @@ from keras_meta.data.image_classes import load_image_classes
 
 
 def check_episode_settings(classes, ways, shots, queries,
-                           meta_batch_size=1, rotations=False):
+                           meta_batch_size=1, rotations=False, shift=0):
     """Refuses episode settings that cannot be sampled from `classes`.
 
     `episodes` calls it before it builds a stream; call it on every class
@@ -21,13 +21,15 @@ def check_episode_settings(classes, ways, shots, queries,
 
     Args:
         classes: an `ImageClasses`, or None to check the numbers only.
-        ways, shots, queries, meta_batch_size, rotations: as `episodes`.
+        ways, shots, queries, meta_batch_size, rotations, shift: as
+            `episodes`.
 
     Raises:
         ValueError: a count that is not a positive int, `rotations` not a
-            bool, more ways than classes, fewer images in a class than
-            shots + queries, or rotations of non-square images; the message
-            says what was given and what was expected.
+            bool, `shift` not an int >= 0 or not smaller than the images,
+            more ways than classes, fewer images in a class than shots +
+            queries, or rotations of non-square images; the message says
+            what was given and what was expected.
     """
     for name, value in (("ways", ways), ("shots", shots),
                         ("queries", queries),
@@ -35,6 +37,10 @@ def check_episode_settings(classes, ways, shots, queries,
         validation.check_positive_int(name, value)
     if not isinstance(rotations, bool):
         raise ValueError(f"`rotations` must be a bool; got {rotations!r}.")
+    if isinstance(shift, bool) or not isinstance(
+            shift, (int, np.integer)) or shift < 0:
+        raise ValueError(
+            f"`shift` must be an int >= 0 (pixels); got {shift!r}.")
     if classes is None:
         return
     available = classes.num_classes * (4 if rotations else 1)
@@ -61,6 +67,10 @@ def check_episode_settings(classes, ways, shots, queries,
             "rotations need square images; got "
             f"{classes.images.shape[1]}x{classes.images.shape[2]}."
         )
+    if shift >= min(classes.images.shape[1:3]):
+        raise ValueError(
+            f"shift={shift} must be smaller than the images "
+            f"({classes.images.shape[1]}x{classes.images.shape[2]}).")
 
 
 def _rotate_each(images, quarter_turns):
@@ -78,15 +88,36 @@ def _rotate_each(images, quarter_turns):
                      axis=1, batch_dims=1)
 
 
+def _shift_each(images, offsets):
+    """Translates image i by offsets[i] = (down, right) pixels, repeating
+    the edge rows and columns into the space it leaves (Omniglot's edges
+    are background).
+
+    Args:
+        images: [n, h, w, c].
+        offsets: int32 [n, 2].
+    """
+    def moved(size, by):  # [n, size]: the source row (column) of each
+        return tf.clip_by_value(tf.range(size)[None] - by[:, None], 0,
+                                size - 1)
+
+    shape = tf.shape(images)
+    rows = tf.gather(images, moved(shape[1], offsets[:, 0]), axis=1,
+                     batch_dims=1)
+    return tf.gather(rows, moved(shape[2], offsets[:, 1]), axis=2,
+                     batch_dims=1)
+
+
 def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
-                    rotations):
+                    rotations, shift=0):
     """Samples a batch of episodes, stateless and deterministic in `seed`.
 
     Args:
         classes: `(images, starts, counts, largest_count)` from
             `_class_tensors`.
         seed: int32 [2] stateless seed.
-        ways, shots, queries, meta_batch_size, rotations: as `episodes`.
+        ways, shots, queries, meta_batch_size, rotations, shift: as
+            `episodes`.
 
     Returns:
         An episode dict (see `keras_meta.data.episode`).
@@ -117,6 +148,15 @@ def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
         turns = tf.reshape(
             tf.broadcast_to((chosen % 4)[..., None], index.shape), [-1])
         batch = tf.reshape(_rotate_each(flat, turns), shape)
+    if shift:
+        # Its own seed, folded from one already drawn, so that the streams
+        # without a shift stay exactly what they were.
+        s_shift = tf.random.experimental.stateless_fold_in(s_example, 1)
+        shape = tf.shape(batch)
+        flat = tf.reshape(batch, tf.concat([[-1], shape[3:]], 0))
+        offsets = tf.random.stateless_uniform(
+            [tf.shape(flat)[0], 2], s_shift, -shift, shift + 1, tf.int32)
+        batch = tf.reshape(_shift_each(flat, offsets), shape)
     labels = tf.broadcast_to(
         tf.range(ways, dtype=tf.int32)[None, :, None],
         [meta_batch_size, ways, per_class])
@@ -143,14 +183,17 @@ def _class_tensors(classes):
 
 def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
              seed=None, split="train", data_dir=None, rotations=False,
-             image_size=(28, 28), skip_batches=0):
+             image_size=(28, 28), skip_batches=0, shift=0):
     """An endless dataset of N-way K-shot image-classification episodes.
 
     Classes are drawn without replacement within an episode and labelled
     0..ways-1 in a random order; each class gives `shots` support and
     `queries` query images, disjoint. With `rotations=True` each class of the
     source is four classes, rotated by 0, 90, 180 and 270 degrees (the MAML
-    Omniglot protocol), so a task's class gets one random rotation.
+    Omniglot protocol), so a task's class gets one random rotation. With
+    `shift=s` every image is moved by its own random offset of up to `s`
+    pixels down or up and right or left (the edges repeated into the space
+    left): an augmentation for training episodes.
 
     Images are decoded and resized once and kept in memory as uint8; the
     episodes are sampled by stateless random ops in a parallel `map`, so a
@@ -180,6 +223,7 @@ def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
         image_size: (height, width) images are resized to when loaded.
         skip_batches: start the stream this many batches in (to resume a
             run exactly where it stopped).
+        shift: the largest translation in pixels, per axis (0: none).
 
     Returns:
         A `tf.data.Dataset` of episode dicts: `support_x` uint8
@@ -188,17 +232,17 @@ def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
         with `ways * queries`. Examples are grouped by class.
     """
     check_episode_settings(None, ways, shots, queries, meta_batch_size,
-                           rotations)
+                           rotations, shift)
     check_image_size(image_size)
     seeds = seed_stream(seed, skip_batches)
     classes = load_image_classes(source, split=split, data_dir=data_dir,
                                  image_size=image_size)
     check_episode_settings(classes, ways, shots, queries, meta_batch_size,
-                           rotations)
+                           rotations, shift)
     tensors = _class_tensors(classes)
     return seeds.map(
         lambda s: sample_episodes(tensors, s, ways, shots, queries,
-                                  meta_batch_size, rotations),
+                                  meta_batch_size, rotations, shift),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     ).prefetch(tf.data.AUTOTUNE)

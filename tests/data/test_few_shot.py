@@ -103,6 +103,44 @@ def test_rotations_make_new_classes():
     assert {k for _, k in seen} == {0, 1, 2, 3}
 
 
+def edge_shifted(image, down, right):
+    """`image` moved down and right, its edge rows and columns repeated."""
+    h, w = image.shape[:2]
+    rows = np.clip(np.arange(h) - down, 0, h - 1)
+    cols = np.clip(np.arange(w) - right, 0, w - 1)
+    return image[rows][:, cols]
+
+
+def test_shift_translates_each_image_and_keeps_the_sampling():
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, (60, 8, 8, 1)).astype(np.uint8)
+    data = ImageClasses(images, np.repeat(np.arange(10), 6),
+                        [f"c{c}" for c in range(10)])
+
+    def make(shift):
+        return numpy_batches(keras_meta.data.episodes(
+            data, ways=5, shots=1, queries=2, meta_batch_size=4, seed=5,
+            rotations=True, shift=shift), 2)
+
+    plain, shifted, again = make(0), make(2), make(2)
+    offsets = []
+    for p, s, a in zip(plain, shifted, again):
+        for key in ("support_y", "query_y"):
+            np.testing.assert_array_equal(p[key], s[key])
+        for key in ("support_x", "query_x"):
+            np.testing.assert_array_equal(s[key], a[key])  # deterministic
+            for x, y in zip(p[key].reshape((-1, 8, 8, 1)),
+                            s[key].reshape((-1, 8, 8, 1))):
+                # The same image (same class, example and rotation), moved
+                # by one offset within +-2 pixels per axis.
+                found = [(d, r) for d in range(-2, 3) for r in range(-2, 3)
+                         if np.array_equal(edge_shifted(x, d, r), y)]
+                assert len(found) == 1, found
+                offsets.append(found[0])
+    # Every image draws its own offset: all 25 of them appear in 96 images.
+    assert len(set(offsets)) == 25
+
+
 def test_class_splits_keep_held_out_classes_out():
     groups = [f"g{c % 4}" for c in range(12)]
     data = marked_classes(groups=groups)
@@ -124,6 +162,9 @@ def test_class_splits_keep_held_out_classes_out():
     (dict(shots=5, queries=2), "7 images per class are needed"),
     (dict(queries=0), "`queries` must be an int >= 1; got 0"),
     (dict(skip_batches=-1), "`skip_batches` must be an int >= 0"),
+    (dict(shift=-1), r"`shift` must be an int >= 0 \(pixels\); got -1"),
+    (dict(shift=1.5), r"`shift` must be an int >= 0 \(pixels\); got 1.5"),
+    (dict(shift=4, queries=2), r"shift=4 must be smaller than the images \(4x4\)"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

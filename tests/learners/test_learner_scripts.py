@@ -4,10 +4,13 @@ import dataclasses
 import json
 
 import keras
+import numpy as np
 import pytest
 
 import keras_meta
 from examples.maml import config as maml_config
+from examples.maml import learners
+from examples.maml import tasks
 from examples.maml import train
 
 
@@ -47,6 +50,11 @@ def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
      "--zero_head is a MAML option; --learner=protonet does not take it"),
     (dict(task="omniglot", learner="protonet", train_ways=1),
      "--train_ways must be >= 2"),
+    (dict(task="omniglot", train_shift=-1),
+     "--train_shift must be an int >= 0; got -1"),
+    (dict(train_shift=2), "--task=sinusoid has none"),
+    (dict(task="omniglot", learner="finetune", train_shift=2),
+     "--learner=finetune pretrains on pooled images"),
 ])
 def test_settings_a_learner_cannot_use_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -65,6 +73,28 @@ def test_sinusoid_runs_save_a_model_and_report_the_table(tmp_path, learner):
     model = keras.models.load_model(results["model_path"])
     assert type(model).__name__ == {"reptile": "Reptile",
                                     "finetune": "FineTune"}[learner]
+
+
+def test_train_shift_moves_training_images_only(omniglot_dir):
+    def streams(shift):
+        config = resolve(task="omniglot", ways=5, data_dir=omniglot_dir,
+                         train_shift=shift)
+        task = tasks.make_task(config)
+        task.check()
+        protonet = resolve(task="omniglot", learner="protonet", ways=5,
+                           data_dir=omniglot_dir, train_shift=shift)
+        return [next(iter(s)) for s in (
+            learners.train_episodes(config, task, 0),
+            learners.train_episodes(protonet, task, 0),
+            task.validation_episodes())]
+
+    (maml0, proto0, valid0), (maml2, proto2, valid2) = streams(0), streams(2)
+    for before, after in ((maml0, maml2), (proto0, proto2)):
+        for key in before:  # the same classes and drawings, moved
+            same = np.array_equal(before[key].numpy(), after[key].numpy())
+            assert same == key.endswith("_y"), key
+    for key in valid0:
+        np.testing.assert_array_equal(valid0[key], valid2[key])
 
 
 @pytest.mark.slow
