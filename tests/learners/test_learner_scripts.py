@@ -76,10 +76,15 @@ def test_sinusoid_runs_save_a_model_and_report_the_table(tmp_path, learner):
 
 
 def test_train_shift_moves_training_images_only(omniglot_dir):
+    task = None
+
     def streams(shift):
+        nonlocal task
         config = resolve(task="omniglot", ways=5, data_dir=omniglot_dir,
                          train_shift=shift)
-        task = tasks.make_task(config)
+        if task is None:  # load the data once
+            task = tasks.make_task(config)
+        task.config = config
         task.check()
         protonet = resolve(task="omniglot", learner="protonet", ways=5,
                            data_dir=omniglot_dir, train_shift=shift)
