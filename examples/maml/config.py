@@ -157,11 +157,12 @@ class Config:
     train_ways: int | None = option(
         None, "--learner=protonet: classes per training episode (more "
         "than --ways helps; default 30, 60 with --paper_settings).")
-    train_shift: int = option(
-        0, "Omniglot: move each training image by its own random offset of "
-        "up to this many pixels per axis (0: none; validation and "
+    train_shift: int | None = option(
+        None, "Omniglot: move each training image by its own random offset "
+        "of up to this many pixels per axis (0: none; validation and "
         "evaluation images never move). Episode learners only, not "
-        "--learner=finetune.")
+        "--learner=finetune. Unset: 3 for --learner=protonet (chosen on "
+        "validation, BUILD_NOTES 4.3), 0 otherwise.")
     strided: bool | None = option(
         None, "--learner other than maml: conv4 with strided convolutions "
         "(True) or 2x2 max-pooling (False); unset: the learner's default "
@@ -241,8 +242,9 @@ SINUSOID_RULE_DEFAULTS = {
 def resume_defaults():
     """The settings a run's record may lack (added after it was written),
     as `run_dir.RunDirectory` compares them on resume: the flags' defaults,
-    and no inner guard (what such a run trained with)."""
-    return dict(config_flags.defaults(Config), inner_guard=INNER_GUARD_OFF)
+    and no inner guard or shift (what such a run trained with)."""
+    return dict(config_flags.defaults(Config), inner_guard=INNER_GUARD_OFF,
+                train_shift=0)
 
 
 def task_defaults(task, ways, paper_settings=False):
@@ -344,6 +346,7 @@ def resolve(config):
         defaults.update(SINUSOID_RULE_DEFAULTS[config.inner_optimizer])
     # Off is 0.0, also in runs recorded before the flag (`INNER_GUARD_OFF`).
     defaults.setdefault("inner_guard", INNER_GUARD_OFF)
+    defaults.setdefault("train_shift", 0)
     if config.strategy != "default":
         # XLA on the whole step fails under MirroredStrategy (variables on
         # other devices); TPUStrategy compiles with XLA anyway. Keras 3.15

@@ -73,39 +73,49 @@ def check_episode_settings(classes, ways, shots, queries,
             f"({classes.images.shape[1]}x{classes.images.shape[2]}).")
 
 
-def _rotate_each(images, quarter_turns):
-    """Rotates image i by quarter_turns[i] * 90 degrees.
+# Per quarter turn k (counter-clockwise, as `tf.image.rot90`): where output
+# pixel (row y, column x) of the turned image reads the source, as
+# column = ax * x + ay * y + cx * (w - 1), row = bx * x + by * y + cy * (h - 1).
+_QUARTER_TURNS = ((1, 0, 0, 0, 1, 0),      # k = 0
+                  (0, -1, 1, 1, 0, 0),     # k = 1
+                  (-1, 0, 1, 0, -1, 1),    # k = 2
+                  (0, 1, 0, -1, 0, 1))     # k = 3
+
+
+def _move_each(images, quarter_turns, offsets):
+    """Turns image i by quarter_turns[i] * 90 degrees counter-clockwise
+    (as `tf.image.rot90`), then translates it by offsets[i] = (down,
+    right) pixels, repeating the edge rows and columns into the space it
+    leaves (Omniglot's edges are background). Exact: every output pixel
+    is a copy of one input pixel.
+
+    One projective transform per image with nearest-pixel reads, so each
+    output pixel is read once (turning and shifting in two steps made four
+    turned copies of every image and two gathers).
 
     Args:
-        images: [n, h, h, c] (square).
+        images: [n, h, w, c], square (h == w) where a turn is odd.
         quarter_turns: int32 [n] in 0..3.
-    """
-    turns = [images]
-    for _ in range(3):
-        turns.append(tf.image.rot90(turns[-1]))
-    stacked = tf.stack(turns)  # [4, n, h, w, c]
-    return tf.gather(tf.transpose(stacked, [1, 0, 2, 3, 4]), quarter_turns,
-                     axis=1, batch_dims=1)
-
-
-def _shift_each(images, offsets):
-    """Translates image i by offsets[i] = (down, right) pixels, repeating
-    the edge rows and columns into the space it leaves (Omniglot's edges
-    are background).
-
-    Args:
-        images: [n, h, w, c].
         offsets: int32 [n, 2].
     """
-    def moved(size, by):  # [n, size]: the source row (column) of each
-        return tf.clip_by_value(tf.range(size)[None] - by[:, None], 0,
-                                size - 1)
-
     shape = tf.shape(images)
-    rows = tf.gather(images, moved(shape[1], offsets[:, 0]), axis=1,
-                     batch_dims=1)
-    return tf.gather(rows, moved(shape[2], offsets[:, 1]), axis=2,
-                     batch_dims=1)
+    last_col = tf.cast(shape[2] - 1, tf.float32)
+    last_row = tf.cast(shape[1] - 1, tf.float32)
+    ax, ay, cx, bx, by, cy = tf.unstack(
+        tf.gather(tf.constant(_QUARTER_TURNS, tf.float32), quarter_turns),
+        axis=1)
+    down = tf.cast(offsets[:, 0], tf.float32)
+    right = tf.cast(offsets[:, 1], tf.float32)
+    # The turned image's pixel (y - down, x - right), clamped to the
+    # image: clamping in the source's frame is the same, since a quarter
+    # turn of a square maps each axis onto an axis.
+    zero = tf.zeros_like(ax)
+    transforms = tf.stack(
+        [ax, ay, cx * last_col - ax * right - ay * down,
+         bx, by, cy * last_row - bx * right - by * down, zero, zero], 1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=shape[1:3],
+        fill_value=0.0, interpolation="NEAREST", fill_mode="NEAREST")
 
 
 def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
@@ -142,21 +152,21 @@ def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
     pick = tf.argsort(keys, axis=-1)[..., :per_class]  # [B, ways, n]
     index = tf.gather(starts, base)[..., None] + pick
     batch = tf.gather(images, index)  # [B, ways, n, h, w, c]
-    if rotations:
+    if rotations or shift:
         shape = tf.shape(batch)
         flat = tf.reshape(batch, tf.concat([[-1], shape[3:]], 0))
-        turns = tf.reshape(
-            tf.broadcast_to((chosen % 4)[..., None], index.shape), [-1])
-        batch = tf.reshape(_rotate_each(flat, turns), shape)
-    if shift:
-        # Its own seed, folded from one already drawn, so that the streams
-        # without a shift stay exactly what they were.
-        s_shift = tf.random.experimental.stateless_fold_in(s_example, 1)
-        shape = tf.shape(batch)
-        flat = tf.reshape(batch, tf.concat([[-1], shape[3:]], 0))
-        offsets = tf.random.stateless_uniform(
-            [tf.shape(flat)[0], 2], s_shift, -shift, shift + 1, tf.int32)
-        batch = tf.reshape(_shift_each(flat, offsets), shape)
+        n = tf.shape(flat)[0]
+        turns = (tf.reshape(tf.broadcast_to((chosen % 4)[..., None],
+                                            index.shape), [-1])
+                 if rotations else tf.zeros([n], tf.int32))
+        offsets = tf.zeros([n, 2], tf.int32)
+        if shift:
+            # Its own seed, folded from one already drawn, so that the
+            # streams without a shift stay exactly what they were.
+            s_shift = tf.random.experimental.stateless_fold_in(s_example, 1)
+            offsets = tf.random.stateless_uniform(
+                [n, 2], s_shift, -shift, shift + 1, tf.int32)
+        batch = tf.reshape(_move_each(flat, turns, offsets), shape)
     labels = tf.broadcast_to(
         tf.range(ways, dtype=tf.int32)[None, :, None],
         [meta_batch_size, ways, per_class])

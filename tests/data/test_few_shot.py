@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 import keras_meta
 from keras_meta.data import ImageClasses
+from keras_meta.data import few_shot
 
 
 def marked_classes(num_classes=12, per_class=(6,), size=4, groups=None):
@@ -109,6 +110,22 @@ def edge_shifted(image, down, right):
     rows = np.clip(np.arange(h) - down, 0, h - 1)
     cols = np.clip(np.arange(w) - right, 0, w - 1)
     return image[rows][:, cols]
+
+
+@pytest.mark.parametrize("height,width,turns,dtype", [
+    (6, 6, range(4), np.uint8), (5, 7, [0, 2], np.float32)])
+def test_move_each_turns_then_shifts_each_image_exactly(height, width, turns,
+                                                        dtype):
+    rng = np.random.RandomState(1)
+    cases = [(k, d, r) for k in turns for d in (-3, -1, 0, 2)
+             for r in (-2, 0, 1, 5)]
+    images = (rng.rand(len(cases), height, width, 2) * 255).astype(dtype)
+    moved = few_shot._move_each(
+        tf.constant(images), tf.constant([k for k, _, _ in cases], tf.int32),
+        tf.constant([(d, r) for _, d, r in cases], tf.int32)).numpy()
+    for image, out, (k, d, r) in zip(images, moved, cases):
+        np.testing.assert_array_equal(
+            out, edge_shifted(np.rot90(image, k), d, r))
 
 
 def test_shift_translates_each_image_and_keeps_the_sampling():

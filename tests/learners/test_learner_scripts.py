@@ -34,12 +34,14 @@ def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
                        inner_steps=2)
     assert explicit.inner_steps == 2
     protonet = resolve(task="omniglot", ways=20, learner="protonet")
-    assert (protonet.train_ways, protonet.queries,
-            protonet.meta_batch_size) == (30, 5, 1)
+    assert (protonet.train_ways, protonet.queries, protonet.meta_batch_size,
+            protonet.train_shift) == (30, 5, 1, 3)
     paper = resolve(task="omniglot", learner="protonet", paper_settings=True)
-    assert paper.train_ways == 60
+    assert (paper.train_ways, paper.train_shift) == (60, 0)
     reptile = resolve(learner="reptile")
     assert (reptile.meta_lr, reptile.eval_steps) == (0.1, (1, 10))
+    assert (maml.train_shift, reptile.train_shift, resolve(
+        task="omniglot", learner="reptile").train_shift) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -138,3 +140,17 @@ def test_evaluate_only_refuses_a_missing_run_and_other_ways_for_maml(
         json.dumps({"config": {"learner": "maml", "ways": 20}}))
     with pytest.raises(ValueError, match="trained a maml with 20 output"):
         train.evaluate_saved(config)
+
+
+def test_runs_recorded_unshifted_resume_only_as_they_trained():
+    # A record that predates --train_shift trained unshifted: MAML's resumes
+    # as it was; ProtoNet's, whose default is now a shift, is refused unless
+    # the run asks for --train_shift=0 again.
+    from keras_meta import run_dir
+    for kwargs, changes in ((dict(), {}),
+                            (dict(learner="protonet"), {"train_shift": (0, 3)}),
+                            (dict(learner="protonet", train_shift=0), {})):
+        current = dataclasses.asdict(resolve(task="omniglot", **kwargs))
+        old = {k: v for k, v in current.items() if k != "train_shift"}
+        assert run_dir.config_changes(
+            old, current, maml_config.resume_defaults()) == changes
