@@ -8,10 +8,11 @@ shares the cores with the training step, so its time is taken from
 training. It runs here, traced once, on synthetic uint8 28x28 images (as
 `ImageClasses` holds them) in the shapes of the example script's CPU
 defaults (MAML 20-way: 8 tasks of 20 classes x 2 images; ProtoNet: 1
-episode of 30 classes x 6 images) with and without `shift=2`, interleaved with a peer in the same process: the
-two-step way of turning and shifting (four turned copies of every image,
-then two gathers) that `_move_each` replaced, given the same draws. Both
-must give the same images (checked). Reports the median over --repeats
+episode of 30 classes x 6 images) with and without `shift=2`,
+interleaved with a peer in the same process: the two-step way of turning
+and shifting (four turned copies of every image, then two gathers) that
+`_move_each` replaced, given the same draws. Both must give the same
+images (checked). Reports the median over --repeats
 timings of --batches batches, in ms per batch, and the ratio.
 """
 
