@@ -11,6 +11,7 @@ from absl import flags
 
 from keras_meta import distribute
 from keras_meta.data import image_classes
+from keras_meta.data.few_shot import MAX_DISTORT
 
 from examples import config_flags
 from examples import flag_checks
@@ -163,6 +164,12 @@ class Config:
         "evaluation images never move). Episode learners only, not "
         "--learner=finetune. Unset: 3 for --learner=protonet (chosen on "
         "validation, BUILD_NOTES 4.3), 0 otherwise.")
+    train_distort: float | None = option(
+        None, "Omniglot: also rotate, shear and scale each training image "
+        "about its centre by its own random affine map, within this many "
+        "times Koch et al. (2015)'s ranges (+-10 degrees, shear +-0.3, "
+        "scale 0.8-1.2 per axis; 0: none, at most 4). Episode learners "
+        "only, not --learner=finetune. Unset: 0.")
     strided: bool | None = option(
         None, "--learner other than maml: conv4 with strided convolutions "
         "(True) or 2x2 max-pooling (False); unset: the learner's default "
@@ -242,9 +249,10 @@ SINUSOID_RULE_DEFAULTS = {
 def resume_defaults():
     """The settings a run's record may lack (added after it was written),
     as `run_dir.RunDirectory` compares them on resume: the flags' defaults,
-    and no inner guard or shift (what such a run trained with)."""
+    and no inner guard, shift or distortion (what such a run trained
+    with)."""
     return dict(config_flags.defaults(Config), inner_guard=INNER_GUARD_OFF,
-                train_shift=0)
+                train_shift=0, train_distort=0.0)
 
 
 def task_defaults(task, ways, paper_settings=False):
@@ -322,6 +330,16 @@ def check_values(config):
         raise ValueError(
             f"--train_shift moves images; --task={config.task} has none "
             f"(got --train_shift={config.train_shift}).")
+    if config.train_distort is not None:
+        flag_checks.number("train_distort", config.train_distort)
+        if config.train_distort > MAX_DISTORT:
+            raise ValueError(
+                f"--train_distort must be at most {MAX_DISTORT} (a larger "
+                f"scale range reaches 0); got {config.train_distort!r}.")
+        if config.train_distort and config.task != "omniglot":
+            raise ValueError(
+                f"--train_distort distorts images; --task={config.task} has "
+                f"none (got --train_distort={config.train_distort}).")
 
 
 def resolve(config):
@@ -347,6 +365,7 @@ def resolve(config):
     # Off is 0.0, also in runs recorded before the flag (`INNER_GUARD_OFF`).
     defaults.setdefault("inner_guard", INNER_GUARD_OFF)
     defaults.setdefault("train_shift", 0)
+    defaults.setdefault("train_distort", 0.0)
     if config.strategy != "default":
         # XLA on the whole step fails under MirroredStrategy (variables on
         # other devices); TPUStrategy compiles with XLA anyway. Keras 3.15

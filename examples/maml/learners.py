@@ -165,7 +165,7 @@ def train_episodes(config, task, skip_batches):
             task.train, ways=config.train_ways, shots=config.shots,
             queries=config.queries, meta_batch_size=config.meta_batch_size,
             seed=config.seed, rotations=True, skip_batches=skip_batches,
-            shift=config.train_shift)
+            shift=config.train_shift, distort=config.train_distort)
     return task.train_episodes(skip_batches=skip_batches)
 
 
@@ -200,11 +200,12 @@ def check(config):
         raise ValueError(
             f"--zero_head is a MAML option; --learner={config.learner} "
             "does not take it.")
-    if config.learner == "finetune" and config.train_shift:
-        raise ValueError(
-            f"--train_shift={config.train_shift} augments episodes; "
-            "--learner=finetune pretrains on pooled images and does not "
-            "take it.")
+    for flag in ("train_shift", "train_distort"):
+        if config.learner == "finetune" and getattr(config, flag):
+            raise ValueError(
+                f"--{flag}={getattr(config, flag)} augments episodes; "
+                "--learner=finetune pretrains on pooled images and does not "
+                "take it.")
     if config.learner == "protonet" and config.train_ways is not None and (
             config.train_ways < 2):
         raise ValueError(

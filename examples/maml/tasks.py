@@ -131,17 +131,19 @@ class OmniglotTask:
         return self.config.inner_lr * self.config.ways
 
     def _episodes(self, classes, queries, seed, rotations, skip_batches=0,
-                  meta_batch_size=None, shots=None, shift=0):
+                  meta_batch_size=None, shots=None, shift=0, distort=0.0):
         c = self.config
         return keras_meta.data.episodes(
             classes, ways=c.ways, shots=shots or c.shots, queries=queries,
             meta_batch_size=meta_batch_size or c.meta_batch_size, seed=seed,
-            rotations=rotations, skip_batches=skip_batches, shift=shift)
+            rotations=rotations, skip_batches=skip_batches, shift=shift,
+            distort=distort)
 
     def train_episodes(self, skip_batches=0):
         return self._episodes(self.train, self.config.queries,
                               self.config.seed, True, skip_batches,
-                              shift=self.config.train_shift)
+                              shift=self.config.train_shift,
+                              distort=self.config.train_distort)
 
     def validation_episodes(self):
         return self._episodes(self.validation, self.config.eval_queries,

@@ -12,7 +12,8 @@ from keras_meta.data.image_classes import load_image_classes
 
 
 def check_episode_settings(classes, ways, shots, queries,
-                           meta_batch_size=1, rotations=False, shift=0):
+                           meta_batch_size=1, rotations=False, shift=0,
+                           distort=0.0):
     """Refuses episode settings that cannot be sampled from `classes`.
 
     `episodes` calls it before it builds a stream; call it on every class
@@ -21,12 +22,13 @@ def check_episode_settings(classes, ways, shots, queries,
 
     Args:
         classes: an `ImageClasses`, or None to check the numbers only.
-        ways, shots, queries, meta_batch_size, rotations, shift: as
-            `episodes`.
+        ways, shots, queries, meta_batch_size, rotations, shift, distort:
+            as `episodes`.
 
     Raises:
         ValueError: a count that is not a positive int, `rotations` not a
             bool, `shift` not an int >= 0 or not smaller than the images,
+            `distort` not a number in [0, MAX_DISTORT],
             more ways than classes, fewer images in a class than shots +
             queries, or rotations of non-square images; the message says
             what was given and what was expected.
@@ -41,6 +43,12 @@ def check_episode_settings(classes, ways, shots, queries,
             shift, (int, np.integer)) or shift < 0:
         raise ValueError(
             f"`shift` must be an int >= 0 (pixels); got {shift!r}.")
+    if isinstance(distort, bool) or not isinstance(
+            distort, (int, float, np.integer, np.floating)) or not (
+                0 <= distort <= MAX_DISTORT):
+        raise ValueError(
+            f"`distort` must be a number in [0, {MAX_DISTORT}] (1: Koch et "
+            f"al.'s affine distortions); got {distort!r}.")
     if classes is None:
         return
     available = classes.num_classes * (4 if rotations else 1)
@@ -82,7 +90,31 @@ _QUARTER_TURNS = ((1, 0, 0, 0, 1, 0),      # k = 0
                   (0, 1, 0, -1, 0, 1))     # k = 3
 
 
-def _move_each(images, quarter_turns, offsets):
+# `distort=1`: the ranges of Koch et al. (2015)'s affine distortions of
+# Omniglot characters (their translation is `shift`).
+MAX_DEGREES, MAX_SCALE, MAX_SHEAR = 10.0, 0.2, 0.3
+# Beyond this a scale can reach 0.
+MAX_DISTORT = 4.0
+
+
+def _random_distortions(seed, n, strength):
+    """[n, 2, 2] random maps about the image centre, each
+    rotation(theta) @ shear(kx, ky) @ scale(sx, sy) with theta, kx, ky, sx
+    - 1, sy - 1 uniform within +-strength times (MAX_DEGREES, MAX_SHEAR,
+    MAX_SCALE)."""
+    u = tf.random.stateless_uniform([n, 5], seed, -strength, strength)
+    theta = u[:, 0] * (MAX_DEGREES * np.pi / 180.0)
+    kx, ky = u[:, 1] * MAX_SHEAR, u[:, 2] * MAX_SHEAR
+    sx, sy = 1.0 + u[:, 3] * MAX_SCALE, 1.0 + u[:, 4] * MAX_SCALE
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    rotation = tf.reshape(tf.stack([cos, -sin, sin, cos], 1), [n, 2, 2])
+    shear = tf.reshape(tf.stack([tf.ones_like(kx), kx, ky,
+                                 tf.ones_like(ky)], 1), [n, 2, 2])
+    scale = tf.linalg.diag(tf.stack([sx, sy], 1))
+    return rotation @ shear @ scale
+
+
+def _move_each(images, quarter_turns, offsets, distortions=None):
     """Turns image i by quarter_turns[i] * 90 degrees counter-clockwise
     (as `tf.image.rot90`), then translates it by offsets[i] = (down,
     right) pixels, repeating the edge rows and columns into the space it
@@ -93,10 +125,16 @@ def _move_each(images, quarter_turns, offsets):
     output pixel is read once (turning and shifting in two steps made four
     turned copies of every image and two gathers).
 
+    With `distortions`, output pixel p of image i first moves to
+    c + distortions[i] @ (p - c), c the image centre and p = (column,
+    row), and is then turned and shifted as above; the pixels are read
+    bilinearly (no longer exact copies).
+
     Args:
         images: [n, h, w, c], square (h == w) where a turn is odd.
         quarter_turns: int32 [n] in 0..3.
         offsets: int32 [n, 2].
+        distortions: None or float32 [n, 2, 2].
     """
     shape = tf.shape(images)
     last_col = tf.cast(shape[2] - 1, tf.float32)
@@ -110,24 +148,37 @@ def _move_each(images, quarter_turns, offsets):
     # image: clamping in the source's frame is the same, since a quarter
     # turn of a square maps each axis onto an axis.
     zero = tf.zeros_like(ax)
-    transforms = tf.stack(
-        [ax, ay, cx * last_col - ax * right - ay * down,
-         bx, by, cy * last_row - bx * right - by * down, zero, zero], 1)
+    a2 = cx * last_col - ax * right - ay * down
+    b2 = cy * last_row - bx * right - by * down
+    interpolation = "NEAREST"
+    if distortions is not None:
+        # Composed: source = T(c + D (p - c)) with T(q) = A q + t the turn
+        # and shift above, so the map is A D and the offset T(c - D c).
+        centre = tf.stack([last_col, last_row]) / 2.0
+        turn = tf.reshape(tf.stack([ax, ay, bx, by], 1), [-1, 2, 2])
+        linear = turn @ distortions
+        moved = centre - tf.linalg.matvec(distortions, centre)
+        extra = tf.linalg.matvec(turn, moved)
+        ax, ay = linear[:, 0, 0], linear[:, 0, 1]
+        bx, by = linear[:, 1, 0], linear[:, 1, 1]
+        a2, b2 = a2 + extra[:, 0], b2 + extra[:, 1]
+        interpolation = "BILINEAR"
+    transforms = tf.stack([ax, ay, a2, bx, by, b2, zero, zero], 1)
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transforms, output_shape=shape[1:3],
-        fill_value=0.0, interpolation="NEAREST", fill_mode="NEAREST")
+        fill_value=0.0, interpolation=interpolation, fill_mode="NEAREST")
 
 
 def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
-                    rotations, shift=0):
+                    rotations, shift=0, distort=0.0):
     """Samples a batch of episodes, stateless and deterministic in `seed`.
 
     Args:
         classes: `(images, starts, counts, largest_count)` from
             `_class_tensors`.
         seed: int32 [2] stateless seed.
-        ways, shots, queries, meta_batch_size, rotations, shift: as
-            `episodes`.
+        ways, shots, queries, meta_batch_size, rotations, shift, distort:
+            as `episodes`.
 
     Returns:
         An episode dict (see `keras_meta.data.episode`).
@@ -152,7 +203,7 @@ def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
     pick = tf.argsort(keys, axis=-1)[..., :per_class]  # [B, ways, n]
     index = tf.gather(starts, base)[..., None] + pick
     batch = tf.gather(images, index)  # [B, ways, n, h, w, c]
-    if rotations or shift:
+    if rotations or shift or distort:
         shape = tf.shape(batch)
         flat = tf.reshape(batch, tf.concat([[-1], shape[3:]], 0))
         n = tf.shape(flat)[0]
@@ -166,7 +217,13 @@ def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
             s_shift = tf.random.experimental.stateless_fold_in(s_example, 1)
             offsets = tf.random.stateless_uniform(
                 [n, 2], s_shift, -shift, shift + 1, tf.int32)
-        batch = tf.reshape(_move_each(flat, turns, offsets), shape)
+        distortions = None
+        if distort:
+            distortions = _random_distortions(
+                tf.random.experimental.stateless_fold_in(s_example, 2), n,
+                float(distort))
+        batch = tf.reshape(_move_each(flat, turns, offsets, distortions),
+                           shape)
     labels = tf.broadcast_to(
         tf.range(ways, dtype=tf.int32)[None, :, None],
         [meta_batch_size, ways, per_class])
@@ -193,7 +250,7 @@ def _class_tensors(classes):
 
 def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
              seed=None, split="train", data_dir=None, rotations=False,
-             image_size=(28, 28), skip_batches=0, shift=0):
+             image_size=(28, 28), skip_batches=0, shift=0, distort=0.0):
     """An endless dataset of N-way K-shot image-classification episodes.
 
     Classes are drawn without replacement within an episode and labelled
@@ -203,7 +260,10 @@ def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
     Omniglot protocol), so a task's class gets one random rotation. With
     `shift=s` every image is moved by its own random offset of up to `s`
     pixels down or up and right or left (the edges repeated into the space
-    left): an augmentation for training episodes.
+    left): an augmentation for training episodes. With `distort=d` every
+    image is also rotated, sheared and scaled about its centre by its own
+    random affine map, within d times Koch et al. (2015)'s ranges (+-10
+    degrees, shear +-0.3, scale 0.8-1.2 per axis) and read bilinearly.
 
     Images are decoded and resized once and kept in memory as uint8; the
     episodes are sampled by stateless random ops in a parallel `map`, so a
@@ -234,6 +294,8 @@ def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
         skip_batches: start the stream this many batches in (to resume a
             run exactly where it stopped).
         shift: the largest translation in pixels, per axis (0: none).
+        distort: the strength of random affine distortions, 0 (none) to
+            MAX_DISTORT.
 
     Returns:
         A `tf.data.Dataset` of episode dicts: `support_x` uint8
@@ -242,17 +304,18 @@ def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
         with `ways * queries`. Examples are grouped by class.
     """
     check_episode_settings(None, ways, shots, queries, meta_batch_size,
-                           rotations, shift)
+                           rotations, shift, distort)
     check_image_size(image_size)
     seeds = seed_stream(seed, skip_batches)
     classes = load_image_classes(source, split=split, data_dir=data_dir,
                                  image_size=image_size)
     check_episode_settings(classes, ways, shots, queries, meta_batch_size,
-                           rotations, shift)
+                           rotations, shift, distort)
     tensors = _class_tensors(classes)
     return seeds.map(
         lambda s: sample_episodes(tensors, s, ways, shots, queries,
-                                  meta_batch_size, rotations, shift),
+                                  meta_batch_size, rotations, shift,
+                                  distort),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     ).prefetch(tf.data.AUTOTUNE)

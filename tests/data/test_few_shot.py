@@ -128,18 +128,54 @@ def test_move_each_turns_then_shifts_each_image_exactly(height, width, turns,
             out, edge_shifted(np.rot90(image, k), d, r))
 
 
+def test_move_each_distorts_in_the_output_frame_before_turn_and_shift():
+    rng = np.random.RandomState(2)
+    cases = [(k, d, r) for k in range(4) for d in (-2, 1) for r in (0, 3)]
+    n = len(cases)
+    images = tf.constant(rng.randint(0, 256, (n, 6, 6, 1)).astype(np.uint8))
+    turns = tf.constant([k for k, _, _ in cases], tf.int32)
+    offsets = tf.constant([(d, r) for _, d, r in cases], tf.int32)
+    plain = few_shot._move_each(images, turns, offsets).numpy()
+    # The identity map reads the same pixels (bilinearly, at whole
+    # coordinates); a quarter-turn map turns the moved image once more.
+    identity = few_shot._move_each(images, turns, offsets,
+                                   tf.eye(2, batch_shape=[n])).numpy()
+    np.testing.assert_array_equal(identity, plain)
+    turn = tf.broadcast_to(tf.constant([[0.0, -1.0], [1.0, 0.0]]), [n, 2, 2])
+    turned = few_shot._move_each(images, turns, offsets, turn).numpy()
+    for out, moved in zip(turned, plain):
+        np.testing.assert_array_equal(out, np.rot90(moved, 1))
+
+
+def test_distortions_stay_within_their_ranges():
+    maps = few_shot._random_distortions(tf.constant([4, 2]), 4000,
+                                        0.5).numpy()
+    # rotation(theta) @ shear @ scale: the determinant is sx * sy * (1 -
+    # kx * ky), within (0.9 * 0.9 * (1 - 0.15**2), 1.1**2 * (1 + 0.15**2)).
+    det = np.linalg.det(maps)
+    assert 0.79 < det.min() < 0.83 and 1.20 < det.max() < 1.24
+    assert np.abs(maps.mean(0) - np.eye(2)).max() < 0.02
+    assert not np.allclose(maps[0], maps[1])
+
+
 def test_shift_translates_each_image_and_keeps_the_sampling():
     rng = np.random.RandomState(0)
     images = rng.randint(0, 256, (60, 8, 8, 1)).astype(np.uint8)
     data = ImageClasses(images, np.repeat(np.arange(10), 6),
                         [f"c{c}" for c in range(10)])
 
-    def make(shift):
+    def make(shift, distort=0.0):
         return numpy_batches(keras_meta.data.episodes(
             data, ways=5, shots=1, queries=2, meta_batch_size=4, seed=5,
-            rotations=True, shift=shift), 2)
+            rotations=True, shift=shift, distort=distort), 2)
 
     plain, shifted, again = make(0), make(2), make(2)
+    # Distortions keep the episodes' labels and change (almost) every image.
+    for s, d in zip(shifted, make(2, 0.5)):
+        np.testing.assert_array_equal(s["query_y"], d["query_y"])
+        same = [np.array_equal(a, b) for a, b in zip(
+            s["query_x"].reshape((-1, 64)), d["query_x"].reshape((-1, 64)))]
+        assert sum(same) <= 2, same
     offsets = []
     for p, s, a in zip(plain, shifted, again):
         for key in ("support_y", "query_y"):
@@ -182,6 +218,8 @@ def test_class_splits_keep_held_out_classes_out():
     (dict(shift=-1), r"`shift` must be an int >= 0 \(pixels\); got -1"),
     (dict(shift=1.5), r"`shift` must be an int >= 0 \(pixels\); got 1.5"),
     (dict(shift=4, queries=2), r"shift=4 must be smaller than the images \(4x4\)"),
+    (dict(distort=-0.5), r"`distort` must be a number in \[0, 4.0\] .*got -0.5"),
+    (dict(distort=True), r"`distort` must be a number in \[0, 4.0\] .*got True"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -57,6 +57,13 @@ def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
     (dict(train_shift=2), "--task=sinusoid has none"),
     (dict(task="omniglot", learner="finetune", train_shift=2),
      "--learner=finetune pretrains on pooled images"),
+    (dict(task="omniglot", train_distort=-1.0),
+     "--train_distort must be a finite number >= 0; got -1.0"),
+    (dict(task="omniglot", train_distort=4.5),
+     "--train_distort must be at most 4.0 .*got 4.5"),
+    (dict(train_distort=0.5), "--task=sinusoid has none"),
+    (dict(task="omniglot", learner="finetune", train_distort=0.5),
+     "--train_distort=0.5 augments episodes"),
 ])
 def test_settings_a_learner_cannot_use_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
