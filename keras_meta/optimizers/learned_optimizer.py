@@ -9,6 +9,7 @@ one variable, scales the update by `learning_rate` and applies it unless it
 is not finite (`keras_meta.nonfinite`).
 """
 
+import functools
 import math
 import os
 
@@ -31,6 +32,12 @@ def _in_xla_context():
     return control_flow_util.GraphOrParentsInXlaContext(graph)
 
 
+def _tf_variable(variable):
+    """The `tf.Variable` behind a Keras variable (itself otherwise)."""
+    return getattr(variable, "value", variable) if isinstance(
+        variable, keras.Variable) else variable
+
+
 def _dense_gradient(gradient, variable):
     """The gradient as a dense tensor. `tf.IndexedSlices` (an `Embedding`'s
     sparse gradient) are summed into rows as `tf.convert_to_tensor` does,
@@ -44,6 +51,43 @@ def _dense_gradient(gradient, variable):
     return tf.math.unsorted_segment_sum(
         tf.convert_to_tensor(gradient.values),
         tf.convert_to_tensor(gradient.indices), rows)
+
+
+def _step_and_assign(rule, keys, checked_keys, phi, gradient, variable,
+                     slots, lr, step):
+    """One rule step for one variable, applied in place unless it is not
+    finite: the update (scaled by `lr`) is added to `variable` and the new
+    state written to `slots` (a list of variables in the order of `keys`).
+    Returns the boolean "applied" scalar.
+
+    A rule whose `checks_inputs` is true promises finite results for the
+    inputs its `update_checked` accepts; those are checked instead of the
+    results, so that the check needs no pass over the results and the
+    writes fuse into the step's own pass (under XLA)."""
+    state = {key: tf.convert_to_tensor(slot) for key, slot in zip(keys, slots)}
+    value = tf.convert_to_tensor(variable)
+    checked = getattr(rule, "checks_inputs", False)
+    if checked:
+        updates, new_states, ok = rule.update_checked(
+            phi, [gradient], [state], [value], step)
+        ok = tf.logical_and(ok, tf.math.is_finite(lr))
+    else:
+        updates, new_states = rule.update(phi, [gradient], [state], [value],
+                                          step)
+    update, new_state = updates[0] * lr, new_states[0]
+    if "dx" in new_state:
+        # The "momentum" rule measures curvature against the step
+        # actually taken.
+        new_state["dx"] = update
+    if not checked:
+        ok = nonfinite.all_finite(
+            [update] + [new_state[key] for key in checked_keys])
+    variable.assign_add(nonfinite.keep_if_finite(
+        ok, update, tf.zeros_like(update)))
+    kept = nonfinite.keep_if_finite(ok, new_state, state)
+    for key, slot in zip(keys, slots):
+        slot.assign(kept[key])
+    return ok
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")
@@ -195,6 +239,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         # The same rule without decay, for excluded variables.
         self._rule_no_decay = rule_kinds.make_rule(self._rule_config)
         self._phi = self._phi_variables(phi_values)
+        self._fused_steps = {}
         self._nonfinite_count = self.add_variable(
             shape=(), initializer="zeros", dtype="int64",
             name="nonfinite_count",
@@ -336,33 +381,39 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         index = self._get_variable_index(variable)
         lr = ops.cast(learning_rate, dtype)
         gradient = ops.cast(_dense_gradient(gradient, variable), dtype)
-        state = {
-            key: ops.convert_to_tensor(self._slots[key][index])
-            for key in self._state_keys
-        }
-        phi = {k: ops.convert_to_tensor(v) for k, v in self._phi.items()}
+        phi = {k: tf.convert_to_tensor(_tf_variable(v))
+               for k, v in self._phi.items()}
         rule = self._rule
         if self._decays_in_rule and not self._use_weight_decay(variable):
             rule = self._rule_no_decay
-        updates, new_states = rule.update(
-            phi, [gradient], [state], [variable], self.iterations)
-        update, new_state = updates[0] * lr, new_states[0]
-        if "dx" in new_state:
-            # The "momentum" rule measures curvature against the step
-            # actually taken.
-            new_state["dx"] = update
-        ok = nonfinite.all_finite(
-            [update] + [new_state[key] for key in self._checked_keys])
-        self.assign_add(variable, nonfinite.keep_if_finite(
-            ok, update, ops.zeros_like(update)))
-        kept = nonfinite.keep_if_finite(ok, new_state, state)
-        for key in self._state_keys:
-            self.assign(self._slots[key][index], kept[key])
+        slots = [_tf_variable(self._slots[key][index])
+                 for key in self._state_keys]
+        ok = self._step_function(rule, variable)(
+            phi, gradient, _tf_variable(variable), slots, lr,
+            tf.convert_to_tensor(_tf_variable(self.iterations)))
         if not _in_xla_context():
             self._warn_first_skip(ok, variable)
         self.assign_add(self._nonfinite_count,
                         ops.cast(ops.logical_not(ok), "int64"))
         self._count_nonfinite_step(ops.logical_not(ok))
+
+    def _step_function(self, rule, variable):
+        """`_step_and_assign` for `rule`: compiled with XLA as a whole
+        (the rule's step, the finiteness check and the writes fused into
+        a few passes over the parameters, the writes into the variables'
+        buffers) for a rule that compiles its own step, where the variable
+        is a plain local one; else the rule's own ops."""
+        plain = functools.partial(_step_and_assign, rule, self._state_keys,
+                                  self._checked_keys)
+        if not (getattr(rule, "jit_compile", False)
+                and isinstance(variable, tf.Variable)
+                and not tf.distribute.has_strategy()):
+            return plain
+        fused = self._fused_steps.get(id(rule))
+        if fused is None:
+            fused = tf.function(plain, jit_compile=True)
+            self._fused_steps[id(rule)] = fused
+        return fused
 
     def _apply_weight_decay(self, variables):
         # A rule that decays by its own step size does it in update_step.

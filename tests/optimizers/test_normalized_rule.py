@@ -339,7 +339,7 @@ def test_config_round_trip_and_errors():
 
 # ------------------------------- the Keras adapter and the weights file
 
-def test_keras_adapter_equals_the_pure_rule_bitwise():
+def test_keras_adapter_equals_the_pure_rule():
     params = {k: v.numpy() for k, v in _trained_like().items()}
     rule_dict = rule_kinds.config_to_dict(CONFIG)
     opt = keras_meta.LearnedOptimizer(weights=params, rule=rule_dict)
@@ -354,12 +354,17 @@ def test_keras_adapter_equals_the_pure_rule_bitwise():
         updates, state = rule.update(_tensors(params), grads, state, values,
                                      step)
         values = [v - (-u) for v, u in zip(values, updates)]
+    # The adapter fuses the step, the check and the writes into one XLA
+    # computation, whose fusions may contract a multiply-add into one
+    # rounding where the rule's own function does not: equal within a few
+    # float32 roundings, not bitwise.
     for variable, value in zip(variables, values):
-        np.testing.assert_array_equal(variable.numpy(), value.numpy())
+        np.testing.assert_allclose(variable.numpy(), value.numpy(),
+                                   rtol=1e-6, atol=0)
     for index, tensor_state in enumerate(state):
         for key, tensor in tensor_state.items():
-            np.testing.assert_array_equal(opt._slots[key][index].numpy(),
-                                          tensor.numpy())
+            np.testing.assert_allclose(opt._slots[key][index].numpy(),
+                                       tensor.numpy(), rtol=1e-6, atol=0)
 
 
 def test_init_normalized_weights_and_provenance_round_trip(tmp_path):

@@ -151,7 +151,24 @@ def _moments(g, state, shape, config):
     return new_state, corrected, inv
 
 
-def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
+# Gradients at least this large in magnitude are refused by the checked
+# step: g**2 in `v` overflows float32 from about 1.8e19.
+GRADIENT_BOUND = 1e15
+
+
+def _inputs_ok_and_sum_of_squares(g, p):
+    """Whether `g` is finite with |g| < GRADIENT_BOUND and `p` finite, and
+    p's sum of squares (float32, so that float16 parameters do not
+    overflow it): one reduction, so one pass over `g` and `p`
+    (`abs(nan) < bound` is False)."""
+    bad = tf.where(tf.abs(tf.cast(g, tf.float32)) < GRADIENT_BOUND, 0.0,
+                   math.inf)
+    total = tf.reduce_sum(tf.square(tf.cast(p, tf.float32)) + bad)
+    return tf.math.is_finite(total), total
+
+
+def apply_one(meta_params, grad, state, value, config, weight_decay=0.0,
+              check_inputs=False):
     """One step of the rule for one tensor.
 
     Args:
@@ -161,14 +178,25 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
         value: the parameter tensor.
         config: the `NormalizedConfig`.
         weight_decay: the decoupled weight-decay coefficient.
+        check_inputs: also return whether the inputs give a finite step
+            (see `NormalizedMLPRule.update_checked`).
 
     Returns:
-        `(update, new_state)`, `update` shaped like `grad`.
+        `(update, new_state)`, `update` shaped like `grad`; with
+        `check_inputs`, `(update, new_state, ok)`.
     """
     dtype = grad.dtype
     shape = tf.shape(grad)
     g = tf.reshape(grad, (-1,))
     p = tf.reshape(tf.cast(value, dtype), (-1,))
+    rms_p = None
+    if check_inputs:
+        ok, total = _inputs_ok_and_sum_of_squares(g, p)
+        ok = tf.logical_and(ok, tf.reduce_all([
+            tf.reduce_all(tf.math.is_finite(tf.cast(x, dtype)))
+            for x in tf.nest.flatten(meta_params)]))
+        rms_p = tf.cast(tf.sqrt(total / tf.cast(tf.size(p), tf.float32)),
+                        dtype)
     new_state, corrected, inv = _moments(g, state, shape, config)
     t = new_state["t"]
     direction = corrected[0] * inv
@@ -176,7 +204,8 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
     if not (is_vector and config.mlp_tensors == "matrices"):
         features = [g * inv] + [m * inv for m in corrected]
         if config.parameter_feature:
-            features.append(tf.math.divide_no_nan(p, _rms(p)))
+            features.append(tf.math.divide_no_nan(
+                p, _rms(p) if rms_p is None else rms_p))
         tensor_feats = tensor_features(t, is_vector, config, dtype)
         direction = direction + config.output_scale * mlp_output(
             meta_params, features, tensor_feats, config)
@@ -188,16 +217,20 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0):
         rate = rate * tf.exp(new_state["offset"])
     if weight_decay:
         direction = direction + weight_decay * p
-    return tf.reshape(-rate * direction, shape), new_state
+    update = tf.reshape(-rate * direction, shape)
+    if check_inputs:
+        return update, new_state, ok
+    return update, new_state
 
 
 @functools.lru_cache(maxsize=None)
-def _step_function(config, weight_decay, jit_compile):
+def _step_function(config, weight_decay, jit_compile, check_inputs=False):
     """One tensor's step for `config`, shared by every rule of that config
     (so that each shape is compiled once per process)."""
 
     def one(meta_params, grad, state, value):
-        return apply_one(meta_params, grad, state, value, config, weight_decay)
+        return apply_one(meta_params, grad, state, value, config, weight_decay,
+                         check_inputs)
 
     return tf.function(one, jit_compile=True) if jit_compile else one
 
@@ -257,6 +290,36 @@ class NormalizedMLPRule(UpdateRule):
         self.jit_compile = bool(jit_compile)
         self._apply_one = _step_function(config, self.weight_decay,
                                          self.jit_compile)
+
+    @property
+    def checks_inputs(self):
+        """Whether `update_checked` applies: without hypergradient step
+        sizes (whose cosine multiplies gradients), finite inputs with
+        |g| < GRADIENT_BOUND and meta-parameters of ordinary size give a
+        finite update and state (`v` holds g**2; every feature is bounded
+        by |g| / eps)."""
+        return not self.config.adapts_step_size
+
+    def update_checked(self, meta_params, grads, state, values, step):
+        """`update` for one tensor, and whether its inputs are fit for a
+        step: the gradient finite with |g| < GRADIENT_BOUND, the
+        parameter and meta-parameters finite. Checked in the same pass
+        that computes rms(p), so that a caller that skips unfit steps
+        needs no pass over the results (see `checks_inputs`).
+
+        Returns:
+            `([update], [new_state], ok)`.
+        """
+        del step
+        if not self.checks_inputs:
+            raise ValueError(
+                "update_checked needs a rule without hypergradient step "
+                f"sizes; this one has hyper_rate={self.config.hyper_rate}.")
+        (g,), (s,), (v,) = grads, state, values
+        update, new_state, ok = _step_function(
+            self.config, self.weight_decay, self.jit_compile, True)(
+                meta_params, g, s, v)
+        return [update], [new_state], ok
 
     def init(self, values):
         return [params.init_state(tf.convert_to_tensor(v), self.config)
