@@ -168,7 +168,7 @@ class Config:
         None, "Omniglot: also rotate, shear and scale each training image "
         "about its centre by its own random affine map, within this many "
         "times Koch et al. (2015)'s ranges (+-10 degrees, shear +-0.3, "
-        "scale 0.8-1.2 per axis; 0: none, at most 4). Episode learners "
+        "scale 0.8-1.2 per axis; 0: none, at most 3). Episode learners "
         "only, not --learner=finetune. Unset: 0.")
     strided: bool | None = option(
         None, "--learner other than maml: conv4 with strided convolutions "
@@ -334,8 +334,9 @@ def check_values(config):
         flag_checks.number("train_distort", config.train_distort)
         if config.train_distort > MAX_DISTORT:
             raise ValueError(
-                f"--train_distort must be at most {MAX_DISTORT} (a larger "
-                f"scale range reaches 0); got {config.train_distort!r}.")
+                f"--train_distort must be at most {MAX_DISTORT} (beyond, "
+                "maps can be nearly singular); got "
+                f"{config.train_distort!r}.")
         if config.train_distort and config.task != "omniglot":
             raise ValueError(
                 f"--train_distort distorts images; --task={config.task} has "

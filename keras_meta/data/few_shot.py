@@ -93,8 +93,9 @@ _QUARTER_TURNS = ((1, 0, 0, 0, 1, 0),      # k = 0
 # `distort=1`: the ranges of Koch et al. (2015)'s affine distortions of
 # Omniglot characters (their translation is `shift`).
 MAX_DEGREES, MAX_SCALE, MAX_SHEAR = 10.0, 0.2, 0.3
-# Beyond this a scale can reach 0.
-MAX_DISTORT = 4.0
+# Beyond this a scale (0.8 at 1) can fall below 0.4 and the shears make
+# maps that are nearly singular (1 - kx * ky near 0).
+MAX_DISTORT = 3.0
 
 
 def _random_distortions(seed, n, strength):

@@ -218,8 +218,9 @@ def test_class_splits_keep_held_out_classes_out():
     (dict(shift=-1), r"`shift` must be an int >= 0 \(pixels\); got -1"),
     (dict(shift=1.5), r"`shift` must be an int >= 0 \(pixels\); got 1.5"),
     (dict(shift=4, queries=2), r"shift=4 must be smaller than the images \(4x4\)"),
-    (dict(distort=-0.5), r"`distort` must be a number in \[0, 4.0\] .*got -0.5"),
-    (dict(distort=True), r"`distort` must be a number in \[0, 4.0\] .*got True"),
+    (dict(distort=-0.5), r"`distort` must be a number in \[0, 3.0\] .*got -0.5"),
+    (dict(distort=3.5), r"`distort` must be a number in \[0, 3.0\] .*got 3.5"),
+    (dict(distort=True), r"`distort` must be a number in \[0, 3.0\] .*got True"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
