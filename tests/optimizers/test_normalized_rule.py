@@ -422,3 +422,26 @@ def test_without_the_parameter_feature_the_update_ignores_the_values():
     assert not np.allclose(a[-1][0].numpy(), b[-1][0].numpy())
     with pytest.raises(ValueError, match="parameter_feature must be a bool"):
         normalized.NormalizedConfig(parameter_feature=1)
+
+
+def test_hypergradient_rule_checks_its_results_not_its_inputs():
+    # Its cosine multiplies gradients, so bounded inputs do not bound its
+    # results: `update_checked` refuses it and the optimizer checks the
+    # update and state instead, skipping a NaN gradient all the same.
+    config = normalized.NormalizedConfig(hyper_rate=0.1)
+    rule = normalized.NormalizedMLPRule(config)
+    assert not rule.checks_inputs
+    assert normalized.NormalizedMLPRule(CONFIG).checks_inputs
+    with pytest.raises(ValueError, match="hyper_rate=0.1"):
+        rule.update_checked({}, [tf.ones(2)], rule.init([tf.ones(2)]),
+                            [tf.ones(2)], 0)
+    opt = keras_meta.LearnedOptimizer(
+        weights=weights_io.INIT_NORMALIZED,
+        rule=rule_kinds.config_to_dict(config))
+    a = keras.Variable(np.ones((3,), "float32"))
+    opt.build([a])
+    opt.apply([tf.constant([1.0, np.nan, 1.0])], [a])
+    np.testing.assert_array_equal(a.numpy(), np.ones(3))
+    assert int(opt.nonfinite_count.numpy()) == 1
+    opt.apply([tf.ones(3)], [a])
+    assert np.all(a.numpy() < 1.0)
