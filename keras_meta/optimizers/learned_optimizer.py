@@ -6,7 +6,10 @@ offers `init`, `update` and `state_shapes`: `rules.lstm.LSTMRule`,
 phi are optimizer variables, the rule's per-tensor state lives in slots
 shaped by `state_shapes`, and `update_step` calls the rule's `update` for
 one variable, scales the update by `learning_rate` and applies it unless it
-is not finite (`keras_meta.nonfinite`).
+is not finite (`keras_meta.nonfinite`). A rule that compiles its own step
+(the normalized MLP) runs step, check and writes as one XLA computation,
+and a rule that `checks_inputs` is checked on its inputs instead of its
+results (`_step_and_assign`).
 """
 
 import functools

@@ -445,3 +445,11 @@ def test_hypergradient_rule_checks_its_results_not_its_inputs():
     assert int(opt.nonfinite_count.numpy()) == 1
     opt.apply([tf.ones(3)], [a])
     assert np.all(a.numpy() < 1.0)
+
+
+def test_update_checked_takes_one_tensor():
+    rule = normalized.NormalizedMLPRule(CONFIG)
+    values = [tf.ones(2), tf.ones(3)]
+    with pytest.raises(ValueError, match="one tensor; got 2 gradients"):
+        rule.update_checked(_tensors(normalized.init_meta_params(CONFIG)),
+                            values, rule.init(values), values, 0)

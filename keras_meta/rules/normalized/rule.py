@@ -315,6 +315,11 @@ class NormalizedMLPRule(UpdateRule):
             raise ValueError(
                 "update_checked needs a rule without hypergradient step "
                 f"sizes; this one has hyper_rate={self.config.hyper_rate}.")
+        if not len(grads) == len(state) == len(values) == 1:
+            raise ValueError(
+                "update_checked takes one tensor; got "
+                f"{len(grads)} gradients, {len(state)} states and "
+                f"{len(values)} values.")
         (g,), (s,), (v,) = grads, state, values
         update, new_state, ok = _step_function(
             self.config, self.weight_decay, self.jit_compile, True)(
