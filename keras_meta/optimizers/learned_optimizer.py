@@ -37,8 +37,8 @@ def _in_xla_context():
 
 def _tf_variable(variable):
     """The `tf.Variable` behind a Keras variable (itself otherwise)."""
-    return getattr(variable, "value", variable) if isinstance(
-        variable, keras.Variable) else variable
+    return variable.value if isinstance(variable, keras.Variable) \
+        else variable
 
 
 def _dense_gradient(gradient, variable):
