@@ -170,6 +170,11 @@ class Config:
         "times Koch et al. (2015)'s ranges (+-10 degrees, shear +-0.3, "
         "scale 0.8-1.2 per axis; 0: none, at most 3). Episode learners "
         "only, not --learner=finetune. Unset: 0.")
+    train_flips: bool | None = option(
+        None, "Omniglot: mirror images as new training classes (each "
+        "character and each of its rotations also mirrored left to "
+        "right: 8 classes per character). Episode learners only, not "
+        "--learner=finetune. Unset: False.")
     strided: bool | None = option(
         None, "--learner other than maml: conv4 with strided convolutions "
         "(True) or 2x2 max-pooling (False); unset: the learner's default "
@@ -249,10 +254,11 @@ SINUSOID_RULE_DEFAULTS = {
 def resume_defaults():
     """The settings a run's record may lack (added after it was written),
     as `run_dir.RunDirectory` compares them on resume: the flags' defaults,
-    and no inner guard, shift or distortion (what such a run trained
+    and no inner guard, shift, distortion or mirror images (what such a
+    run trained
     with)."""
     return dict(config_flags.defaults(Config), inner_guard=INNER_GUARD_OFF,
-                train_shift=0, train_distort=0.0)
+                train_shift=0, train_distort=0.0, train_flips=False)
 
 
 def task_defaults(task, ways, paper_settings=False):
@@ -341,6 +347,9 @@ def check_values(config):
             raise ValueError(
                 f"--train_distort distorts images; --task={config.task} has "
                 f"none (got --train_distort={config.train_distort}).")
+    if config.train_flips and config.task != "omniglot":
+        raise ValueError(
+            f"--train_flips mirrors images; --task={config.task} has none.")
 
 
 def resolve(config):
@@ -367,6 +376,7 @@ def resolve(config):
     defaults.setdefault("inner_guard", INNER_GUARD_OFF)
     defaults.setdefault("train_shift", 0)
     defaults.setdefault("train_distort", 0.0)
+    defaults.setdefault("train_flips", False)
     if config.strategy != "default":
         # XLA on the whole step fails under MirroredStrategy (variables on
         # other devices); TPUStrategy compiles with XLA anyway. Keras 3.15

@@ -165,7 +165,8 @@ def train_episodes(config, task, skip_batches):
             task.train, ways=config.train_ways, shots=config.shots,
             queries=config.queries, meta_batch_size=config.meta_batch_size,
             seed=config.seed, rotations=True, skip_batches=skip_batches,
-            shift=config.train_shift, distort=config.train_distort)
+            shift=config.train_shift, distort=config.train_distort,
+            flips=config.train_flips)
     return task.train_episodes(skip_batches=skip_batches)
 
 
@@ -200,7 +201,7 @@ def check(config):
         raise ValueError(
             f"--zero_head is a MAML option; --learner={config.learner} "
             "does not take it.")
-    for flag in ("train_shift", "train_distort"):
+    for flag in ("train_shift", "train_distort", "train_flips"):
         if config.learner == "finetune" and getattr(config, flag):
             raise ValueError(
                 f"--{flag}={getattr(config, flag)} augments episodes; "

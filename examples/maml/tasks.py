@@ -131,19 +131,21 @@ class OmniglotTask:
         return self.config.inner_lr * self.config.ways
 
     def _episodes(self, classes, queries, seed, rotations, skip_batches=0,
-                  meta_batch_size=None, shots=None, shift=0, distort=0.0):
+                  meta_batch_size=None, shots=None, shift=0, distort=0.0,
+                  flips=False):
         c = self.config
         return keras_meta.data.episodes(
             classes, ways=c.ways, shots=shots or c.shots, queries=queries,
             meta_batch_size=meta_batch_size or c.meta_batch_size, seed=seed,
             rotations=rotations, skip_batches=skip_batches, shift=shift,
-            distort=distort)
+            distort=distort, flips=flips)
 
     def train_episodes(self, skip_batches=0):
         return self._episodes(self.train, self.config.queries,
                               self.config.seed, True, skip_batches,
                               shift=self.config.train_shift,
-                              distort=self.config.train_distort)
+                              distort=self.config.train_distort,
+                              flips=self.config.train_flips)
 
     def validation_episodes(self):
         return self._episodes(self.validation, self.config.eval_queries,
@@ -160,15 +162,18 @@ class OmniglotTask:
         so that a bad setting fails before training, naming the split."""
         c = self.config
         splits = [("training", self.train, c.shots, c.queries,
-                   c.meta_batch_size, True, c.train_shift),
+                   c.meta_batch_size, True, c.train_shift, c.train_flips),
                   ("validation", self.validation, c.shots, c.eval_queries,
-                   c.meta_batch_size, False, 0)]
+                   c.meta_batch_size, False, 0, False)]
         splits += [(f"evaluation (--eval_shots={k})", self.test, k,
-                    c.eval_queries, 50, False, 0) for k in c.eval_shots]
-        for name, classes, shots, queries, batch, rotations, shift in splits:
+                    c.eval_queries, 50, False, 0, False)
+                   for k in c.eval_shots]
+        for (name, classes, shots, queries, batch, rotations, shift,
+             flips) in splits:
             try:
                 keras_meta.data.check_episode_settings(
-                    classes, c.ways, shots, queries, batch, rotations, shift)
+                    classes, c.ways, shots, queries, batch, rotations, shift,
+                    flips=flips)
             except ValueError as e:
                 raise ValueError(
                     f"The {name} classes cannot make the episodes these "

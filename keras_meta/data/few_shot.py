@@ -13,7 +13,7 @@ from keras_meta.data.image_classes import load_image_classes
 
 def check_episode_settings(classes, ways, shots, queries,
                            meta_batch_size=1, rotations=False, shift=0,
-                           distort=0.0):
+                           distort=0.0, flips=False):
     """Refuses episode settings that cannot be sampled from `classes`.
 
     `episodes` calls it before it builds a stream; call it on every class
@@ -22,13 +22,13 @@ def check_episode_settings(classes, ways, shots, queries,
 
     Args:
         classes: an `ImageClasses`, or None to check the numbers only.
-        ways, shots, queries, meta_batch_size, rotations, shift, distort:
-            as `episodes`.
+        ways, shots, queries, meta_batch_size, rotations, shift, distort,
+            flips: as `episodes`.
 
     Raises:
-        ValueError: a count that is not a positive int, `rotations` not a
-            bool, `shift` not an int >= 0 or not smaller than the images,
-            `distort` not a number in [0, MAX_DISTORT],
+        ValueError: a count that is not a positive int, `rotations` or
+            `flips` not a bool, `shift` not an int >= 0 or not smaller
+            than the images, `distort` not a number in [0, MAX_DISTORT],
             more ways than classes, fewer images in a class than shots +
             queries, or rotations of non-square images; the message says
             what was given and what was expected.
@@ -37,8 +37,9 @@ def check_episode_settings(classes, ways, shots, queries,
                         ("queries", queries),
                         ("meta_batch_size", meta_batch_size)):
         validation.check_positive_int(name, value)
-    if not isinstance(rotations, bool):
-        raise ValueError(f"`rotations` must be a bool; got {rotations!r}.")
+    for name, value in (("rotations", rotations), ("flips", flips)):
+        if not isinstance(value, bool):
+            raise ValueError(f"`{name}` must be a bool; got {value!r}.")
     if isinstance(shift, bool) or not isinstance(
             shift, (int, np.integer)) or shift < 0:
         raise ValueError(
@@ -51,11 +52,13 @@ def check_episode_settings(classes, ways, shots, queries,
             f"al.'s affine distortions); got {distort!r}.")
     if classes is None:
         return
-    available = classes.num_classes * (4 if rotations else 1)
+    available = classes.num_classes * _variants(rotations, flips)
     if ways > available:
+        made = " and ".join(name for name, on in (
+            ("rotations", rotations), ("mirror images", flips)) if on)
         raise ValueError(
             f"ways={ways} needs at least {ways} classes; the source has "
-            f"{available}{' with rotations' if rotations else ''}."
+            f"{available}{' with ' + made if made else ''}."
         )
     counts = classes.class_counts()
     needed = shots + queries
@@ -79,6 +82,12 @@ def check_episode_settings(classes, ways, shots, queries,
         raise ValueError(
             f"shift={shift} must be smaller than the images "
             f"({classes.images.shape[1]}x{classes.images.shape[2]}).")
+
+
+def _variants(rotations, flips):
+    """How many classes each source class makes: its 4 quarter turns with
+    `rotations`, each also mirrored with `flips`."""
+    return (4 if rotations else 1) * (2 if flips else 1)
 
 
 # Per quarter turn k (counter-clockwise, as `tf.image.rot90`): where output
@@ -115,8 +124,10 @@ def _random_distortions(seed, n, strength):
     return rotation @ shear @ scale
 
 
-def _move_each(images, quarter_turns, offsets, distortions=None):
-    """Turns image i by quarter_turns[i] * 90 degrees counter-clockwise
+def _move_each(images, quarter_turns, offsets, distortions=None,
+               mirrors=None):
+    """Mirrors image i left to right where mirrors[i], turns it by
+    quarter_turns[i] * 90 degrees counter-clockwise
     (as `tf.image.rot90`), then translates it by offsets[i] = (down,
     right) pixels, repeating the edge rows and columns into the space it
     leaves (Omniglot's edges are background). Exact: every output pixel
@@ -136,6 +147,7 @@ def _move_each(images, quarter_turns, offsets, distortions=None):
         quarter_turns: int32 [n] in 0..3.
         offsets: int32 [n, 2].
         distortions: None or float32 [n, 2, 2].
+        mirrors: None or bool [n].
     """
     shape = tf.shape(images)
     last_col = tf.cast(shape[2] - 1, tf.float32)
@@ -164,6 +176,11 @@ def _move_each(images, quarter_turns, offsets, distortions=None):
         bx, by = linear[:, 1, 0], linear[:, 1, 1]
         a2, b2 = a2 + extra[:, 0], b2 + extra[:, 1]
         interpolation = "BILINEAR"
+    if mirrors is not None:
+        # Mirrored source: the column read becomes last_col - column.
+        sign = tf.where(mirrors, -1.0, 1.0)
+        ax, ay = sign * ax, sign * ay
+        a2 = tf.where(mirrors, last_col - a2, a2)
     transforms = tf.stack([ax, ay, a2, bx, by, b2, zero, zero], 1)
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transforms, output_shape=shape[1:3],
@@ -171,22 +188,23 @@ def _move_each(images, quarter_turns, offsets, distortions=None):
 
 
 def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
-                    rotations, shift=0, distort=0.0):
+                    rotations, shift=0, distort=0.0, flips=False):
     """Samples a batch of episodes, stateless and deterministic in `seed`.
 
     Args:
         classes: `(images, starts, counts, largest_count)` from
             `_class_tensors`.
         seed: int32 [2] stateless seed.
-        ways, shots, queries, meta_batch_size, rotations, shift, distort:
-            as `episodes`.
+        ways, shots, queries, meta_batch_size, rotations, shift, distort,
+            flips: as `episodes`.
 
     Returns:
         An episode dict (see `keras_meta.data.episode`).
     """
     images, starts, counts, width = classes
     num_base = int(starts.shape[0])
-    num_classes = num_base * (4 if rotations else 1)
+    variants = _variants(rotations, flips)
+    num_classes = num_base * variants
     per_class = shots + queries
     s_class, s_example = tf.unstack(
         tf.random.experimental.stateless_split(seed, 2))
@@ -194,7 +212,7 @@ def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
     # whose order is also the random label order.
     chosen = tf.argsort(tf.random.stateless_uniform(
         [meta_batch_size, num_classes], s_class), axis=1)[:, :ways]
-    base = chosen // 4 if rotations else chosen
+    base = chosen // variants
     count = tf.gather(counts, base)  # [B, ways]
     # Examples without replacement within each class: random keys, with the
     # slots past the class's count pushed to the end.
@@ -204,13 +222,20 @@ def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
     pick = tf.argsort(keys, axis=-1)[..., :per_class]  # [B, ways, n]
     index = tf.gather(starts, base)[..., None] + pick
     batch = tf.gather(images, index)  # [B, ways, n, h, w, c]
-    if rotations or shift or distort:
+    if rotations or shift or distort or flips:
         shape = tf.shape(batch)
         flat = tf.reshape(batch, tf.concat([[-1], shape[3:]], 0))
         n = tf.shape(flat)[0]
-        turns = (tf.reshape(tf.broadcast_to((chosen % 4)[..., None],
-                                            index.shape), [-1])
-                 if rotations else tf.zeros([n], tf.int32))
+
+        def per_image(class_variant):
+            return tf.reshape(tf.broadcast_to(class_variant[..., None],
+                                              index.shape), [-1])
+
+        turns = (per_image(chosen % 4) if rotations
+                 else tf.zeros([n], tf.int32))
+        mirrors = None
+        if flips:
+            mirrors = per_image(chosen % variants >= variants // 2)
         offsets = tf.zeros([n, 2], tf.int32)
         if shift:
             # Its own seed, folded from one already drawn, so that the
@@ -223,8 +248,8 @@ def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
             distortions = _random_distortions(
                 tf.random.experimental.stateless_fold_in(s_example, 2), n,
                 float(distort))
-        batch = tf.reshape(_move_each(flat, turns, offsets, distortions),
-                           shape)
+        batch = tf.reshape(
+            _move_each(flat, turns, offsets, distortions, mirrors), shape)
     labels = tf.broadcast_to(
         tf.range(ways, dtype=tf.int32)[None, :, None],
         [meta_batch_size, ways, per_class])
@@ -251,7 +276,8 @@ def _class_tensors(classes):
 
 def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
              seed=None, split="train", data_dir=None, rotations=False,
-             image_size=(28, 28), skip_batches=0, shift=0, distort=0.0):
+             image_size=(28, 28), skip_batches=0, shift=0, distort=0.0,
+             flips=False):
     """An endless dataset of N-way K-shot image-classification episodes.
 
     Classes are drawn without replacement within an episode and labelled
@@ -259,6 +285,8 @@ def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
     `queries` query images, disjoint. With `rotations=True` each class of the
     source is four classes, rotated by 0, 90, 180 and 270 degrees (the MAML
     Omniglot protocol), so a task's class gets one random rotation. With
+    `flips=True` each of those is also a class mirrored left to right
+    (8 classes per source class with rotations, 2 without). With
     `shift=s` every image is moved by its own random offset of up to `s`
     pixels down or up and right or left (the edges repeated into the space
     left): an augmentation for training episodes. With `distort=d` every
@@ -291,6 +319,7 @@ def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
         split: TFDS split, for TFDS names.
         data_dir: TFDS data directory, for TFDS names.
         rotations: augment with 90-degree rotations as new classes.
+        flips: augment with mirror images as new classes.
         image_size: (height, width) images are resized to when loaded.
         skip_batches: start the stream this many batches in (to resume a
             run exactly where it stopped).
@@ -305,18 +334,18 @@ def episodes(source, ways=5, shots=1, queries=15, meta_batch_size=32,
         with `ways * queries`. Examples are grouped by class.
     """
     check_episode_settings(None, ways, shots, queries, meta_batch_size,
-                           rotations, shift, distort)
+                           rotations, shift, distort, flips)
     check_image_size(image_size)
     seeds = seed_stream(seed, skip_batches)
     classes = load_image_classes(source, split=split, data_dir=data_dir,
                                  image_size=image_size)
     check_episode_settings(classes, ways, shots, queries, meta_batch_size,
-                           rotations, shift, distort)
+                           rotations, shift, distort, flips)
     tensors = _class_tensors(classes)
     return seeds.map(
         lambda s: sample_episodes(tensors, s, ways, shots, queries,
                                   meta_batch_size, rotations, shift,
-                                  distort),
+                                  distort, flips),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     ).prefetch(tf.data.AUTOTUNE)

@@ -128,6 +128,60 @@ def test_move_each_turns_then_shifts_each_image_exactly(height, width, turns,
             out, edge_shifted(np.rot90(image, k), d, r))
 
 
+def test_move_each_mirrors_before_it_turns_and_shifts_exactly():
+    rng = np.random.RandomState(3)
+    cases = [(m, k, d, r) for m in (False, True) for k in range(4)
+             for d in (-2, 1) for r in (0, 3)]
+    images = rng.randint(0, 256, (len(cases), 6, 6, 1)).astype(np.uint8)
+    moved = few_shot._move_each(
+        tf.constant(images), tf.constant([k for _, k, _, _ in cases]),
+        tf.constant([(d, r) for _, _, d, r in cases]),
+        mirrors=tf.constant([m for m, _, _, _ in cases])).numpy()
+    for image, out, (m, k, d, r) in zip(images, moved, cases):
+        source = np.fliplr(image) if m else image
+        np.testing.assert_array_equal(
+            out, edge_shifted(np.rot90(source, k), d, r))
+
+
+def identify_variant(image):
+    """(class, example, quarter turns, mirrored) of a marked image, which
+    was mirrored (left to right) before it was turned."""
+    for k in range(4):
+        upright = np.rot90(image[..., 0], -k)
+        for mirrored in (False, True):
+            source = np.fliplr(upright) if mirrored else upright
+            if 1 <= source[0, 0] <= 100 and source[0, 1] > 100:
+                return (int(source[0, 0]) - 1, int(source[0, 1]) - 101, k,
+                        mirrored)
+    raise AssertionError(f"unmarked image\n{image[..., 0]}")
+
+
+def test_flips_make_mirror_images_new_classes():
+    ds = keras_meta.data.episodes(marked_classes(num_classes=3), ways=20,
+                                  shots=1, queries=1, meta_batch_size=8,
+                                  seed=2, rotations=True, flips=True)
+    seen = set()
+    for e in numpy_batches(ds, 4):
+        for t in range(8):
+            support = [identify_variant(x) for x in e["support_x"][t]]
+            variants = [(c, k, m) for c, _, k, m in support]
+            assert len(set(variants)) == 20  # 20 of 3 x 4 x 2 classes
+            for x, y in zip(e["query_x"][t], e["query_y"][t]):
+                c, _, k, m = identify_variant(x)
+                assert (c, k, m) == variants[y]
+            seen |= set(variants)
+    assert len(seen) == 24
+    # Without rotations a class and its mirror image: 2 per source class.
+    ds = keras_meta.data.episodes(marked_classes(num_classes=3), ways=6,
+                                  shots=1, queries=1, meta_batch_size=4,
+                                  seed=2, flips=True)
+    for e in numpy_batches(ds, 2):
+        for t in range(4):
+            support = {identify_variant(x) for x in e["support_x"][t]}
+            assert {(c, k, m) for c, _, k, m in support} == {
+                (c, 0, m) for c in range(3) for m in (False, True)}
+
+
 def test_move_each_distorts_in_the_output_frame_before_turn_and_shift():
     rng = np.random.RandomState(2)
     cases = [(k, d, r) for k in range(4) for d in (-2, 1) for r in (0, 3)]
@@ -212,6 +266,9 @@ def test_class_splits_keep_held_out_classes_out():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(ways=13), "ways=13 needs at least 13 classes; the source has 12"),
     (dict(ways=49, rotations=True), "has 48 with rotations"),
+    (dict(ways=97, rotations=True, flips=True),
+     "has 96 with rotations and mirror images"),
+    (dict(flips=1), "`flips` must be a bool; got 1"),
     (dict(shots=5, queries=2), "7 images per class are needed"),
     (dict(queries=0), "`queries` must be an int >= 1; got 0"),
     (dict(skip_batches=-1), "`skip_batches` must be an int >= 0"),

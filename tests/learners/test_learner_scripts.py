@@ -36,6 +36,7 @@ def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
     protonet = resolve(task="omniglot", ways=20, learner="protonet")
     assert (protonet.train_ways, protonet.queries, protonet.meta_batch_size,
             protonet.train_shift) == (30, 5, 1, 3)
+    assert (protonet.train_flips, maml.train_flips) == (False, False)
     paper = resolve(task="omniglot", learner="protonet", paper_settings=True)
     assert (paper.train_ways, paper.train_shift) == (60, 0)
     reptile = resolve(learner="reptile")
@@ -64,6 +65,10 @@ def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
     (dict(train_distort=0.5), "--task=sinusoid has none"),
     (dict(task="omniglot", learner="finetune", train_distort=0.5),
      "--train_distort=0.5 augments episodes"),
+    (dict(train_flips=True), "--train_flips mirrors images; "
+     "--task=sinusoid has none"),
+    (dict(task="omniglot", learner="finetune", train_flips=True),
+     "--train_flips=True augments episodes"),
 ])
 def test_settings_a_learner_cannot_use_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
