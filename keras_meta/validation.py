@@ -12,6 +12,13 @@ def check_positive_int(name, value, allow_none=False):
         raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
 
 
+def check_non_negative_int(name, value):
+    """Raises `ValueError` unless `value` is an int >= 0; the message names
+    the argument and the value given."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"`{name}` must be an int >= 0; got {value!r}.")
+
+
 def dataclass_from_dict(cls, fields):
     """`cls(**fields)` for a config dataclass, refusing unknown names with
     a message that lists them and the known ones."""

@@ -32,7 +32,7 @@ MAY_CHANGE_ON_RESUME = frozenset({
     "train_steps", "steps_per_epoch",
     "max_train_minutes", "verbose", "checkpoint_every", "keep_checkpoints",
     "profile", "profile_batches", "eval_tasks", "eval_shots", "eval_steps",
-    "tpu", "evaluate_only"})
+    "tpu", "evaluate_only", "support_shift"})
 # Flags that are ints >= 1 once the task's defaults are filled in.
 POSITIVE_INTS = ("ways", "shots", "queries", "meta_batch_size",
                  "train_steps", "steps_per_epoch", "inner_steps",
@@ -155,6 +155,13 @@ class Config:
     distance: str = option(
         "euclidean", "--learner=protonet: squared euclidean or scaled "
         "cosine logits.", choices=("euclidean", "cosine"))
+    support_shift: int | None = option(
+        None, "--learner=protonet: outside training, each prototype is the "
+        "mean embedding of its support image moved by every offset of up "
+        "to this many pixels per axis (0: the image alone; queries are "
+        "embedded once). An evaluation setting: --resume and "
+        "--evaluate_only may change it. Unset: 3 (chosen on validation, "
+        "BUILD_NOTES 4.3), 0 with --paper_settings.")
     train_ways: int | None = option(
         None, "--learner=protonet: classes per training episode (more "
         "than --ways helps; default 30, 60 with --paper_settings).")
@@ -254,11 +261,12 @@ SINUSOID_RULE_DEFAULTS = {
 def resume_defaults():
     """The settings a run's record may lack (added after it was written),
     as `run_dir.RunDirectory` compares them on resume: the flags' defaults,
-    and no inner guard, shift, distortion or mirror images (what such a
-    run trained
+    and no inner guard, shift, distortion, mirror images or support views
+    (what such a run trained
     with)."""
     return dict(config_flags.defaults(Config), inner_guard=INNER_GUARD_OFF,
-                train_shift=0, train_distort=0.0, train_flips=False)
+                train_shift=0, train_distort=0.0, train_flips=False,
+                support_shift=0)
 
 
 def task_defaults(task, ways, paper_settings=False):
@@ -332,6 +340,7 @@ def check_values(config):
         flag_checks.step_range("profile_batches", config.profile_batches)
     flag_checks.non_negative_int("seed", config.seed)
     flag_checks.non_negative_int("train_shift", config.train_shift)
+    flag_checks.non_negative_int("support_shift", config.support_shift)
     if config.train_shift and config.task != "omniglot":
         raise ValueError(
             f"--train_shift moves images; --task={config.task} has none "
@@ -377,6 +386,7 @@ def resolve(config):
     defaults.setdefault("train_shift", 0)
     defaults.setdefault("train_distort", 0.0)
     defaults.setdefault("train_flips", False)
+    defaults.setdefault("support_shift", 0)
     if config.strategy != "default":
         # XLA on the whole step fails under MirroredStrategy (variables on
         # other devices); TPUStrategy compiles with XLA anyway. Keras 3.15

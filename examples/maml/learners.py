@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_meta
+from keras_meta.learners import protonet
 
 LEARNERS = ("maml", "protonet", "reptile", "finetune")
 # The settings each learner fills in where a flag is left unset, per task.
@@ -46,7 +47,8 @@ DEFAULTS = {
     ("protonet", "omniglot"): dict(
         _COMMON, shots=1, queries=5, meta_batch_size=1, train_ways=30,
         train_steps=100000, inner_steps=1, eval_inner_steps=1,
-        inner_lr=0.0, eval_queries=15, meta_lr=1e-3, train_shift=3),
+        inner_lr=0.0, eval_queries=15, meta_lr=1e-3, train_shift=3,
+        support_shift=3),
     ("reptile", "omniglot"): dict(
         _COMMON, shots=1, queries=4, meta_batch_size=5, train_steps=100000,
         inner_steps=5, eval_inner_steps=20, inner_lr=1e-3, eval_queries=15,
@@ -67,7 +69,8 @@ DEFAULTS = {
         eval_steps=(1, 10), meta_lr=1e-3),
 }
 PAPER = {
-    ("protonet", "omniglot"): dict(train_ways=60, queries=5, train_shift=0),
+    ("protonet", "omniglot"): dict(train_ways=60, queries=5, train_shift=0,
+                                   support_shift=0),
     ("reptile", "omniglot"): dict(shots=1, queries=9, inner_steps=10,
                                   eval_inner_steps=50),
 }
@@ -126,7 +129,7 @@ def build(config, task):
     if config.learner == "protonet":
         learner = keras_meta.ProtoNet(
             _features(_omniglot_net(config, strided=False)),
-            distance=config.distance)
+            distance=config.distance, support_shift=config.support_shift)
     elif config.learner == "reptile":
         inner = (keras.optimizers.Adam(config.inner_lr, beta_1=0.0)
                  if omniglot else keras.optimizers.SGD(config.inner_lr))
@@ -152,6 +155,15 @@ def build(config, task):
     learner.compile(optimizer=_meta_optimizer(config),
                     loss=None if omniglot else "mse",
                     metrics=list(task.metrics))
+    return learner
+
+
+def apply_evaluation_settings(config, learner):
+    """Sets the evaluation settings of `config` on a built, restored or
+    loaded learner (ProtoNet's support views)."""
+    if config.learner == "protonet":
+        learner.support_shift = protonet.check_support_shift(
+            config.support_shift, learner.embedding)
     return learner
 
 
@@ -207,6 +219,10 @@ def check(config):
                 f"--{flag}={getattr(config, flag)} augments episodes; "
                 "--learner=finetune pretrains on pooled images and does not "
                 "take it.")
+    if config.learner != "protonet" and config.support_shift:
+        raise ValueError(
+            f"--support_shift={config.support_shift} is a ProtoNet option; "
+            f"--learner={config.learner} does not take it.")
     if config.learner == "protonet" and config.train_ways is not None and (
             config.train_ways < 2):
         raise ValueError(

@@ -176,6 +176,7 @@ def _run_in(directory, config, strategy):
     task = tasks.make_task(config)
     task.check()
     maml, start_step = _restore_or_build(config, task, strategy, directory)
+    learners.apply_evaluation_settings(config, maml)
     resumes = directory.record_config(start_step)
     start = time.time()
     _train(maml, task, config, directory.checkpoints, start_step)
@@ -277,7 +278,9 @@ def evaluate_saved(config):
     keras.utils.set_random_seed(config.seed)
     task = tasks.make_task(config)
     task.check()
-    results = _evaluation(config, task, keras.models.load_model(path), path)
+    learner = learners.apply_evaluation_settings(
+        config, keras.models.load_model(path))
+    results = _evaluation(config, task, learner, path)
     saving.write_json(os.path.join(
         config.model_dir, f"evaluation-{config.ways}way.json"), results)
     results["formatted"] = task.format(results["table"])

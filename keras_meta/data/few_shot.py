@@ -187,6 +187,15 @@ def _move_each(images, quarter_turns, offsets, distortions=None,
         fill_value=0.0, interpolation=interpolation, fill_mode="NEAREST")
 
 
+def shifted(images, down, right):
+    """`images` [n, h, w, c] moved `down` and `right` pixels (negative:
+    up, left), the edge rows and columns repeated into the space left, as
+    the training shift moves them; every output pixel is an input pixel."""
+    n = tf.shape(images)[0]
+    offsets = tf.tile(tf.constant([[down, right]], tf.int32), [n, 1])
+    return _move_each(images, tf.zeros([n], tf.int32), offsets)
+
+
 def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
                     rotations, shift=0, distort=0.0, flips=False):
     """Samples a batch of episodes, stateless and deterministic in `seed`.

@@ -7,6 +7,9 @@ import tensorflow as tf
 from keras.src.saving import serialization_lib
 
 from keras_meta import saving
+from keras_meta import validation
+from keras_meta.data import few_shot
+from keras_meta.data.image_classes import ResizeImages
 from keras_meta.learners import base
 from keras_meta.maml import export as maml_export
 
@@ -55,6 +58,12 @@ def distance_logits(queries, centers, distance="euclidean", scale=1.0):
     return scale * tf.matmul(q, c, transpose_b=True)
 
 
+def view_offsets(shift):
+    """Every (down, right) offset of up to `shift` pixels per axis."""
+    return [(d, r) for d in range(-shift, shift + 1)
+            for r in range(-shift, shift + 1)]
+
+
 def check_distance(distance, scale):
     """Raises on an unknown distance or a scale that is not a finite float
     > 0; returns the scale to use (None: the distance's default)."""
@@ -67,6 +76,22 @@ def check_distance(distance, scale):
             or not 0 < scale < float("inf")):
         raise ValueError(f"`scale` must be a finite float > 0; got {scale!r}.")
     return float(scale)
+
+
+def check_support_shift(support_shift, embedding):
+    """Raises unless `support_shift` is an int >= 0 that `embedding`'s
+    inputs can take (images [batch, h, w, c] where it is > 0); returns
+    it."""
+    validation.check_non_negative_int("support_shift", support_shift)
+    if support_shift:
+        shape = tuple(embedding.inputs[0].shape) if getattr(
+            embedding, "inputs", None) else None
+        if shape is None or len(shape) != 4:
+            raise ValueError(
+                f"support_shift={support_shift} moves images; the embedding "
+                f"takes inputs of shape {shape}, not images [batch, height, "
+                "width, channels].")
+    return int(support_shift)
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")
@@ -137,6 +162,15 @@ class ProtoNet(base.EpisodeLearner):
     uint8 images too, when the embedding starts with the resize and
     rescale layers of `keras_meta.models.conv4_classifier`).
 
+    With `support_shift=s`, everything but training (evaluate, predict,
+    `task_results`, `adapt`, `export`) embeds each support image as the
+    mean embedding of its (2s + 1)^2 copies moved by every offset of up to
+    s pixels per axis (edges repeated, as the training shift of
+    `keras_meta.data.episodes` moves images; after the embedding's resize
+    layer, if it has one, so in the pixels the network sees). Queries are
+    embedded once, so classifying costs what it did; a network trained
+    with shifted images gets steadier prototypes from one example.
+
     Episode targets are class indices 0..N-1; every class of a task must
     have a support example (checked before anything is compiled).
 
@@ -159,6 +193,9 @@ class ProtoNet(base.EpisodeLearner):
             embeddings.
         distance: "euclidean" (squared) or "cosine".
         scale: logit scale (None: 1 for euclidean, 10 for cosine).
+        support_shift: an int >= 0; the support views' largest offset in
+            pixels (0: each support image embedded once). Needs image
+            inputs [batch, height, width, channels].
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Reference:
@@ -166,13 +203,30 @@ class ProtoNet(base.EpisodeLearner):
     """
 
     def __init__(self, embedding, distance="euclidean", scale=None,
-                 **kwargs):
+                 support_shift=0, **kwargs):
         super().__init__(**kwargs)
         base.check_model(embedding, "ProtoNet")
         self.embedding = embedding
         self.distance = distance
         self.scale = check_distance(distance, scale)
+        self.support_shift = check_support_shift(support_shift, embedding)
         self.built = True
+
+    def _support_embedding(self, x):
+        """Inference-mode embeddings [n, dim] of support inputs [n, ...]:
+        with `support_shift`, each the mean over its moved copies."""
+        if not self.support_shift:
+            return self.embedding(x, training=False)
+        resize = next((layer for layer in self.embedding.layers
+                       if isinstance(layer, ResizeImages)), None)
+        if resize is not None:
+            # Move the pixels the network sees; the embedding's own resize
+            # then passes the images through.
+            x = tf.cast(resize(x), x.dtype)
+        views = [self.embedding(few_shot.shifted(x, down, right),
+                                training=False)
+                 for down, right in view_offsets(self.support_shift)]
+        return tf.add_n(views) / float(len(views))
 
     def _embed(self, x, training):
         """[tasks, n, ...] -> [tasks, n, dim]."""
@@ -185,11 +239,23 @@ class ProtoNet(base.EpisodeLearner):
         """Query logits [tasks, queries, ways] of an episode dict."""
         support, query = episode["support_x"], episode["query_x"]
         n_support = tf.shape(support)[1]
-        # One pass over support and query: batch statistics over both.
-        both = self._embed(tf.concat([support, query], axis=1), training)
         ways = tf.cast(tf.reduce_max(episode["support_y"]), tf.int32) + 1
-        centers = prototypes(both[:, :n_support], episode["support_y"], ways)
-        return distance_logits(both[:, n_support:], centers, self.distance,
+        if self.support_shift and not training:
+            flat = tf.reshape(support, tf.concat(
+                [[-1], tf.shape(support)[2:]], 0))
+            flat = tf.ensure_shape(flat, [None] + list(support.shape[2:]))
+            embedded = self._support_embedding(flat)
+            support_embeddings = tf.reshape(embedded, tf.concat(
+                [tf.shape(support)[:2], [-1]], 0))
+            query_embeddings = self._embed(query, training)
+        else:
+            # One pass over support and query: batch statistics over both.
+            both = self._embed(tf.concat([support, query], axis=1),
+                               training)
+            support_embeddings = both[:, :n_support]
+            query_embeddings = both[:, n_support:]
+        centers = prototypes(support_embeddings, episode["support_y"], ways)
+        return distance_logits(query_embeddings, centers, self.distance,
                                self.scale)
 
     def _query_outputs(self, episode, training, steps=None, record=False):
@@ -234,9 +300,9 @@ class ProtoNet(base.EpisodeLearner):
         """
         support_x, ways = base.check_support_classes(
             self.embedding, support_x, support_y)
-        embeddings = self.embedding.predict(support_x, verbose=0)
+        embeddings = self._support_embedding(tf.convert_to_tensor(support_x))
         centers = prototypes(
-            tf.convert_to_tensor(embeddings)[None],
+            embeddings[None],
             tf.convert_to_tensor(support_y)[None], ways)[0]
         head = PrototypeHead(ways, self.distance, self.scale,
                              name="prototypes")
@@ -277,7 +343,8 @@ class ProtoNet(base.EpisodeLearner):
 
         def adapt_and_predict(support_x, support_y, query_x):
             embed = functools.partial(self.embedding, training=False)
-            centers = prototypes(embed(support_x)[None], support_y[None],
+            centers = prototypes(self._support_embedding(support_x)[None],
+                                 support_y[None],
                                  tf.reduce_max(support_y) + 1)
             return distance_logits(embed(query_x)[None], centers,
                                    self.distance, self.scale)[0]
@@ -298,6 +365,7 @@ class ProtoNet(base.EpisodeLearner):
                 self.embedding),
             "distance": self.distance,
             "scale": self.scale,
+            "support_shift": self.support_shift,
         })
         return saving.stamp(config)
 

@@ -18,6 +18,11 @@ def resolve(**kwargs):
     return maml_config.resolve(maml_config.Config(**kwargs))
 
 
+def paper_protonet():
+    return resolve(task="omniglot", ways=20, learner="protonet",
+                   paper_settings=True)
+
+
 def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
     maml = resolve(task="omniglot", ways=20)
     assert (maml.learner, maml.meta_lr, maml.inner_steps,
@@ -37,6 +42,8 @@ def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
     assert (protonet.train_ways, protonet.queries, protonet.meta_batch_size,
             protonet.train_shift) == (30, 5, 1, 3)
     assert (protonet.train_flips, maml.train_flips) == (False, False)
+    assert (protonet.support_shift, paper_protonet().support_shift,
+            maml.support_shift) == (3, 0, 0)
     paper = resolve(task="omniglot", learner="protonet", paper_settings=True)
     assert (paper.train_ways, paper.train_shift) == (60, 0)
     reptile = resolve(learner="reptile")
@@ -69,6 +76,10 @@ def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
      "--task=sinusoid has none"),
     (dict(task="omniglot", learner="finetune", train_flips=True),
      "--train_flips=True augments episodes"),
+    (dict(task="omniglot", learner="reptile", support_shift=1),
+     "--support_shift=1 is a ProtoNet option; --learner=reptile"),
+    (dict(task="omniglot", learner="protonet", support_shift=-1),
+     "--support_shift must be an int >= 0; got -1"),
 ])
 def test_settings_a_learner_cannot_use_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -92,9 +92,77 @@ def test_adapt_save_and_load_give_the_episode_predictions(
     assert loaded.compiled and loaded.optimizer is not None
 
 
+def image_embedding(size=8):
+    keras.utils.set_random_seed(0)
+    net = keras_meta.models.conv4_classifier(2, filters=4, strided=False,
+                                             image_size=(size, size))
+    return keras.Model(net.inputs, net.get_layer("flatten").output)
+
+
+def edge_shifted(images, down, right):
+    """[n, h, w, c] moved as the training shift moves them."""
+    h, w = images.shape[1:3]
+    rows = np.clip(np.arange(h) - down, 0, h - 1)
+    cols = np.clip(np.arange(w) - right, 0, w - 1)
+    return images[:, rows][:, :, cols]
+
+
+def test_support_views_average_the_moved_support_embeddings(tmp_path):
+    embedding = image_embedding()
+    rng = np.random.RandomState(0)
+    episode = {
+        "support_x": rng.randint(0, 256, (2, 3, 8, 8, 1)).astype("uint8"),
+        "support_y": np.array([[0, 1, 2], [2, 0, 1]], "int32"),
+        "query_x": rng.randint(0, 256, (2, 6, 8, 8, 1)).astype("uint8"),
+        "query_y": np.array([[0, 1, 2] * 2] * 2, "int32"),
+    }
+    viewed = keras_meta.ProtoNet(embedding, support_shift=1)
+    plain = keras_meta.ProtoNet(embedding)
+    embed = lambda x: embedding(x, training=False).numpy()  # noqa: E731
+    expected = []
+    for t in range(2):
+        sx = episode["support_x"][t]
+        views = np.mean([embed(edge_shifted(sx, d, r))
+                         for d in (-1, 0, 1) for r in (-1, 0, 1)], axis=0)
+        centers = views[np.argsort(episode["support_y"][t])]
+        queries = embed(episode["query_x"][t])
+        expected.append(-((queries[:, None] - centers[None]) ** 2).sum(-1))
+    got = viewed(episode, training=False).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(plain(episode, training=False).numpy(), got)
+    # adapt and export classify as the episode pass does.
+    adapted = viewed.adapt(episode["support_x"][1], episode["support_y"][1])
+    np.testing.assert_allclose(
+        adapted.predict(episode["query_x"][1], verbose=0), expected[1],
+        rtol=1e-5, atol=1e-5)
+    viewed.export(str(tmp_path / "served"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    out = served.signatures["adapt_and_predict"](
+        support_x=episode["support_x"][1],
+        support_y=episode["support_y"][1],
+        query_x=episode["query_x"][1])["output_0"].numpy()
+    np.testing.assert_allclose(out, expected[1], rtol=1e-5, atol=1e-5)
+    viewed.compile()
+    viewed.save(tmp_path / "p.keras")
+    loaded = keras.models.load_model(tmp_path / "p.keras")
+    assert loaded.support_shift == 1
+    np.testing.assert_allclose(loaded(episode, training=False).numpy(), got,
+                               rtol=1e-6, atol=1e-6)
+    # Training is unchanged: one pass, batch statistics, no views.
+    np.testing.assert_array_equal(viewed(episode, training=True).numpy(),
+                                  plain(episode, training=True).numpy())
+
+
 def test_bad_inputs_are_refused_with_what_was_given(episodes, make_mlp):
     with pytest.raises(ValueError, match="distance"):
         keras_meta.ProtoNet(make_mlp(), distance="manhattan")
+    with pytest.raises(ValueError, match="support_shift=1 moves images; the "
+                       r"embedding takes inputs of shape \(None, \d+\)"):
+        keras_meta.ProtoNet(make_mlp(), support_shift=1)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="`support_shift` must be an "
+                           f"int >= 0; got {bad!r}"):
+            keras_meta.ProtoNet(image_embedding(), support_shift=bad)
     with pytest.raises(ValueError, match="keras.Model"):
         keras_meta.ProtoNet(lambda x: x)
     protonet = keras_meta.ProtoNet(make_mlp())
@@ -115,8 +183,9 @@ def test_bad_inputs_are_refused_with_what_was_given(episodes, make_mlp):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("support_shift", [0, 2])
 def test_saved_adapted_model_classifies_raw_pngs_like_the_pipeline(
-        tmp_path, omniglot_dir):
+        tmp_path, omniglot_dir, support_shift):
     with zipfile.ZipFile(os.path.join(omniglot_dir,
                                       "images_background_small1.zip")) as z:
         names = sorted(n for n in z.namelist() if n.endswith(".png") and (
@@ -131,11 +200,18 @@ def test_saved_adapted_model_classifies_raw_pngs_like_the_pipeline(
     keras.utils.set_random_seed(0)
     net = keras_meta.models.conv4_classifier(2, filters=8, strided=False)
     protonet = keras_meta.ProtoNet(
-        keras.Model(net.inputs, net.get_layer("flatten").output))
+        keras.Model(net.inputs, net.get_layer("flatten").output),
+        support_shift=support_shift)
     protonet.compile()
     labels = np.repeat([0, 1], 20)
     support = [0, 1, 20, 21]
     adapted = protonet.adapt(cached[support], labels[support])
+    # Support views move the resized pixels: raw support images give the
+    # prototypes the cache gives.
+    from_raw = protonet.adapt(raw[support], labels[support])
+    np.testing.assert_allclose(from_raw.get_layer("prototypes").get_weights(),
+                               adapted.get_layer("prototypes").get_weights(),
+                               rtol=1e-4, atol=1e-4)
     adapted.save(tmp_path / "adapted.keras")
     loaded = keras.models.load_model(tmp_path / "adapted.keras")
     from_cache = adapted.predict(cached, verbose=0)
