@@ -181,7 +181,8 @@ class Config:
         None, "Omniglot: mirror images as new training classes (each "
         "character and each of its rotations also mirrored left to "
         "right: 8 classes per character). Episode learners only, not "
-        "--learner=finetune. Unset: False.")
+        "--learner=finetune. Unset: True for --learner=protonet (chosen "
+        "on validation, BUILD_NOTES 4.3), False otherwise.")
     strided: bool | None = option(
         None, "--learner other than maml: conv4 with strided convolutions "
         "(True) or 2x2 max-pooling (False); unset: the learner's default "

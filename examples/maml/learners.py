@@ -12,7 +12,9 @@ cores with --max_train_minutes):
   al.'s network), 30-way training episodes (--train_ways) with 1 shot and
   5 queries per class, 1 episode per step, Adam 1e-3 halved every 2,000
   steps, each training image moved by up to 3 pixels per axis
-  (--train_shift).
+  (--train_shift), mirror images as new classes (--train_flips), each
+  prototype averaged over its support image moved by up to 3 pixels
+  (--support_shift).
 - reptile, Omniglot: conv4 (strided), 5 tasks per meta-step, 5 inner Adam
   steps (beta_1 = 0, rate 1e-3) on each task's support and query examples
   (1 + 4 per class), outer step size 1.0 with SGD, 20 inner steps in
@@ -26,10 +28,11 @@ cores with --max_train_minutes):
   "pretrained" baseline), then its last layer fine-tuned with SGD 0.01.
 
 `--paper_settings`: the papers' settings instead (ProtoNet: 60-way
-training episodes, no shift; Reptile: 10 inner steps on 10 examples per
-class (1 support + 9 query; full batch, where the paper takes minibatches
-of 10), 50 evaluation steps, outer step size annealed linearly to 0 over
---train_steps), which need far more than 30 CPU-minutes.
+training episodes, no shift, mirror images or support views; Reptile: 10
+inner steps on 10 examples per class (1 support + 9 query; full batch,
+where the paper takes minibatches of 10), 50 evaluation steps, outer step
+size annealed linearly to 0 over --train_steps), which need far more than
+30 CPU-minutes.
 """
 
 import keras
@@ -48,7 +51,7 @@ DEFAULTS = {
         _COMMON, shots=1, queries=5, meta_batch_size=1, train_ways=30,
         train_steps=100000, inner_steps=1, eval_inner_steps=1,
         inner_lr=0.0, eval_queries=15, meta_lr=1e-3, train_shift=3,
-        support_shift=3),
+        train_flips=True, support_shift=3),
     ("reptile", "omniglot"): dict(
         _COMMON, shots=1, queries=4, meta_batch_size=5, train_steps=100000,
         inner_steps=5, eval_inner_steps=20, inner_lr=1e-3, eval_queries=15,
@@ -70,7 +73,7 @@ DEFAULTS = {
 }
 PAPER = {
     ("protonet", "omniglot"): dict(train_ways=60, queries=5, train_shift=0,
-                                   support_shift=0),
+                                   train_flips=False, support_shift=0),
     ("reptile", "omniglot"): dict(shots=1, queries=9, inner_steps=10,
                                   eval_inner_steps=50),
 }

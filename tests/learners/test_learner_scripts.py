@@ -41,7 +41,8 @@ def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
     protonet = resolve(task="omniglot", ways=20, learner="protonet")
     assert (protonet.train_ways, protonet.queries, protonet.meta_batch_size,
             protonet.train_shift) == (30, 5, 1, 3)
-    assert (protonet.train_flips, maml.train_flips) == (False, False)
+    assert (protonet.train_flips, paper_protonet().train_flips,
+            maml.train_flips) == (True, False, False)
     assert (protonet.support_shift, paper_protonet().support_shift,
             maml.support_shift) == (3, 0, 0)
     paper = resolve(task="omniglot", learner="protonet", paper_settings=True)
