@@ -190,10 +190,45 @@ def _move_each(images, quarter_turns, offsets, distortions=None,
 def shifted(images, down, right):
     """`images` [n, h, w, c] moved `down` and `right` pixels (negative:
     up, left), the edge rows and columns repeated into the space left, as
-    the training shift moves them; every output pixel is an input pixel."""
-    n = tf.shape(images)[0]
-    offsets = tf.tile(tf.constant([[down, right]], tf.int32), [n, 1])
-    return _move_each(images, tf.zeros([n], tf.int32), offsets)
+    the training shift moves them; every output pixel is an input pixel.
+    Two gathers, so that it also compiles with XLA."""
+    shape = tf.shape(images)
+    rows = tf.clip_by_value(tf.range(shape[1]) - down, 0, shape[1] - 1)
+    cols = tf.clip_by_value(tf.range(shape[2]) - right, 0, shape[2] - 1)
+    return tf.gather(tf.gather(images, rows, axis=1), cols, axis=2)
+
+
+def _moved_batch(batch, chosen, seed, rotations, shift, distort, flips):
+    """`batch` [B, ways, n, h, w, c] with each image turned and mirrored as
+    its class (`chosen` [B, ways]) says, then shifted and distorted by its
+    own random draw from `seed`: one projective read per image."""
+    shape = tf.shape(batch)
+    flat = tf.reshape(batch, tf.concat([[-1], shape[3:]], 0))
+    n = tf.shape(flat)[0]
+    variants = _variants(rotations, flips)
+
+    def per_image(class_variant):
+        return tf.reshape(tf.broadcast_to(class_variant[..., None],
+                                          shape[:3]), [-1])
+
+    turns = per_image(chosen % 4) if rotations else tf.zeros([n], tf.int32)
+    mirrors = None
+    if flips:
+        mirrors = per_image(chosen % variants >= variants // 2)
+    offsets = tf.zeros([n, 2], tf.int32)
+    if shift:
+        # Its own seed, folded from one already drawn, so that the streams
+        # without a shift stay exactly what they were.
+        offsets = tf.random.stateless_uniform(
+            [n, 2], tf.random.experimental.stateless_fold_in(seed, 1),
+            -shift, shift + 1, tf.int32)
+    distortions = None
+    if distort:
+        distortions = _random_distortions(
+            tf.random.experimental.stateless_fold_in(seed, 2), n,
+            float(distort))
+    return tf.reshape(
+        _move_each(flat, turns, offsets, distortions, mirrors), shape)
 
 
 def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
@@ -232,33 +267,8 @@ def sample_episodes(classes, seed, ways, shots, queries, meta_batch_size,
     index = tf.gather(starts, base)[..., None] + pick
     batch = tf.gather(images, index)  # [B, ways, n, h, w, c]
     if rotations or shift or distort or flips:
-        shape = tf.shape(batch)
-        flat = tf.reshape(batch, tf.concat([[-1], shape[3:]], 0))
-        n = tf.shape(flat)[0]
-
-        def per_image(class_variant):
-            return tf.reshape(tf.broadcast_to(class_variant[..., None],
-                                              index.shape), [-1])
-
-        turns = (per_image(chosen % 4) if rotations
-                 else tf.zeros([n], tf.int32))
-        mirrors = None
-        if flips:
-            mirrors = per_image(chosen % variants >= variants // 2)
-        offsets = tf.zeros([n, 2], tf.int32)
-        if shift:
-            # Its own seed, folded from one already drawn, so that the
-            # streams without a shift stay exactly what they were.
-            s_shift = tf.random.experimental.stateless_fold_in(s_example, 1)
-            offsets = tf.random.stateless_uniform(
-                [n, 2], s_shift, -shift, shift + 1, tf.int32)
-        distortions = None
-        if distort:
-            distortions = _random_distortions(
-                tf.random.experimental.stateless_fold_in(s_example, 2), n,
-                float(distort))
-        batch = tf.reshape(
-            _move_each(flat, turns, offsets, distortions, mirrors), shape)
+        batch = _moved_batch(batch, chosen, s_example, rotations, shift,
+                             distort, flips)
     labels = tf.broadcast_to(
         tf.range(ways, dtype=tf.int32)[None, :, None],
         [meta_batch_size, ways, per_class])

@@ -143,6 +143,17 @@ def test_move_each_mirrors_before_it_turns_and_shifts_exactly():
             out, edge_shifted(np.rot90(source, k), d, r))
 
 
+def test_shifted_moves_as_the_training_shift_does():
+    images = tf.constant(np.random.RandomState(4).randint(
+        0, 256, (3, 6, 5, 2)).astype(np.uint8))
+    for down, right in [(-2, 1), (0, 0), (3, -4)]:
+        expected = few_shot._move_each(
+            images, tf.zeros([3], tf.int32),
+            tf.constant([[down, right]] * 3, tf.int32))
+        np.testing.assert_array_equal(
+            few_shot.shifted(images, down, right), expected)
+
+
 def identify_variant(image):
     """(class, example, quarter turns, mirrored) of a marked image, which
     was mirrored (left to right) before it was turned."""

@@ -142,6 +142,11 @@ def test_support_views_average_the_moved_support_embeddings(tmp_path):
         support_y=episode["support_y"][1],
         query_x=episode["query_x"][1])["output_0"].numpy()
     np.testing.assert_allclose(out, expected[1], rtol=1e-5, atol=1e-5)
+    compiled = keras_meta.ProtoNet(embedding, support_shift=1)
+    compiled.compile(jit_compile=True)
+    np.testing.assert_allclose(
+        compiled.predict(tf.data.Dataset.from_tensors(episode), verbose=0),
+        got, rtol=1e-5, atol=1e-5)
     viewed.compile()
     viewed.save(tmp_path / "p.keras")
     loaded = keras.models.load_model(tmp_path / "p.keras")

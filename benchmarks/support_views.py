@@ -1,0 +1,84 @@
+"""A saved Omniglot ProtoNet's validation accuracy with support views.
+
+For each support shift s, the N-way 1-shot query accuracy on `--episodes`
+episodes of the training script's validation characters (15 queries per
+class, a fixed seed), each prototype the mean embedding of its support
+image moved by every offset of up to s pixels (`ProtoNet(support_shift=s)`;
+s = 0: the image alone). BUILD_NOTES 4.3 chose the script's default shift
+with it, on validation characters only:
+
+    python -m benchmarks.support_views --model_dir=runs/i20/R --episodes=60 --shifts=0,1,2,3
+"""
+
+import keras
+from absl import app
+from absl import flags
+
+import keras_meta
+from keras_meta.learners import protonet as protonet_lib
+
+from benchmarks import common
+from examples.maml import config as config_lib
+from examples.maml import tasks
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "A ProtoNet run of "
+                    "examples/train_maml.py (its model.keras).")
+flags.DEFINE_string("data_dir", "../shared/data/omniglot",
+                    "The Omniglot zips the run trained on.")
+flags.DEFINE_list("shifts", ["0", "1", "2", "3"], "Support shifts s.")
+flags.DEFINE_integer("episodes", 60, "Validation episodes.")
+flags.DEFINE_integer("ways", 20, "Classes per episode.")
+flags.DEFINE_string("out", "support_views.json", "JSON file in results/.")
+
+SEED = 777
+
+
+def validation_episodes():
+    """The script's validation characters (examples/maml/tasks.py)."""
+    config = config_lib.resolve(config_lib.Config(
+        task="omniglot", learner="protonet", ways=FLAGS.ways,
+        data_dir=FLAGS.data_dir))
+    return keras_meta.data.episodes(
+        tasks.make_task(config).validation, ways=FLAGS.ways, shots=1,
+        queries=15, meta_batch_size=1, seed=SEED)
+
+
+def accuracy(protonet, shift):
+    protonet.support_shift = protonet_lib.check_support_shift(
+        shift, protonet.embedding)
+    correct = total = 0
+    for episode in validation_episodes().take(FLAGS.episodes):
+        logits = protonet(episode, training=False).numpy()
+        correct += int((logits.argmax(-1) == episode["query_y"].numpy())
+                       .sum())
+        total += logits.shape[0] * logits.shape[1]
+    return correct / total, total
+
+
+def main(argv):
+    del argv
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir: give a ProtoNet run directory.")
+    protonet = keras.models.load_model(f"{FLAGS.model_dir}/model.keras")
+    if not isinstance(protonet, keras_meta.ProtoNet):
+        raise app.UsageError(
+            f"{FLAGS.model_dir}/model.keras holds a "
+            f"{type(protonet).__name__}, not a ProtoNet.")
+    rows = []
+    for shift in (int(s) for s in FLAGS.shifts):
+        value, queries = accuracy(protonet, shift)
+        rows.append({"support_shift": shift, "accuracy": value,
+                     "queries": queries})
+    common.print_table(
+        ["support shift", "validation accuracy %", "queries"],
+        [[r["support_shift"], f"{100 * r['accuracy']:.2f}", r["queries"]]
+         for r in rows])
+    common.write_json(FLAGS.out, {"model_dir": FLAGS.model_dir,
+                                  "episodes": FLAGS.episodes,
+                                  "ways": FLAGS.ways, "seed": SEED,
+                                  "rows": rows})
+
+
+if __name__ == "__main__":
+    app.run(main)
