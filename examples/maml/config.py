@@ -263,8 +263,7 @@ def resume_defaults():
     """The settings a run's record may lack (added after it was written),
     as `run_dir.RunDirectory` compares them on resume: the flags' defaults,
     and no inner guard, shift, distortion, mirror images or support views
-    (what such a run trained
-    with)."""
+    (what such a run trained and evaluated with)."""
     return dict(config_flags.defaults(Config), inner_guard=INNER_GUARD_OFF,
                 train_shift=0, train_distort=0.0, train_flips=False,
                 support_shift=0)

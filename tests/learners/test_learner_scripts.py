@@ -18,11 +18,6 @@ def resolve(**kwargs):
     return maml_config.resolve(maml_config.Config(**kwargs))
 
 
-def paper_protonet():
-    return resolve(task="omniglot", ways=20, learner="protonet",
-                   paper_settings=True)
-
-
 def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
     maml = resolve(task="omniglot", ways=20)
     assert (maml.learner, maml.meta_lr, maml.inner_steps,
@@ -41,12 +36,12 @@ def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
     protonet = resolve(task="omniglot", ways=20, learner="protonet")
     assert (protonet.train_ways, protonet.queries, protonet.meta_batch_size,
             protonet.train_shift) == (30, 5, 1, 3)
-    assert (protonet.train_flips, paper_protonet().train_flips,
-            maml.train_flips) == (True, False, False)
-    assert (protonet.support_shift, paper_protonet().support_shift,
-            maml.support_shift) == (3, 0, 0)
     paper = resolve(task="omniglot", learner="protonet", paper_settings=True)
     assert (paper.train_ways, paper.train_shift) == (60, 0)
+    assert (protonet.train_flips, paper.train_flips,
+            maml.train_flips) == (True, False, False)
+    assert (protonet.support_shift, paper.support_shift,
+            maml.support_shift) == (3, 0, 0)
     reptile = resolve(learner="reptile")
     assert (reptile.meta_lr, reptile.eval_steps) == (0.1, (1, 10))
     assert (maml.train_shift, reptile.train_shift, resolve(
