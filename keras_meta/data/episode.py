@@ -15,6 +15,8 @@ task (as `MAML.adapt` takes it) is the same without the task axis.
 
 import tensorflow as tf
 
+from keras_meta import validation
+
 EPISODE_KEYS = ("support_x", "support_y", "query_x", "query_y")
 
 
@@ -28,10 +30,7 @@ def seed_stream(seed, skip_batches=0):
     if seed is not None and (isinstance(seed, bool)
                              or not isinstance(seed, int)):
         raise ValueError(f"`seed` must be an int or None; got {seed!r}.")
-    if (isinstance(skip_batches, bool) or not isinstance(skip_batches, int)
-            or skip_batches < 0):
-        raise ValueError(
-            f"`skip_batches` must be an int >= 0; got {skip_batches!r}.")
+    validation.check_non_negative_int("skip_batches", skip_batches)
     seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
     seeds = seeds.skip(skip_batches)
     return seeds.map(lambda s: tf.cast(s % (2**31 - 1), tf.int32))

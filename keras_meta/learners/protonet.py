@@ -228,11 +228,13 @@ class ProtoNet(base.EpisodeLearner):
                  for down, right in view_offsets(self.support_shift)]
         return tf.add_n(views) / float(len(views))
 
-    def _embed(self, x, training):
-        """[tasks, n, ...] -> [tasks, n, dim]."""
+    def _embed(self, x, training, embed=None):
+        """[tasks, n, ...] -> [tasks, n, dim], by `embed` (a function of
+        [batch, ...] inputs; default the embedding) on all tasks at once."""
         flat = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
         flat = tf.ensure_shape(flat, [None] + list(x.shape[2:]))
-        out = self.embedding(flat, training=training)
+        out = (embed or functools.partial(self.embedding,
+                                          training=training))(flat)
         return tf.reshape(out, tf.concat([tf.shape(x)[:2], [-1]], 0))
 
     def episode_logits(self, episode, training=False):
@@ -241,12 +243,8 @@ class ProtoNet(base.EpisodeLearner):
         n_support = tf.shape(support)[1]
         ways = tf.cast(tf.reduce_max(episode["support_y"]), tf.int32) + 1
         if self.support_shift and not training:
-            flat = tf.reshape(support, tf.concat(
-                [[-1], tf.shape(support)[2:]], 0))
-            flat = tf.ensure_shape(flat, [None] + list(support.shape[2:]))
-            embedded = self._support_embedding(flat)
-            support_embeddings = tf.reshape(embedded, tf.concat(
-                [tf.shape(support)[:2], [-1]], 0))
+            support_embeddings = self._embed(support, training,
+                                             self._support_embedding)
             query_embeddings = self._embed(query, training)
         else:
             # One pass over support and query: batch statistics over both.
