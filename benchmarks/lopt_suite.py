@@ -43,6 +43,8 @@ Optimizers (`--optimizers`), all in the same run:
   normalized rule without its parameter feature / with its MLP's output
   zeroed: which part of a rule helps or hurts on a workload),
   `+mlp_scale=S` (its MLP's output times S, 0 <= S <= 1),
+  `+parameter_feature_scale=S` (its parameter feature, the learned weight
+  decay's input, times S),
   `+mlp_tensors=matrices`, `+decay_power=P`, `+decay_start=T` (those
   untrained fields of a normalized rule's config set on a trained file).
 

@@ -22,8 +22,8 @@ from keras_meta.rules import normalized
 STEPS_PER_EXECUTION = 50
 # Options that edit a trained rule (`_ablated`), not name its config: the
 # untrained fields of `NormalizedConfig` and the MLP's diagnosis.
-EDITS = ("ablate=", "mlp_scale=", "mlp_tensors=", "decay_power=",
-         "decay_start=")
+EDITS = ("ablate=", "mlp_scale=", "parameter_feature_scale=",
+         "mlp_tensors=", "decay_power=", "decay_start=")
 
 
 def _rule_option(option):
@@ -88,7 +88,9 @@ def _ablated(weights, rule, ablations):
     parts removed or changed: "ablate=parameter_feature" drops the MLP's
     parameter feature, "ablate=mlp" zeroes the MLP's output (Adam's
     direction at the rule's own step sizes), "mlp_scale=S" multiplies the
-    MLP's output by S (between the rule and its ablation); "mlp_tensors=",
+    MLP's output by S (between the rule and its ablation);
+    "parameter_feature_scale=S" feeds it S times its parameter feature (the
+    learned weight decay's strength); "mlp_tensors=",
     "decay_power=" and "decay_start=" set those untrained config fields."""
     phi, config = weights_io.resolve(weights, rule)
     if not isinstance(config, normalized.NormalizedConfig):
@@ -101,6 +103,9 @@ def _ablated(weights, rule, ablations):
                 raise ValueError(f"{ablation!r}: the scale must be a number "
                                  "in [0, 1].")
             phi = _scale_mlp_output(phi, scale)
+        elif kind == "parameter_feature_scale":
+            phi = normalized.scale_parameter_feature(
+                phi, config, _rule_option(ablation)[kind])
         elif kind in ("mlp_tensors", "decay_power", "decay_start"):
             config = dataclasses.replace(config, **_rule_option(ablation))
         elif part == "parameter_feature":

@@ -424,6 +424,40 @@ def test_without_the_parameter_feature_the_update_ignores_the_values():
         normalized.NormalizedConfig(parameter_feature=1)
 
 
+def test_scaling_the_parameter_feature_scales_what_the_mlp_reads():
+    config = normalized.NormalizedConfig(normalize="none", antisymmetric=True)
+    params = {k: v.numpy() for k, v in _trained_like(config=config).items()}
+    rng = np.random.default_rng(5)
+    features = [tf.constant(rng.normal(size=7), "float32") for _ in range(5)]
+    tensor_feats = normalized.rule.tensor_features(20, False, config,
+                                                   "float32")
+    scaled = normalized.scale_parameter_feature(params, config, 0.25)
+    np.testing.assert_allclose(
+        normalized.rule.mlp_output(_tensors(scaled), features, tensor_feats,
+                                   config).numpy(),
+        normalized.rule.mlp_output(_tensors(params),
+                                   features[:4] + [0.25 * features[4]],
+                                   tensor_feats, config).numpy(), rtol=1e-5,
+        atol=1e-7)
+    np.testing.assert_array_equal(params["mlp0/kernel"][:4],
+                                  scaled["mlp0/kernel"][:4])
+    # Scale 0 is the rule without the feature.
+    grads = [_grads(s) for s in range(3)]
+    a, _ = _steps(normalized.NormalizedMLPRule(config),
+                  _tensors(normalized.scale_parameter_feature(params, config,
+                                                              0.0)), grads)
+    dropped, plain = normalized.drop_parameter_feature(params, config)
+    b, _ = _steps(normalized.NormalizedMLPRule(plain), _tensors(dropped),
+                  grads)
+    for x, y in zip(a, b):
+        for u, w in zip(x, y):
+            np.testing.assert_allclose(u.numpy(), w.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="number >= 0, got -1"):
+        normalized.scale_parameter_feature(params, config, -1)
+    with pytest.raises(ValueError, match="no parameter feature"):
+        normalized.scale_parameter_feature(dropped, plain, 0.5)
+
+
 def test_hypergradient_rule_checks_its_results_not_its_inputs():
     # Its cosine multiplies gradients, so bounded inputs do not bound its
     # results: `update_checked` refuses it and the optimizer checks the

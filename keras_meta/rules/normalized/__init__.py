@@ -27,6 +27,7 @@ from keras_meta.rules.normalized.params import drop_parameter_feature  # noqa: F
 from keras_meta.rules.normalized.params import init_meta_params  # noqa: F401
 from keras_meta.rules.normalized.params import init_state  # noqa: F401
 from keras_meta.rules.normalized.params import meta_param_shapes  # noqa: F401
+from keras_meta.rules.normalized.params import scale_parameter_feature  # noqa: F401,E501
 from keras_meta.rules.normalized.params import state_keys  # noqa: F401
 from keras_meta.rules.normalized.params import state_shapes  # noqa: F401
 from keras_meta.rules.normalized.rule import NormalizedMLPRule  # noqa: F401

@@ -61,6 +61,29 @@ def init_meta_params(config=NormalizedConfig(), seed=0, dtype="float32"):
     return {k: np.asarray(v, dtype) for k, v in params.items()}
 
 
+def scale_parameter_feature(meta_params, config, scale):
+    """The same rule reading `scale * p / rms(p)` as its parameter feature:
+    `meta_params` with `mlp0/kernel`'s last row (that feature's weights)
+    times `scale`. The parameter feature is how the MLP decays weights by
+    their size (a learned weight decay), so `scale` sets that decay's
+    strength without touching the gradient features' part of the MLP;
+    0 equals `drop_parameter_feature`.
+
+    Raises:
+        ValueError: `config` has no parameter feature, or `scale < 0`.
+    """
+    if not config.parameter_feature:
+        raise ValueError(f"The rule {config} has no parameter feature.")
+    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool)
+            and scale >= 0):
+        raise ValueError(f"scale must be a number >= 0, got {scale!r}.")
+    params = dict(meta_params)
+    kernel = np.array(params["mlp0/kernel"])
+    kernel[-1] = kernel[-1] * np.asarray(scale, kernel.dtype)
+    params["mlp0/kernel"] = kernel
+    return params
+
+
 def drop_parameter_feature(meta_params, config):
     """The same rule without its parameter feature: `(meta_params, config)`
     with `mlp0/kernel`'s last row (the weights of `p / rms(p)`) removed
