@@ -65,9 +65,9 @@ def scale_parameter_feature(meta_params, config, scale):
     """The same rule reading `scale * p / rms(p)` as its parameter feature:
     `meta_params` with `mlp0/kernel`'s last row (that feature's weights)
     times `scale`. The parameter feature is how the MLP decays weights by
-    their size (a learned weight decay), so `scale` sets that decay's
-    strength without touching the gradient features' part of the MLP;
-    0 equals `drop_parameter_feature`.
+    their size (a learned weight decay), so `scale` scales that decay's
+    input and leaves the gradient features' weights as they are; 0 gives
+    the updates of `drop_parameter_feature`.
 
     Raises:
         ValueError: `config` has no parameter feature, or `scale < 0`.
