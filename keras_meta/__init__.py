@@ -1,7 +1,8 @@
 """keras_meta: meta-learning for Keras 3 on TensorFlow.
 
 Two pillars:
-  * `keras_meta.MAML` and its variants (first-order, Meta-SGD, MAML++, ANIL):
+  * `keras_meta.MAML` and its variants (first-order, Meta-SGD, MAML++, ANIL,
+    Proto-MAML):
     a `keras.Model` that meta-learns an initialization by differentiating
     through an inner loop of gradient steps; beside it, on the same
     episodes and evaluation, `keras_meta.ProtoNet`, `keras_meta.Reptile`
@@ -23,6 +24,7 @@ from keras_meta.maml import ANIL  # noqa: E402
 from keras_meta.maml import MAML  # noqa: E402
 from keras_meta.maml import MAMLPlusPlus  # noqa: E402
 from keras_meta.maml import MetaSGD  # noqa: E402
+from keras_meta.maml import ProtoMAML  # noqa: E402
 from keras_meta.optimizers import LearnedOptimizer  # noqa: E402
 from keras_meta.learners import ProtoNet  # noqa: E402
 from keras_meta.learners import Reptile  # noqa: E402

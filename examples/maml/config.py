@@ -18,12 +18,14 @@ from examples import flag_checks
 from examples.config_flags import option
 from examples.maml import learners
 
-VARIANTS = ("maml", "meta_sgd", "maml_plus_plus", "anil")
+VARIANTS = ("maml", "meta_sgd", "maml_plus_plus", "anil", "proto_maml")
 INNER_OPTIMIZERS = ("sgd", "meta_sgd", "lslr", "lstm")
 # The inner rule each variant implies; `--inner_optimizer` may replace it
-# for "maml" and "anil" and must agree with it for the others.
+# for "maml", "anil" and "proto_maml" and must agree with it for the others.
 VARIANT_INNER_OPTIMIZER = {"maml": "sgd", "meta_sgd": "meta_sgd",
-                           "maml_plus_plus": "lslr", "anil": "sgd"}
+                           "maml_plus_plus": "lslr", "anil": "sgd",
+                           "proto_maml": "sgd"}
+FREE_INNER_OPTIMIZER = ("maml", "anil", "proto_maml")
 TASKS = ("sinusoid", "omniglot")
 # Settings that `--resume` may change: they do not change what the
 # checkpoints were trained with (the record of each change is kept in
@@ -56,8 +58,9 @@ class Config:
     model_dir: str = option(
         "runs/maml", "Logs, checkpoints, model.keras and results.json.")
     variant: str = option(
-        "maml", "maml, meta_sgd, maml_plus_plus (LSLR + multi-step loss) "
-        "or anil (adapt only the head).", choices=VARIANTS)
+        "maml", "maml, meta_sgd, maml_plus_plus (LSLR + multi-step loss), "
+        "anil (adapt only the head) or proto_maml (every task's head starts "
+        "at its prototypes; Omniglot only).", choices=VARIANTS)
     inner_optimizer: str | None = option(
         None, "Inner update rule: sgd (fixed rate), meta_sgd (learned "
         "rate per parameter), lslr (learned rate per layer per step) or "
@@ -291,7 +294,7 @@ def _check(config):
         raise ValueError(
             f"--inner_optimizer must be one of {INNER_OPTIMIZERS}; got "
             f"{inner!r}.")
-    if (inner is not None and config.variant not in ("maml", "anil")
+    if (inner is not None and config.variant not in FREE_INNER_OPTIMIZER
             and inner != implied):
         raise ValueError(
             f"--variant={config.variant} implies --inner_optimizer={implied}"
@@ -300,6 +303,14 @@ def _check(config):
     plus_plus = [name for name in ("per_step_bn", "first_order_steps",
                                    "cosine_decay_steps")
                  if getattr(config, name) not in (None, False)]
+    if config.variant == "proto_maml" and config.task != "omniglot":
+        raise ValueError(
+            "--variant=proto_maml starts a classifier's head at the class "
+            f"prototypes; it needs --task=omniglot, got --task={config.task}.")
+    if config.variant == "proto_maml" and config.zero_head:
+        raise ValueError(
+            "--zero_head contradicts --variant=proto_maml, whose head starts "
+            "at the prototypes, not at zero.")
     if plus_plus and config.variant != "maml_plus_plus":
         raise ValueError(
             f"--{plus_plus[0]} is a MAML++ option; it needs "

@@ -37,6 +37,7 @@ def build_maml(config, task):
         "meta_sgd": keras_meta.MetaSGD,
         "maml_plus_plus": keras_meta.MAMLPlusPlus,
         "anil": keras_meta.ANIL,
+        "proto_maml": keras_meta.ProtoMAML,
     }[config.variant]
     maml = cls(
         task.model(),

@@ -19,19 +19,24 @@ DISTANCES = ("euclidean", "cosine")
 DEFAULT_COSINE_SCALE = 10.0
 
 
-def prototypes(embeddings, labels, ways):
+def prototypes(embeddings, labels, ways, weights=None):
     """Mean embedding per class.
 
     Args:
         embeddings: float [tasks, examples, dim].
         labels: int [tasks, examples], class indices 0..ways-1.
         ways: number of classes (an int or a scalar tensor).
+        weights: optional [tasks, examples] weights of the examples (0 on
+            padded rows): each prototype is their weighted mean.
 
     Returns:
-        float [tasks, ways, dim]; a class without examples gets zeros.
+        float [tasks, ways, dim]; a class without examples (or weight)
+        gets zeros.
     """
     onehot = tf.one_hot(tf.cast(labels, tf.int32), ways,
                         dtype=embeddings.dtype)
+    if weights is not None:
+        onehot = onehot * tf.cast(weights, embeddings.dtype)[..., None]
     sums = tf.einsum("tsn,tsd->tnd", onehot, embeddings)
     counts = tf.reduce_sum(onehot, axis=1)[..., None]
     return sums / tf.maximum(counts, 1.0)

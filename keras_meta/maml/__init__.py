@@ -1,7 +1,7 @@
 """MAML and its variants as Keras models.
 
 `model.MAML` is the `keras.Model`; the variants are small subclasses
-(`MetaSGD`, `MAMLPlusPlus`, `ANIL`). The modules beside it each hold one
+(`MetaSGD`, `MAMLPlusPlus`, `ANIL`, `ProtoMAML`). The modules beside it each hold one
 idea: `tasks` (one task's inner loop and query pass, through
 `keras_meta.rules.inner_loop.unroll`), `task_parallel` (how a meta-batch's
 tasks run; `batched_dense` for Dense stacks), `meta_gradients`,
@@ -18,3 +18,4 @@ from keras_meta.maml.inner_rules import InnerSGD
 from keras_meta.maml.maml_plus_plus import MAMLPlusPlus
 from keras_meta.maml.meta_sgd import MetaSGD
 from keras_meta.maml.model import MAML
+from keras_meta.maml.proto_maml import ProtoMAML

@@ -90,6 +90,9 @@ class Adaptation:
                    for v in self.adapted_variables)
 
         def one_task(params, rates, state, task):
+            params = task_lib.start_params(
+                self, params, state, task["support_x"], task["support_y"],
+                training=self.transductive)
             previous = [[params[i] for i in indices]]
             norms = []
 
@@ -100,7 +103,7 @@ class Adaptation:
                     for c, p in zip(current, previous[0])]) / size))
                 previous[0] = current
 
-            task_lib.adapt_one_task(
+            task_lib.adapt_from(
                 self, params, rates, state, task["support_x"],
                 task["support_y"], steps, training=self.transductive,
                 second_order=False, on_step=on_step)

@@ -171,6 +171,8 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
 
     # MAML++'s per-step batch norm (`batch_norm.StepBatchNorm`), if any.
     _step_batch_norm = None
+    # ProtoMAML's start from the prototypes (`tasks.start_params`), if any.
+    _start = None
 
     def __init__(
         self,

@@ -29,9 +29,10 @@ TASK_PARALLELISM = ("auto", "batched", "vectorized", "sequential")
 
 def batchable(maml):
     """True if all tasks can run as one batched program (see
-    `batched_dense`): a plain Dense stack and a built-in SGD rule."""
-    return maml._dense_plan is not None and isinstance(
-        maml.inner_optimizer, inner_sgd.InnerSGD)
+    `batched_dense`): a plain Dense stack and a built-in SGD rule, every
+    task starting from the meta-weights (not `ProtoMAML`)."""
+    return (maml._dense_plan is not None and maml._start is None
+            and isinstance(maml.inner_optimizer, inner_sgd.InnerSGD))
 
 
 def auto_jit_compile(maml):
@@ -166,12 +167,15 @@ def run_episode(maml, episode, steps, training, second_order, record_steps,
 
 
 def pre_adaptation_pass(maml, episode):
-    """Each task's query loss and predictions at the meta-weights (the
-    training-mode forward pass, before adaptation; nothing is
-    differentiated). Returns `(losses [tasks], predictions)`."""
+    """Each task's query loss and predictions at its start weights (the
+    meta-weights, or `ProtoMAML`'s prototype head; the training-mode
+    forward pass, before adaptation; nothing is differentiated). Returns
+    `(losses [tasks], predictions)`."""
     params, rates, state = task_lib.current_values(maml)
     _, step_weights = task_lib.split_rates(maml, rates)
-    query = {k: episode[k] for k in ("query_x", "query_y")}
+    keys = ("query_x", "query_y") + (
+        () if maml._start is None else ("support_x", "support_y"))
+    query = {k: episode[k] for k in keys}
     mode = choose(maml)
     if mode == "batched":
         pred = batched_dense.forward(maml._dense_plan, params,
@@ -180,7 +184,9 @@ def pre_adaptation_pass(maml, episode):
         return tf.reduce_mean(losses, axis=1), pred
 
     def one_task(task):
-        pred, _, extra = task_lib.forward(maml, params, state,
+        start = params if maml._start is None else task_lib.start_params(
+            maml, params, state, task["support_x"], task["support_y"], True)
+        pred, _, extra = task_lib.forward(maml, start, state,
                                           task["query_x"], True, step_weights)
         return task_lib.task_loss(maml, task["query_y"], pred, extra), pred
 

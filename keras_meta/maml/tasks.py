@@ -80,15 +80,39 @@ def merge_adapted(indices, base, adapted):
     return merged
 
 
+def start_params(maml, params, non_trainable, support_x, support_y,
+                 training, support_weights=None):
+    """The weights a task's inner loop starts from: `params` itself, or
+    for `ProtoMAML` `params` with the head set from the support set's
+    prototypes (`proto_maml.PrototypeStart`)."""
+    if maml._start is None:
+        return params
+    return maml._start(params, non_trainable, support_x, support_y, training,
+                       support_weights)
+
+
 def adapt_one_task(maml, params, rates, non_trainable, support_x, support_y,
                    steps, training, second_order, on_step=None,
                    support_weights=None):
+    """`adapt_from` the task's `start_params` (the arguments are
+    `adapt_from`'s)."""
+    start = start_params(maml, params, non_trainable, support_x, support_y,
+                         training, support_weights)
+    return adapt_from(maml, start, rates, non_trainable, support_x,
+                      support_y, steps, training, second_order, on_step,
+                      support_weights)
+
+
+def adapt_from(maml, params, rates, non_trainable, support_x, support_y,
+               steps, training, second_order, on_step=None,
+               support_weights=None):
     """Runs `steps` inner steps of the inner rule on one task's support.
 
     Args:
         maml: the `MAML` model (its wrapped model, loss, inner rule and
             adapted variables).
-        params: list of tensors, the model's trainable values.
+        params: list of tensors, the model's trainable values the task
+            starts from (`start_params`).
         rates: list of tensors, the values of the inner rule's weights
             (`inner_optimizer_variables`; may be empty).
         non_trainable: list of tensors, the model's non-trainable values.
@@ -138,7 +162,7 @@ def run_task(maml, params, rates, non_trainable, task, steps, training,
     recorded number of steps; `pre_pred`/`post_pred` query predictions
     before and after adaptation; `non_trainable` the state after the last
     query pass. With `pre_adaptation=False` the query pass at the
-    meta-weights is skipped: no `pre_pred`, and the step-0 loss is 0.
+    task's `start_params` is skipped: no `pre_pred`, and the step-0 loss is 0.
     With MAML++'s per-step statistics each query pass starts from the
     state the previous one left, so that every recorded step's statistics
     are updated.
@@ -162,10 +186,12 @@ def run_task(maml, params, rates, non_trainable, task, steps, training,
         if step in record_steps and step != steps:
             query(step, fast)
 
+    start = start_params(maml, params, non_trainable, task["support_x"],
+                         task["support_y"], training)
     if pre_adaptation:
-        query(0, params)
-    fast = adapt_one_task(
-        maml, params, rates, non_trainable, task["support_x"],
+        query(0, start)
+    fast = adapt_from(
+        maml, start, rates, non_trainable, task["support_x"],
         task["support_y"], steps, training, second_order, on_step)
     query(steps, fast)
     if not pre_adaptation:

@@ -1,0 +1,124 @@
+"""Proto-MAML: MAML whose head starts each task from the class prototypes."""
+
+import keras
+import tensorflow as tf
+
+from keras_meta.learners import protonet
+from keras_meta.maml import batch_norm
+from keras_meta.maml.checks import last_layer_with_weights
+from keras_meta.maml.model import MAML
+
+
+class PrototypeStart:
+    """How a task's starting weights are made from its support set.
+
+    The head is a `Dense` layer `logits = f @ W + b` on the features `f`
+    the rest of the network computes. With the class prototypes `c_k`
+    (the mean support feature of class k), `W[:, k] = 2 c_k` and
+    `b[k] = -|c_k|^2` give `logits_k = -|f - c_k|^2 + |f|^2`: the same
+    softmax as a Prototypical Network with squared Euclidean distance.
+    The prototypes are functions of the meta-weights, so meta-gradients
+    flow through them (also with `first_order=True`, as in Triantafillou
+    et al.'s fo-Proto-MAML).
+    """
+
+    def __init__(self, model, head_name):
+        head = model.get_layer(head_name)
+        if not isinstance(head, keras.layers.Dense):
+            raise ValueError(
+                "ProtoMAML's head (the last layer with weights) must be a "
+                f"keras.layers.Dense; got {head_name!r}, a "
+                f"{type(head).__name__}.")
+        if not head.use_bias:
+            raise ValueError(
+                f"ProtoMAML's head {head_name!r} must have a bias "
+                "(use_bias=True); it has none.")
+        activation = keras.activations.serialize(head.activation)
+        if activation not in ("linear", "softmax"):
+            raise ValueError(
+                "ProtoMAML's head must output logits or a softmax (its "
+                f"activation 'linear' or 'softmax'); {head_name!r} has "
+                f"{activation!r}.")
+        try:
+            features = keras.Model(model.inputs, head.input)
+        except (AttributeError, ValueError, TypeError) as error:
+            raise ValueError(
+                "ProtoMAML needs a functional or Sequential model whose head "
+                f"takes the features as input; {model.name!r} is not one "
+                f"({error}).") from None
+        self.ways = int(head.units)
+        self.features = features
+        trainable = {id(v): i for i, v in enumerate(model.trainable_variables)}
+        state = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+        self.feature_params = [trainable[id(v)]
+                               for v in features.trainable_variables]
+        self.feature_state = [state[id(v)]
+                              for v in features.non_trainable_variables]
+        self.kernel = trainable[id(head.kernel)]
+        self.bias = trainable[id(head.bias)]
+
+    def __call__(self, params, non_trainable, support_x, support_y, training,
+                 support_weights=None):
+        """`params` with the head replaced by the prototypes' weights."""
+        with batch_norm.exact_moments():
+            features, _ = self.features.stateless_call(
+                [params[i] for i in self.feature_params],
+                [non_trainable[i] for i in self.feature_state],
+                support_x, training=training)
+        labels = support_y
+        if labels.shape.rank == 2 and labels.shape[-1] == self.ways:
+            labels = tf.argmax(labels, axis=-1)  # one-hot targets
+        labels = tf.reshape(labels, [-1])
+        weights = None if support_weights is None else support_weights[None]
+        centers = protonet.prototypes(features[None], labels[None],
+                                      self.ways, weights=weights)[0]
+        start = list(params)
+        start[self.kernel] = tf.cast(2.0 * tf.transpose(centers),
+                                     params[self.kernel].dtype)
+        start[self.bias] = tf.cast(-tf.reduce_sum(tf.square(centers), -1),
+                                   params[self.bias].dtype)
+        return start
+
+
+@keras.saving.register_keras_serializable(package="keras_meta")
+class ProtoMAML(MAML):
+    """MAML whose head starts every task at the support set's prototypes.
+
+    Before the inner steps, the head (the last layer with weights, a
+    `Dense` layer) is set from the support set: `W[:, k] = 2 c_k`,
+    `b[k] = -|c_k|^2` with `c_k` the mean feature (the head's input) of
+    class k. Before adaptation the model is then a Prototypical Network
+    (squared Euclidean distance); the inner loop adapts from there, and
+    meta-gradients flow through the prototypes into the body. The head's
+    own meta-learned weights are unused (their meta-gradient is zero).
+    Training, evaluation, `adapt`, serving and `export` all start from the
+    prototypes.
+
+    Example:
+
+    ```python
+    net = keras_meta.models.conv4_classifier(ways=20)
+    maml = keras_meta.ProtoMAML(net, inner_learning_rate=8.0)
+    maml.compile(optimizer="adam", loss=keras.losses.
+                 SparseCategoricalCrossentropy(from_logits=True),
+                 metrics=["accuracy"])
+    maml.fit(episodes, steps_per_epoch=100, epochs=10)
+    ```
+
+    Args:
+        model: a built functional or Sequential classifier whose last
+            layer with weights is a `Dense` layer with a bias and a
+            linear or softmax activation; its units are the ways.
+        **kwargs: other `keras_meta.MAML` arguments.
+
+    Reference:
+        - [Triantafillou et al., 2020 (Meta-Dataset)](
+          https://arxiv.org/abs/1903.03096)
+    """
+
+    def __init__(self, model, **kwargs):
+        super().__init__(model, **kwargs)
+        head = last_layer_with_weights(model)
+        # A plain attribute kept out of Keras's tracking: the feature
+        # model shares the wrapped model's layers and variables.
+        object.__setattr__(self, "_start", PrototypeStart(model, head))
