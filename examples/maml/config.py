@@ -187,9 +187,9 @@ class Config:
         "--learner=finetune. Unset: True for --learner=protonet (chosen "
         "on validation, BUILD_NOTES 4.3), False otherwise.")
     strided: bool | None = option(
-        None, "--learner other than maml: conv4 with strided convolutions "
-        "(True) or 2x2 max-pooling (False); unset: the learner's default "
-        "(protonet: max-pooling, others: strided, as MAML's).")
+        None, "Omniglot: conv4 with strided convolutions (True) or 2x2 "
+        "max-pooling (False); unset: the learner's default (protonet: "
+        "max-pooling; MAML and the others: strided).")
     paper_settings: bool = option(
         False, "The paper's settings instead of the CPU-budget defaults: "
         "MAML on 20-way Omniglot 5 inner steps and 16 tasks per meta-step "

@@ -122,7 +122,8 @@ class OmniglotTask:
 
     def model(self):
         return keras_meta.models.conv4_classifier(
-            self.config.ways, filters=self.config.filters)
+            self.config.ways, filters=self.config.filters,
+            strided=self.config.strided is not False)
 
     def inner_learning_rate(self):
         # The reference sums the inner cross-entropy over the N classes

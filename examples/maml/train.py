@@ -248,6 +248,17 @@ def run(config):
 ANY_WAYS = ("protonet", "finetune")
 
 
+def _evaluates_at(run_config, ways):
+    """Whether a run's saved network classifies `ways`-way episodes: any
+    ways for `ANY_WAYS`; up to its head's units for --variant=proto_maml,
+    whose head comes from the prototypes; else only the run's ways."""
+    if run_config.get("learner", "maml") in ANY_WAYS:
+        return True
+    if run_config.get("variant") == "proto_maml":
+        return ways <= run_config.get("ways")
+    return ways == run_config.get("ways")
+
+
 def evaluate_saved(config):
     """Evaluates a finished run's `model.keras` with `config`'s evaluation
     settings (episodes, ways, shots, steps); trains nothing.
@@ -258,7 +269,8 @@ def evaluate_saved(config):
     Raises:
         FileNotFoundError: `model_dir` holds no finished run.
         ValueError: `config.ways` differs from the run's for a learner
-            whose network fixes it (MAML and its variants, Reptile).
+            whose network fixes it (MAML and its variants, Reptile; more
+            than the run's for --variant=proto_maml).
     """
     config = config_lib.resolve(config)
     path = os.path.join(config.model_dir, "model.keras")
@@ -269,13 +281,13 @@ def evaluate_saved(config):
             "(model.keras and results.json); found none.")
     with open(trained_with) as f:
         run_config = json.load(f)["config"]
-    if (run_config.get("ways") != config.ways
-            and run_config.get("learner", "maml") not in ANY_WAYS):
+    if not _evaluates_at(run_config, config.ways):
         raise ValueError(
             f"--evaluate_only --ways={config.ways}: the run in "
             f"{config.model_dir!r} trained a {run_config.get('learner')} "
             f"with {run_config.get('ways')} output classes; only "
-            f"{' and '.join(ANY_WAYS)} evaluate at other --ways.")
+            f"{' and '.join(ANY_WAYS)} evaluate at other --ways, and "
+            "--variant=proto_maml at fewer.")
     keras.utils.set_random_seed(config.seed)
     task = tasks.make_task(config)
     task.check()

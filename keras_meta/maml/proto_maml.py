@@ -8,6 +8,10 @@ from keras_meta.maml import batch_norm
 from keras_meta.maml.checks import last_layer_with_weights
 from keras_meta.maml.model import MAML
 
+# How far below every present class's bias an absent class's lies: e^-100
+# of the probability, finite in float16.
+ABSENT_MARGIN = 100.0
+
 
 class PrototypeStart:
     """How a task's starting weights are made from its support set.
@@ -17,6 +21,9 @@ class PrototypeStart:
     (the mean support feature of class k), `W[:, k] = 2 c_k` and
     `b[k] = -|c_k|^2` give `logits_k = -|f - c_k|^2 + |f|^2`: the same
     softmax as a Prototypical Network with squared Euclidean distance.
+    A class with no support example (an episode with fewer ways than the
+    head's units) gets a zero kernel column and a bias `ABSENT_MARGIN`
+    below the lowest present one, so it is never predicted.
     The prototypes are functions of the meta-weights, so meta-gradients
     flow through them (also with `first_order=True`, as in Triantafillou
     et al.'s fo-Proto-MAML).
@@ -40,7 +47,9 @@ class PrototypeStart:
                 f"activation 'linear' or 'softmax'); {head_name!r} has "
                 f"{activation!r}.")
         try:
-            features = keras.Model(model.inputs, head.input)
+            inputs = model.inputs
+            features = keras.Model(
+                inputs[0] if len(inputs) == 1 else inputs, head.input)
         except (AttributeError, ValueError, TypeError) as error:
             raise ValueError(
                 "ProtoMAML needs a functional or Sequential model whose head "
@@ -65,18 +74,25 @@ class PrototypeStart:
                 [params[i] for i in self.feature_params],
                 [non_trainable[i] for i in self.feature_state],
                 support_x, training=training)
-        labels = support_y
+        labels = tf.convert_to_tensor(support_y)
         if labels.shape.rank == 2 and labels.shape[-1] == self.ways:
             labels = tf.argmax(labels, axis=-1)  # one-hot targets
         labels = tf.reshape(labels, [-1])
         weights = None if support_weights is None else support_weights[None]
         centers = protonet.prototypes(features[None], labels[None],
                                       self.ways, weights=weights)[0]
+        bias = -tf.reduce_sum(tf.square(centers), -1)
+        # A class without support examples (fewer ways than the head has
+        # units) gets a logit far below the others, not a prototype at 0.
+        onehot = tf.one_hot(tf.cast(labels, tf.int32), self.ways)
+        if support_weights is not None:
+            onehot = onehot * tf.cast(support_weights, onehot.dtype)[:, None]
+        present = tf.reduce_sum(onehot, axis=0) > 0
+        bias = tf.where(present, bias, tf.reduce_min(bias) - ABSENT_MARGIN)
         start = list(params)
         start[self.kernel] = tf.cast(2.0 * tf.transpose(centers),
                                      params[self.kernel].dtype)
-        start[self.bias] = tf.cast(-tf.reduce_sum(tf.square(centers), -1),
-                                   params[self.bias].dtype)
+        start[self.bias] = tf.cast(bias, params[self.bias].dtype)
         return start
 
 

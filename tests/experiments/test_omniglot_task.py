@@ -34,3 +34,25 @@ def test_omniglot_task_through_tfds_uses_the_reference_split():
                 or names[1] & names[2])
     episode = next(iter(task.train_episodes()))
     assert episode["support_x"].shape == (32, 5, 28, 28, 1)
+
+
+def test_maml_conv4_follows_strided_and_proto_maml_builds_on_it():
+    """--strided picks MAML's conv4 too (unset: strided), and
+    --variant=proto_maml wraps it in ProtoMAML."""
+    import types
+
+    import keras_meta
+    from examples.maml import train
+
+    for strided, pooled in ((None, False), (True, False), (False, True)):
+        cfg = maml_config.resolve(maml_config.Config(
+            task="omniglot", ways=5, filters=4, strided=strided,
+            variant="proto_maml"))
+        fake = types.SimpleNamespace(config=cfg)
+        net = tasks.OmniglotTask.model(fake)
+        assert ("pool0" in [layer.name for layer in net.layers]) == pooled
+        task = types.SimpleNamespace(
+            model=lambda: net, inner_learning_rate=lambda: 2.0,
+            loss="sparse_categorical_crossentropy", metrics=("accuracy",))
+        maml = train.build_maml(cfg, task)
+        assert type(maml) is keras_meta.ProtoMAML

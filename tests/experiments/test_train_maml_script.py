@@ -88,6 +88,19 @@ def test_inner_optimizer_flag_conflicts(variant, inner, message):
             variant=variant, inner_optimizer=inner))
 
 
+def test_proto_maml_variant_is_an_omniglot_classifier_without_zero_head():
+    config = maml_config.resolve(maml_config.Config(
+        task="omniglot", variant="proto_maml", inner_optimizer="meta_sgd"))
+    assert config.inner_optimizer == "meta_sgd"
+    with pytest.raises(ValueError, match="--variant=proto_maml .* needs "
+                       "--task=omniglot, got --task=sinusoid"):
+        maml_config.resolve(maml_config.Config(variant="proto_maml"))
+    with pytest.raises(ValueError, match="--zero_head contradicts "
+                       "--variant=proto_maml"):
+        maml_config.resolve(maml_config.Config(
+            task="omniglot", variant="proto_maml", zero_head=True))
+
+
 def test_script_refuses_a_model_dir_in_use(tmp_path, lock_holder):
     model_dir = tmp_path / "run"
     with lock_holder(model_dir) as pid:

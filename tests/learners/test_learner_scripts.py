@@ -159,6 +159,15 @@ def test_evaluate_only_refuses_a_missing_run_and_other_ways_for_maml(
         json.dumps({"config": {"learner": "maml", "ways": 20}}))
     with pytest.raises(ValueError, match="trained a maml with 20 output"):
         train.evaluate_saved(config)
+    # ProtoMAML's head comes from the prototypes: fewer ways pass the
+    # check, more do not.
+    proto = {"learner": "maml", "variant": "proto_maml", "ways": 20}
+    assert train._evaluates_at(proto, 5) and train._evaluates_at(proto, 20)
+    assert not train._evaluates_at(proto, 25)
+    assert not train._evaluates_at({"learner": "maml", "ways": 20}, 5)
+    (tmp_path / "m" / "results.json").write_text(json.dumps({"config": proto}))
+    with pytest.raises(ValueError, match="--variant=proto_maml at fewer"):
+        train.evaluate_saved(dataclasses.replace(config, ways=25))
 
 
 def test_runs_recorded_unshifted_resume_only_as_they_trained():
