@@ -1,8 +1,8 @@
 """MAML and its variants as Keras models.
 
 `model.MAML` is the `keras.Model`; the variants are small subclasses
-(`MetaSGD`, `MAMLPlusPlus`, `ANIL`, `ProtoMAML`). The modules beside it each hold one
-idea: `tasks` (one task's inner loop and query pass, through
+(`MetaSGD`, `MAMLPlusPlus`, `ANIL`, `ProtoMAML`). The modules beside it
+each hold one idea: `tasks` (one task's inner loop and query pass, through
 `keras_meta.rules.inner_loop.unroll`), `task_parallel` (how a meta-batch's
 tasks run; `batched_dense` for Dense stacks), `meta_gradients`,
 `multi_step_loss` (MAML++'s MSL), `skipping` (non-finite meta-steps),

@@ -217,3 +217,17 @@ def test_a_class_without_support_examples_is_never_predicted():
                                   True)
     assert np.all(pred.numpy()[:, -1] < pred.numpy()[:, :-1].min(1) - 50)
     np.testing.assert_array_equal(start[-2].numpy()[:, -1], 0.0)
+
+
+def test_xla_step_gives_the_eager_graph_step():
+    """The compiled (XLA) meta-step computes what the plain one does."""
+    data = episode(seed=5)
+    weights = []
+    for jit in (False, True):
+        maml = keras_meta.ProtoMAML(net(), inner_learning_rate=0.5)
+        maml.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS,
+                     jit_compile=jit)
+        maml.fit(tf.data.Dataset.from_tensors(data), verbose=0)
+        weights.append([v.numpy() for v in maml.model.trainable_variables])
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
