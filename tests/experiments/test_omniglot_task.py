@@ -1,9 +1,13 @@
 """The Omniglot task family of examples/train_maml.py (examples/maml/tasks.py)."""
 
+import types
+
 import numpy as np
 
+import keras_meta
 from examples.maml import config as maml_config
 from examples.maml import tasks
+from examples.maml import train
 
 
 def test_omniglot_task_through_tfds_uses_the_reference_split():
@@ -39,11 +43,6 @@ def test_omniglot_task_through_tfds_uses_the_reference_split():
 def test_maml_conv4_follows_strided_and_proto_maml_builds_on_it():
     """--strided picks MAML's conv4 too (unset: strided), and
     --variant=proto_maml wraps it in ProtoMAML."""
-    import types
-
-    import keras_meta
-    from examples.maml import train
-
     for strided, pooled in ((None, False), (True, False), (False, True)):
         cfg = maml_config.resolve(maml_config.Config(
             task="omniglot", ways=5, filters=4, strided=strided,
