@@ -1,11 +1,14 @@
-"""A saved Omniglot ProtoNet's validation accuracy with support views.
+"""A saved Omniglot ProtoNet's or ProtoMAML's validation accuracy with
+support views.
 
 For each support shift s, the N-way 1-shot query accuracy on `--episodes`
 episodes of the training script's validation characters (15 queries per
 class, a fixed seed), each prototype the mean embedding of its support
 image moved by every offset of up to s pixels (`ProtoNet(support_shift=s)`;
-s = 0: the image alone). BUILD_NOTES 4.3 chose the script's default shift
-with it, on validation characters only:
+s = 0: the image alone; `ProtoMAML(support_shift=s)` starts its head at
+those prototypes and takes `--inner_steps` steps on the support set).
+BUILD_NOTES 4.3 chose the script's shifts with it, on validation
+characters only:
 
     python -m benchmarks.support_views --model_dir=runs/i20/R --episodes=60 --shifts=0,1,2,3
 """
@@ -22,13 +25,15 @@ from examples.maml import config as config_lib
 from examples.maml import tasks
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "A ProtoNet run of "
-                    "examples/train_maml.py (its model.keras).")
+flags.DEFINE_string("model_dir", None, "A ProtoNet or --variant=proto_maml "
+                    "run of examples/train_maml.py (its model.keras).")
 flags.DEFINE_string("data_dir", "../shared/data/omniglot",
                     "The Omniglot zips the run trained on.")
 flags.DEFINE_list("shifts", ["0", "1", "2", "3"], "Support shifts s.")
 flags.DEFINE_integer("episodes", 60, "Validation episodes.")
 flags.DEFINE_integer("ways", 20, "Classes per episode.")
+flags.DEFINE_integer("inner_steps", 1, "ProtoMAML: inner steps on the "
+                     "support set.")
 flags.DEFINE_string("out", "support_views.json", "JSON file in results/.")
 
 SEED = 777
@@ -44,12 +49,22 @@ def validation_episodes():
         queries=15, meta_batch_size=1, seed=SEED)
 
 
-def accuracy(protonet, shift):
-    protonet.support_shift = protonet_lib.check_support_shift(
-        shift, protonet.embedding)
+def accuracy(learner, shift):
+    if isinstance(learner, keras_meta.ProtoNet):
+        learner.support_shift = protonet_lib.check_support_shift(
+            shift, learner.embedding)
+
+        def predict(episode):
+            return learner(episode, training=False)
+    else:
+        learner.support_shift = shift
+
+        def predict(episode):
+            return learner.task_results(
+                episode, steps=FLAGS.inner_steps)["predictions"]
     correct = total = 0
     for episode in validation_episodes().take(FLAGS.episodes):
-        logits = protonet(episode, training=False).numpy()
+        logits = predict(episode).numpy()
         correct += int((logits.argmax(-1) == episode["query_y"].numpy())
                        .sum())
         total += logits.shape[0] * logits.shape[1]
@@ -60,14 +75,14 @@ def main(argv):
     del argv
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir: give a ProtoNet run directory.")
-    protonet = keras.models.load_model(f"{FLAGS.model_dir}/model.keras")
-    if not isinstance(protonet, keras_meta.ProtoNet):
+    learner = keras.models.load_model(f"{FLAGS.model_dir}/model.keras")
+    if not isinstance(learner, (keras_meta.ProtoNet, keras_meta.ProtoMAML)):
         raise app.UsageError(
             f"{FLAGS.model_dir}/model.keras holds a "
-            f"{type(protonet).__name__}, not a ProtoNet.")
+            f"{type(learner).__name__}, not a ProtoNet or a ProtoMAML.")
     rows = []
     for shift in (int(s) for s in FLAGS.shifts):
-        value, queries = accuracy(protonet, shift)
+        value, queries = accuracy(learner, shift)
         rows.append({"support_shift": shift, "accuracy": value,
                      "queries": queries})
     common.print_table(
@@ -77,6 +92,8 @@ def main(argv):
     common.write_json(FLAGS.out, {"model_dir": FLAGS.model_dir,
                                   "episodes": FLAGS.episodes,
                                   "ways": FLAGS.ways, "seed": SEED,
+                                  "learner": type(learner).__name__,
+                                  "inner_steps": FLAGS.inner_steps,
                                   "rows": rows})
 
 

@@ -159,12 +159,13 @@ class Config:
         "euclidean", "--learner=protonet: squared euclidean or scaled "
         "cosine logits.", choices=("euclidean", "cosine"))
     support_shift: int | None = option(
-        None, "--learner=protonet: outside training, each prototype is the "
-        "mean embedding of its support image moved by every offset of up "
-        "to this many pixels per axis (0: the image alone; queries are "
-        "embedded once). An evaluation setting: --resume and "
-        "--evaluate_only may change it. Unset: 3 (chosen on validation, "
-        "BUILD_NOTES 4.3), 0 with --paper_settings.")
+        None, "--learner=protonet and --variant=proto_maml: outside "
+        "training, each prototype is the mean embedding of its support "
+        "image moved by every offset of up to this many pixels per axis "
+        "(0: the image alone; queries are embedded once). An evaluation "
+        "setting: --resume and --evaluate_only may change it. Unset: 3 for "
+        "ProtoNet (chosen on validation, BUILD_NOTES 4.3), 0 with "
+        "--paper_settings and for proto_maml.")
     train_ways: int | None = option(
         None, "--learner=protonet: classes per training episode (more "
         "than --ways helps; default 30, 60 with --paper_settings).")

@@ -167,6 +167,8 @@ def apply_evaluation_settings(config, learner):
     if config.learner == "protonet":
         learner.support_shift = protonet.check_support_shift(
             config.support_shift, learner.embedding)
+    elif isinstance(learner, keras_meta.ProtoMAML):
+        learner.support_shift = config.support_shift
     return learner
 
 
@@ -222,10 +224,13 @@ def check(config):
                 f"--{flag}={getattr(config, flag)} augments episodes; "
                 "--learner=finetune pretrains on pooled images and does not "
                 "take it.")
-    if config.learner != "protonet" and config.support_shift:
+    if config.support_shift and config.learner != "protonet" and not (
+            config.learner == "maml" and config.variant == "proto_maml"):
         raise ValueError(
-            f"--support_shift={config.support_shift} is a ProtoNet option; "
-            f"--learner={config.learner} does not take it.")
+            f"--support_shift={config.support_shift} is an option of "
+            "--learner=protonet and --variant=proto_maml; "
+            f"--learner={config.learner} --variant={config.variant} does "
+            "not take it.")
     if config.learner == "protonet" and config.train_ways is not None and (
             config.train_ways < 2):
         raise ValueError(

@@ -69,6 +69,19 @@ def view_offsets(shift):
             for r in range(-shift, shift + 1)]
 
 
+def moved_copies(network, x, shift):
+    """The (2 shift + 1)^2 copies of images `x` [n, h, w, c] moved by every
+    offset of up to `shift` pixels per axis (`view_offsets`), edges
+    repeated, in the pixels `network` sees: after its resize layer, if it
+    has one (its own resize then passes them through)."""
+    resize = next((layer for layer in network.layers
+                   if isinstance(layer, ResizeImages)), None)
+    if resize is not None:
+        x = tf.cast(resize(x), x.dtype)
+    return [few_shot.shifted(x, down, right)
+            for down, right in view_offsets(shift)]
+
+
 def check_distance(distance, scale):
     """Raises on an unknown distance or a scale that is not a finite float
     > 0; returns the scale to use (None: the distance's default)."""
@@ -222,15 +235,9 @@ class ProtoNet(base.EpisodeLearner):
         with `support_shift`, each the mean over its moved copies."""
         if not self.support_shift:
             return self.embedding(x, training=False)
-        resize = next((layer for layer in self.embedding.layers
-                       if isinstance(layer, ResizeImages)), None)
-        if resize is not None:
-            # Move the pixels the network sees; the embedding's own resize
-            # then passes the images through.
-            x = tf.cast(resize(x), x.dtype)
-        views = [self.embedding(few_shot.shifted(x, down, right),
-                                training=False)
-                 for down, right in view_offsets(self.support_shift)]
+        views = [self.embedding(view, training=False)
+                 for view in moved_copies(self.embedding, x,
+                                          self.support_shift)]
         return tf.add_n(views) / float(len(views))
 
     def _embed(self, x, training, embed=None):

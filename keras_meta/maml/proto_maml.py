@@ -27,9 +27,15 @@ class PrototypeStart:
     The prototypes are functions of the meta-weights, so meta-gradients
     flow through them (also with `first_order=True`, as in Triantafillou
     et al.'s fo-Proto-MAML).
+
+    With `support_shift = s > 0` and `views` on, each support image's
+    feature is the mean over its (2s + 1)^2 moved copies
+    (`protonet.moved_copies`), computed in one pass (batch statistics
+    over all copies); the inner steps still see the support set itself.
+    `ProtoMAML.train_step` turns `views` off.
     """
 
-    def __init__(self, model, head_name):
+    def __init__(self, model, head_name, support_shift=0):
         head = model.get_layer(head_name)
         if not isinstance(head, keras.layers.Dense):
             raise ValueError(
@@ -57,6 +63,9 @@ class PrototypeStart:
                 f"({error}).") from None
         self.ways = int(head.units)
         self.features = features
+        self.support_shift = protonet.check_support_shift(support_shift,
+                                                          model)
+        self.views = True
         trainable = {id(v): i for i, v in enumerate(model.trainable_variables)}
         state = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
         self.feature_params = [trainable[id(v)]
@@ -69,11 +78,19 @@ class PrototypeStart:
     def __call__(self, params, non_trainable, support_x, support_y, training,
                  support_weights=None):
         """`params` with the head replaced by the prototypes' weights."""
+        copies = ([support_x] if not (self.views and self.support_shift)
+                  else protonet.moved_copies(self.features, support_x,
+                                             self.support_shift))
         with batch_norm.exact_moments():
             features, _ = self.features.stateless_call(
                 [params[i] for i in self.feature_params],
                 [non_trainable[i] for i in self.feature_state],
-                support_x, training=training)
+                tf.concat(copies, 0) if len(copies) > 1 else copies[0],
+                training=training)
+        if len(copies) > 1:
+            features = tf.reduce_mean(tf.reshape(
+                features, tf.concat([[len(copies), -1],
+                                     tf.shape(features)[1:]], 0)), 0)
         labels = tf.convert_to_tensor(support_y)
         if labels.shape.rank == 2 and labels.shape[-1] == self.ways:
             labels = tf.argmax(labels, axis=-1)  # one-hot targets
@@ -110,6 +127,15 @@ class ProtoMAML(MAML):
     Training, evaluation, `adapt`, serving and `export` all start from the
     prototypes.
 
+    With `support_shift=s`, everything but training (evaluate, predict,
+    `task_results`, `adapt`, `adapt_and_predict`, `export`) takes each
+    support image's feature for the prototypes as the mean over its
+    (2s + 1)^2 copies moved by every offset of up to s pixels per axis, as
+    `ProtoNet(support_shift=s)` does (in one training-mode pass when the
+    model is transductive: batch statistics over all copies); the inner
+    steps adapt on the support set itself. Setting `support_shift` on a
+    built model takes effect at the next call.
+
     Example:
 
     ```python
@@ -125,6 +151,9 @@ class ProtoMAML(MAML):
         model: a built functional or Sequential classifier whose last
             layer with weights is a `Dense` layer with a bias and a
             linear or softmax activation; its units are the ways.
+        support_shift: an int >= 0; the support views' largest offset in
+            pixels (0: each support image once). Needs image inputs
+            [batch, height, width, channels].
         **kwargs: other `keras_meta.MAML` arguments.
 
     Reference:
@@ -132,9 +161,35 @@ class ProtoMAML(MAML):
           https://arxiv.org/abs/1903.03096)
     """
 
-    def __init__(self, model, **kwargs):
+    def __init__(self, model, support_shift=0, **kwargs):
         super().__init__(model, **kwargs)
         head = last_layer_with_weights(model)
         # A plain attribute kept out of Keras's tracking: the feature
         # model shares the wrapped model's layers and variables.
-        object.__setattr__(self, "_start", PrototypeStart(model, head))
+        object.__setattr__(self, "_start",
+                           PrototypeStart(model, head, support_shift))
+
+    @property
+    def support_shift(self):
+        return self._start.support_shift
+
+    @support_shift.setter
+    def support_shift(self, value):
+        self._start.support_shift = protonet.check_support_shift(
+            value, self.model)
+        # Functions traced with the old value are traced again.
+        self.__dict__.pop("_km_compiled_fns", None)
+        self.test_function = self.predict_function = None
+
+    def train_step(self, data):
+        # Meta-training starts from one view of each support image.
+        self._start.views = False
+        try:
+            return super().train_step(data)
+        finally:
+            self._start.views = True
+
+    def get_config(self):
+        config = super().get_config()
+        config["support_shift"] = self.support_shift
+        return config

@@ -1,11 +1,13 @@
 """The Omniglot task family of examples/train_maml.py (examples/maml/tasks.py)."""
 
+import dataclasses
 import types
 
 import numpy as np
 
 import keras_meta
 from examples.maml import config as maml_config
+from examples.maml import learners
 from examples.maml import tasks
 from examples.maml import train
 
@@ -55,3 +57,7 @@ def test_maml_conv4_follows_strided_and_proto_maml_builds_on_it():
             loss="sparse_categorical_crossentropy", metrics=("accuracy",))
         maml = train.build_maml(cfg, task)
         assert type(maml) is keras_meta.ProtoMAML
+        # --support_shift is ProtoMAML's evaluation setting too.
+        views = dataclasses.replace(cfg, support_shift=2)
+        assert learners.apply_evaluation_settings(
+            views, maml).support_shift == 2

@@ -73,7 +73,10 @@ def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
     (dict(task="omniglot", learner="finetune", train_flips=True),
      "--train_flips=True augments episodes"),
     (dict(task="omniglot", learner="reptile", support_shift=1),
-     "--support_shift=1 is a ProtoNet option; --learner=reptile"),
+     "--support_shift=1 is an option of --learner=protonet and "
+     "--variant=proto_maml; --learner=reptile"),
+    (dict(task="omniglot", variant="anil", support_shift=1),
+     "--learner=maml --variant=anil does not take it"),
     (dict(task="omniglot", learner="protonet", support_shift=-1),
      "--support_shift must be an int >= 0; got -1"),
 ])

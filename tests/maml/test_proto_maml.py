@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import keras
 import keras_meta
+from keras_meta.data import few_shot
 from keras_meta.learners import protonet
 from keras_meta.maml import meta_gradients
 from keras_meta.maml import tasks as task_lib
@@ -220,3 +221,81 @@ def test_xla_step_gives_the_eager_graph_step():
         weights.append([v.numpy() for v in maml.model.trainable_variables])
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def image_net(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((6, 6, 1)),
+        keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+        keras.layers.BatchNormalization(name="bn"),
+        keras.layers.GlobalAveragePooling2D(name="pool"),
+        keras.layers.Dense(WAYS, name="head")])
+
+
+def image_episode(seed=0, tasks=2):
+    rng = np.random.default_rng(seed)
+    y = np.tile(np.arange(WAYS), (tasks, 1)).astype("int32")
+    return {"support_x": rng.random((tasks, WAYS, 6, 6, 1), "float32"),
+            "support_y": y,
+            "query_x": rng.random((tasks, WAYS, 6, 6, 1), "float32"),
+            "query_y": y}
+
+
+def test_support_views_start_from_the_mean_feature_of_moved_copies():
+    """With support_shift=1 each prototype is the mean feature of the 9
+    moved copies of its image (one batch-statistics pass over all), the
+    inner steps see the support itself, and meta-training never uses the
+    views: the meta-step is support_shift=0's."""
+    data = image_episode()
+    sx, sy = data["support_x"][0], data["support_y"][0]
+    maml = keras_meta.ProtoMAML(image_net(), support_shift=1,
+                                inner_learning_rate=0.5, inner_steps=1)
+    maml.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    params, _, state = task_lib.current_values(maml)
+    start = task_lib.start_params(maml, params, state, sx, sy, True)
+    body = keras.Sequential(maml.model.layers[:-1])
+    copies = [few_shot.shifted(sx, d, r) for d in (-1, 0, 1)
+              for r in (-1, 0, 1)]
+    feats = tf.reshape(body(tf.concat(copies, 0), training=True),
+                       [9, WAYS, -1])
+    centers = tf.reduce_mean(feats, 0)  # one class per support image
+    np.testing.assert_allclose(start[-2].numpy(), 2 * tf.transpose(centers),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        start[-1].numpy(), -tf.reduce_sum(centers ** 2, -1), rtol=1e-5)
+
+    with_views = maml.task_losses(data).numpy()
+    maml.support_shift = 0  # traced again without the views
+    without = maml.task_losses(data).numpy()
+    assert np.abs(with_views - without).max() > 1e-4
+    maml.support_shift = 1
+    np.testing.assert_array_equal(maml.task_losses(data).numpy(), with_views)
+
+    trained = []
+    for shift in (0, 1):
+        maml = keras_meta.ProtoMAML(image_net(), support_shift=shift,
+                                    inner_learning_rate=0.5, inner_steps=1)
+        maml.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+        maml.fit(tf.data.Dataset.from_tensors(data), verbose=0)
+        trained.append([v.numpy() for v in maml.model.trainable_variables])
+    for a, b in zip(*trained):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_support_shift_is_saved_and_checked(tmp_path):
+    data = image_episode(seed=3)
+    maml = keras_meta.ProtoMAML(image_net(), support_shift=2,
+                                inner_learning_rate=0.5, inner_steps=1)
+    maml.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    path = str(tmp_path / "views.keras")
+    maml.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.support_shift == 2
+    np.testing.assert_allclose(loaded.task_losses(data).numpy(),
+                               maml.task_losses(data).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="support_shift=1 moves images.*"
+                       r"\(None, 2\)"):
+        keras_meta.ProtoMAML(net(), support_shift=1)
+    with pytest.raises(ValueError, match="support_shift"):
+        maml.support_shift = -1
