@@ -196,3 +196,21 @@ def test_checks_run_before_anything_is_compiled():
         maml.fit(tf.data.Dataset.from_tensors(classification_episode(
             labels=lambda y: y + 3)), verbose=0)
     assert maml.train_function is None
+
+
+def test_changed_eval_steps_ask_for_compile_again():
+    """The per-step loss metrics are made by compile: evaluating with
+    another step count before compiling again names both counts."""
+    maml = keras_meta.MAML(classifier(), eval_inner_steps=3)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    maml.compile(optimizer="sgd", loss=loss)
+    data = tf.data.Dataset.from_tensors(classification_episode())
+    maml.eval_inner_steps = 1
+    with pytest.raises(ValueError, match=r"runs 1 inner steps \(eval_inner_"
+                       r"steps=1, inner_steps=1\) but the model was compiled "
+                       "for 3; call compile"):
+        maml.evaluate(data, verbose=0)
+    maml.compile(optimizer="sgd", loss=loss)
+    logs = maml.evaluate(data, verbose=0, return_dict=True)
+    assert "query_loss_after_step_1" in logs
+    assert "query_loss_after_step_2" not in logs

@@ -80,6 +80,17 @@ class QueryMetrics:
             keras.metrics.Mean(name=f"query_loss_after_step_{k}")
             for k in range(1, eval_steps + 1)]
 
+    def _check_step_trackers(self, steps):
+        """Raises unless `compile` made one loss metric per step of an
+        evaluation with `steps` inner steps."""
+        if steps != len(self._step_loss_trackers):
+            raise ValueError(
+                f"evaluate runs {steps} inner steps (eval_inner_steps="
+                f"{self.eval_inner_steps}, inner_steps={self.inner_steps}) "
+                f"but the model was compiled for "
+                f"{len(self._step_loss_trackers)}; call compile() again "
+                "after changing them.")
+
     @property
     def metrics(self):
         if not self.compiled:

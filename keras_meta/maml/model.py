@@ -437,6 +437,7 @@ class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
     def test_step(self, data):
         episode = checks.episode_of(data)
         steps = self._eval_steps(None)
+        self._check_step_trackers(steps)
         _, _, outputs, _ = task_parallel.run_episode(
             self, episode, steps, training=self.transductive,
             second_order=False, record_steps=range(steps + 1))
