@@ -163,9 +163,9 @@ class Config:
         "training, each prototype is the mean embedding of its support "
         "image moved by every offset of up to this many pixels per axis "
         "(0: the image alone; queries are embedded once). An evaluation "
-        "setting: --resume and --evaluate_only may change it. Unset: 3 for "
-        "ProtoNet (chosen on validation, BUILD_NOTES 4.3), 0 with "
-        "--paper_settings and for proto_maml.")
+        "setting: --resume and --evaluate_only may change it. Unset: 3 "
+        "(chosen on validation, BUILD_NOTES 4.3), 0 with --paper_settings "
+        "and for other learners.")
     train_ways: int | None = option(
         None, "--learner=protonet: classes per training episode (more "
         "than --ways helps; default 30, 60 with --paper_settings).")
@@ -398,7 +398,10 @@ def resolve(config):
     defaults.setdefault("train_shift", 0)
     defaults.setdefault("train_distort", 0.0)
     defaults.setdefault("train_flips", False)
-    defaults.setdefault("support_shift", 0)
+    # Proto-MAML's support views: chosen on validation (BUILD_NOTES 4.3).
+    defaults.setdefault("support_shift", 3 if (
+        config.learner == "maml" and config.variant == "proto_maml"
+        and not config.paper_settings) else 0)
     if config.strategy != "default":
         # XLA on the whole step fails under MirroredStrategy (variables on
         # other devices); TPUStrategy compiles with XLA anyway. Keras 3.15

@@ -92,6 +92,14 @@ def test_proto_maml_variant_is_an_omniglot_classifier_without_zero_head():
     config = maml_config.resolve(maml_config.Config(
         task="omniglot", variant="proto_maml", inner_optimizer="meta_sgd"))
     assert config.inner_optimizer == "meta_sgd"
+    # Support views by default (chosen on validation), not for plain MAML
+    # or with the paper's settings.
+    assert config.support_shift == 3
+    assert maml_config.resolve(maml_config.Config(
+        task="omniglot", variant="proto_maml",
+        paper_settings=True)).support_shift == 0
+    assert maml_config.resolve(maml_config.Config(
+        task="omniglot")).support_shift == 0
     with pytest.raises(ValueError, match="--variant=proto_maml .* needs "
                        "--task=omniglot, got --task=sinusoid"):
         maml_config.resolve(maml_config.Config(variant="proto_maml"))
