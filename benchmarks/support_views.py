@@ -6,8 +6,10 @@ episodes of the training script's validation characters (15 queries per
 class, a fixed seed), each prototype the mean embedding of its support
 image moved by every offset of up to s pixels (`ProtoNet(support_shift=s)`;
 s = 0: the image alone; `ProtoMAML(support_shift=s)` starts its head at
-those prototypes and takes `--inner_steps` steps on the support set).
-BUILD_NOTES 4.3 chose the script's shifts with it, on validation
+those prototypes and takes `--inner_steps` steps on the support set);
+for a ProtoNet also with each of `--transductive_steps` (rounds of soft
+k-means over the episode's queries, `ProtoNet(transductive_steps=t)`).
+BUILD_NOTES 4.3 chose the script's settings with it, on validation
 characters only:
 
     python -m benchmarks.support_views --model_dir=runs/i20/R --episodes=60 --shifts=0,1,2,3
@@ -18,7 +20,6 @@ from absl import app
 from absl import flags
 
 import keras_meta
-from keras_meta.learners import protonet as protonet_lib
 
 from benchmarks import common
 from examples.maml import config as config_lib
@@ -34,6 +35,8 @@ flags.DEFINE_integer("episodes", 60, "Validation episodes.")
 flags.DEFINE_integer("ways", 20, "Classes per episode.")
 flags.DEFINE_integer("inner_steps", 1, "ProtoMAML: inner steps on the "
                      "support set.")
+flags.DEFINE_list("transductive_steps", ["0"], "ProtoNet: rounds of soft "
+                  "k-means over the queries (each).")
 flags.DEFINE_string("out", "support_views.json", "JSON file in results/.")
 
 SEED = 777
@@ -49,10 +52,10 @@ def validation_episodes():
         queries=15, meta_batch_size=1, seed=SEED)
 
 
-def accuracy(learner, shift):
+def accuracy(learner, shift, rounds):
     if isinstance(learner, keras_meta.ProtoNet):
-        learner.support_shift = protonet_lib.check_support_shift(
-            shift, learner.embedding)
+        learner.support_shift = shift
+        learner.transductive_steps = rounds
 
         def predict(episode):
             return learner(episode, training=False)
@@ -80,15 +83,20 @@ def main(argv):
         raise app.UsageError(
             f"{FLAGS.model_dir}/model.keras holds a "
             f"{type(learner).__name__}, not a ProtoNet or a ProtoMAML.")
+    rounds = [int(t) for t in FLAGS.transductive_steps]
+    if not isinstance(learner, keras_meta.ProtoNet) and rounds != [0]:
+        raise app.UsageError("--transductive_steps: ProtoNet runs only.")
     rows = []
     for shift in (int(s) for s in FLAGS.shifts):
-        value, queries = accuracy(learner, shift)
-        rows.append({"support_shift": shift, "accuracy": value,
-                     "queries": queries})
+        for t in rounds:
+            value, queries = accuracy(learner, shift, t)
+            rows.append({"support_shift": shift, "transductive_steps": t,
+                         "accuracy": value, "queries": queries})
     common.print_table(
-        ["support shift", "validation accuracy %", "queries"],
-        [[r["support_shift"], f"{100 * r['accuracy']:.2f}", r["queries"]]
-         for r in rows])
+        ["support shift", "transductive steps", "validation accuracy %",
+         "queries"],
+        [[r["support_shift"], r["transductive_steps"],
+          f"{100 * r['accuracy']:.2f}", r["queries"]] for r in rows])
     common.write_json(FLAGS.out, {"model_dir": FLAGS.model_dir,
                                   "episodes": FLAGS.episodes,
                                   "ways": FLAGS.ways, "seed": SEED,

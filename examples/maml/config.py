@@ -34,7 +34,7 @@ MAY_CHANGE_ON_RESUME = frozenset({
     "train_steps", "steps_per_epoch",
     "max_train_minutes", "verbose", "checkpoint_every", "keep_checkpoints",
     "profile", "profile_batches", "eval_tasks", "eval_shots", "eval_steps",
-    "tpu", "evaluate_only", "support_shift"})
+    "tpu", "evaluate_only", "support_shift", "transductive_steps"})
 # Flags that are ints >= 1 once the task's defaults are filled in.
 POSITIVE_INTS = ("ways", "shots", "queries", "meta_batch_size",
                  "train_steps", "steps_per_epoch", "inner_steps",
@@ -166,6 +166,12 @@ class Config:
         "setting: --resume and --evaluate_only may change it. Unset: 3 "
         "(chosen on validation, BUILD_NOTES 4.3), 0 with --paper_settings "
         "and for other learners.")
+    transductive_steps: int = option(
+        0, "--learner=protonet: outside training, rounds of soft k-means "
+        "that move the prototypes toward the episode's unlabeled queries "
+        "(Ren et al. 2018; 0: the support set alone). Transductive: a "
+        "query's logits depend on the queries it comes with. An evaluation "
+        "setting, as --support_shift.")
     train_ways: int | None = option(
         None, "--learner=protonet: classes per training episode (more "
         "than --ways helps; default 30, 60 with --paper_settings).")
@@ -270,7 +276,7 @@ def resume_defaults():
     (what such a run trained and evaluated with)."""
     return dict(config_flags.defaults(Config), inner_guard=INNER_GUARD_OFF,
                 train_shift=0, train_distort=0.0, train_flips=False,
-                support_shift=0)
+                support_shift=0, transductive_steps=0)
 
 
 def task_defaults(task, ways, paper_settings=False):
@@ -353,6 +359,8 @@ def check_values(config):
     flag_checks.non_negative_int("seed", config.seed)
     flag_checks.non_negative_int("train_shift", config.train_shift)
     flag_checks.non_negative_int("support_shift", config.support_shift)
+    flag_checks.non_negative_int("transductive_steps",
+                                 config.transductive_steps)
     if config.train_shift and config.task != "omniglot":
         raise ValueError(
             f"--train_shift moves images; --task={config.task} has none "

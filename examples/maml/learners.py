@@ -40,7 +40,6 @@ import numpy as np
 import tensorflow as tf
 
 import keras_meta
-from keras_meta.learners import protonet
 
 LEARNERS = ("maml", "protonet", "reptile", "finetune")
 # The settings each learner fills in where a flag is left unset, per task.
@@ -132,7 +131,8 @@ def build(config, task):
     if config.learner == "protonet":
         learner = keras_meta.ProtoNet(
             _features(_omniglot_net(config, strided=False)),
-            distance=config.distance, support_shift=config.support_shift)
+            distance=config.distance, support_shift=config.support_shift,
+            transductive_steps=config.transductive_steps)
     elif config.learner == "reptile":
         inner = (keras.optimizers.Adam(config.inner_lr, beta_1=0.0)
                  if omniglot else keras.optimizers.SGD(config.inner_lr))
@@ -165,8 +165,8 @@ def apply_evaluation_settings(config, learner):
     """Sets the evaluation settings of `config` on a built, restored or
     loaded learner (ProtoNet's support views)."""
     if config.learner == "protonet":
-        learner.support_shift = protonet.check_support_shift(
-            config.support_shift, learner.embedding)
+        learner.support_shift = config.support_shift
+        learner.transductive_steps = config.transductive_steps
     elif isinstance(learner, keras_meta.ProtoMAML):
         learner.support_shift = config.support_shift
     return learner
@@ -230,6 +230,11 @@ def check(config):
             f"--support_shift={config.support_shift} is an option of "
             "--learner=protonet and --variant=proto_maml; "
             f"--learner={config.learner} --variant={config.variant} does "
+            "not take it.")
+    if config.learner != "protonet" and config.transductive_steps:
+        raise ValueError(
+            f"--transductive_steps={config.transductive_steps} is a "
+            f"--learner=protonet option; --learner={config.learner} does "
             "not take it.")
     if config.learner == "protonet" and config.train_ways is not None and (
             config.train_ways < 2):

@@ -42,6 +42,39 @@ def prototypes(embeddings, labels, ways, weights=None):
     return sums / tf.maximum(counts, 1.0)
 
 
+def refine_prototypes(centers, support_embeddings, support_y,
+                      query_embeddings, steps, distance="euclidean",
+                      scale=1.0):
+    """Transductive prototypes: soft k-means over the queries (Ren et al.,
+    2018). Each of `steps` rounds makes every prototype the mean of its
+    support embeddings (weight 1 each) and of every query embedding,
+    weighted by that query's softmax probability of the class under the
+    current prototypes.
+
+    Args:
+        centers: float [tasks, ways, dim], the support set's prototypes.
+        support_embeddings: float [tasks, examples, dim].
+        support_y: int [tasks, examples], class indices 0..ways-1.
+        query_embeddings: float [tasks, queries, dim].
+        steps: Python int >= 0.
+        distance, scale: as `distance_logits`.
+
+    Returns:
+        float [tasks, ways, dim].
+    """
+    onehot = tf.one_hot(tf.cast(support_y, tf.int32), tf.shape(centers)[1],
+                        dtype=centers.dtype)
+    sums = tf.einsum("tsn,tsd->tnd", onehot, support_embeddings)
+    counts = tf.reduce_sum(onehot, axis=1)
+    for _ in range(steps):
+        probs = tf.nn.softmax(distance_logits(query_embeddings, centers,
+                                              distance, scale))
+        centers = ((sums + tf.einsum("tqn,tqd->tnd", probs,
+                                     query_embeddings))
+                   / (counts + tf.reduce_sum(probs, axis=1))[..., None])
+    return centers
+
+
 def distance_logits(queries, centers, distance="euclidean", scale=1.0):
     """Logits of queries against class centers.
 
@@ -189,6 +222,12 @@ class ProtoNet(base.EpisodeLearner):
     embedded once, so classifying costs what it did; a network trained
     with shifted images gets steadier prototypes from one example.
 
+    With `transductive_steps=t`, evaluate, predict, `task_results` and the
+    exported `adapt_and_predict` also use the episode's unlabeled queries:
+    `refine_prototypes` moves the prototypes `t` rounds of soft k-means
+    toward them, so a query's logits depend on the other queries it comes
+    with. `adapt` sees only the support set and does not refine.
+
     Episode targets are class indices 0..N-1; every class of a task must
     have a support example (checked before anything is compiled).
 
@@ -214,21 +253,52 @@ class ProtoNet(base.EpisodeLearner):
         support_shift: an int >= 0; the support views' largest offset in
             pixels (0: each support image embedded once). Needs image
             inputs [batch, height, width, channels].
+        transductive_steps: an int >= 0; rounds of soft k-means over the
+            queries outside training (0: the support set alone).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
-    Reference:
+    References:
         - [Snell et al., 2017](https://arxiv.org/abs/1703.05175)
+        - [Ren et al., 2018](https://arxiv.org/abs/1803.00676)
+          (transductive refinement)
     """
 
     def __init__(self, embedding, distance="euclidean", scale=None,
-                 support_shift=0, **kwargs):
+                 support_shift=0, transductive_steps=0, **kwargs):
         super().__init__(**kwargs)
         base.check_model(embedding, "ProtoNet")
         self.embedding = embedding
         self.distance = distance
         self.scale = check_distance(distance, scale)
-        self.support_shift = check_support_shift(support_shift, embedding)
+        self.support_shift = support_shift
+        self.transductive_steps = transductive_steps
         self.built = True
+
+    # The evaluation settings may change on a built model (the training
+    # script sets them after a resume); functions traced before are
+    # traced again.
+    @property
+    def support_shift(self):
+        return self._support_shift
+
+    @support_shift.setter
+    def support_shift(self, value):
+        self._support_shift = check_support_shift(value, self.embedding)
+        self._trace_again()
+
+    @property
+    def transductive_steps(self):
+        return self._transductive_steps
+
+    @transductive_steps.setter
+    def transductive_steps(self, value):
+        validation.check_non_negative_int("transductive_steps", value)
+        self._transductive_steps = int(value)
+        self._trace_again()
+
+    def _trace_again(self):
+        self.__dict__.pop("_km_task_results", None)
+        self.test_function = self.predict_function = None
 
     def _support_embedding(self, x):
         """Inference-mode embeddings [n, dim] of support inputs [n, ...]:
@@ -265,6 +335,11 @@ class ProtoNet(base.EpisodeLearner):
             support_embeddings = both[:, :n_support]
             query_embeddings = both[:, n_support:]
         centers = prototypes(support_embeddings, episode["support_y"], ways)
+        if not training:
+            centers = refine_prototypes(
+                centers, support_embeddings, episode["support_y"],
+                query_embeddings, self.transductive_steps, self.distance,
+                self.scale)
         return distance_logits(query_embeddings, centers, self.distance,
                                self.scale)
 
@@ -352,12 +427,15 @@ class ProtoNet(base.EpisodeLearner):
                                    "ProtoNet")
 
         def adapt_and_predict(support_x, support_y, query_x):
-            embed = functools.partial(self.embedding, training=False)
-            centers = prototypes(self._support_embedding(support_x)[None],
-                                 support_y[None],
+            support = self._support_embedding(support_x)[None]
+            queries = self.embedding(query_x, training=False)[None]
+            centers = prototypes(support, support_y[None],
                                  tf.reduce_max(support_y) + 1)
-            return distance_logits(embed(query_x)[None], centers,
-                                   self.distance, self.scale)[0]
+            centers = refine_prototypes(
+                centers, support, support_y[None], queries,
+                self.transductive_steps, self.distance, self.scale)
+            return distance_logits(queries, centers, self.distance,
+                                   self.scale)[0]
 
         fns = {
             "adapt_and_predict": (adapt_and_predict, [
@@ -376,6 +454,7 @@ class ProtoNet(base.EpisodeLearner):
             "distance": self.distance,
             "scale": self.scale,
             "support_shift": self.support_shift,
+            "transductive_steps": self.transductive_steps,
         })
         return saving.stamp(config)
 

@@ -79,6 +79,11 @@ def test_maml_cpu_and_paper_defaults_and_learners_bring_theirs():
      "--learner=maml --variant=anil does not take it"),
     (dict(task="omniglot", learner="protonet", support_shift=-1),
      "--support_shift must be an int >= 0; got -1"),
+    (dict(task="omniglot", variant="proto_maml", transductive_steps=1),
+     "--transductive_steps=1 is a --learner=protonet option; "
+     "--learner=maml"),
+    (dict(task="omniglot", learner="protonet", transductive_steps=-2),
+     "--transductive_steps must be an int >= 0; got -2"),
 ])
 def test_settings_a_learner_cannot_use_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -185,3 +190,14 @@ def test_runs_recorded_unshifted_resume_only_as_they_trained():
         old = {k: v for k, v in current.items() if k != "train_shift"}
         assert run_dir.config_changes(
             old, current, maml_config.resume_defaults()) == changes
+
+
+def test_evaluation_settings_reach_a_built_protonet():
+    embedding = keras.Sequential([keras.Input((6, 6, 1)),
+                                  keras.layers.Flatten(),
+                                  keras.layers.Dense(4)])
+    protonet = keras_meta.ProtoNet(embedding)
+    config = resolve(task="omniglot", learner="protonet",
+                     transductive_steps=2)
+    learners.apply_evaluation_settings(config, protonet)
+    assert (protonet.support_shift, protonet.transductive_steps) == (3, 2)

@@ -45,6 +45,57 @@ def test_logits_are_the_hand_computed_distances(distance):
     np.testing.assert_allclose(logits, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_transductive_steps_are_hand_computed_soft_k_means(tmp_path):
+    """One round moves each prototype to the mean of its support example
+    and all queries weighted by their softmax probabilities; training,
+    `adapt` and a changed setting behave as documented."""
+    episode = tiny_episode()
+    plain = keras_meta.ProtoNet(identity_embedding())
+    refined = keras_meta.ProtoNet(identity_embedding(), transductive_steps=1)
+    support = episode["support_x"][0]
+    queries = episode["query_x"][0]
+    centers = np.array([[0.0, 0.0], [2.0, 2.0]])
+    for _ in range(2):
+        logits = -((queries[:, None] - centers[None]) ** 2).sum(-1)
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        sums = np.stack([support[:2].sum(0), support[2:].sum(0)])
+        centers = (sums + probs.T @ queries) / (2 + probs.sum(0))[:, None]
+        if _ == 0:
+            one_round = -((queries[:, None] - centers[None]) ** 2).sum(-1)
+    two_rounds = -((queries[:, None] - centers[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(refined(episode).numpy()[0], one_round,
+                               rtol=1e-5, atol=1e-6)
+    # Training sees the support set alone, as adapt does.
+    np.testing.assert_array_equal(refined(episode, training=True).numpy(),
+                                  plain(episode, training=True).numpy())
+    adapted = refined.adapt(episode["support_x"][0], episode["support_y"][0])
+    np.testing.assert_allclose(adapted.predict(queries, verbose=0),
+                               plain(episode).numpy()[0], rtol=1e-5,
+                               atol=1e-6)
+    # A changed setting reaches functions traced before it.
+    refined.compile()
+    data = tf.data.Dataset.from_tensors(episode)
+    np.testing.assert_allclose(refined.predict(data, verbose=0)[0],
+                               one_round, rtol=1e-5, atol=1e-6)
+    refined.transductive_steps = 2
+    np.testing.assert_allclose(refined.predict(data, verbose=0)[0],
+                               two_rounds, rtol=1e-5, atol=1e-6)
+    refined.save(tmp_path / "t.keras")
+    assert keras.models.load_model(
+        tmp_path / "t.keras").transductive_steps == 2
+    refined.export(str(tmp_path / "served"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    out = served.signatures["adapt_and_predict"](
+        support_x=support, support_y=episode["support_y"][0],
+        query_x=queries)["output_0"].numpy()
+    np.testing.assert_allclose(out, two_rounds, rtol=1e-5, atol=1e-6)
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="`transductive_steps` must be "
+                           f"an int >= 0; got {bad!r}"):
+            keras_meta.ProtoNet(identity_embedding(), transductive_steps=bad)
+
+
 def test_training_moves_every_embedding_weight_and_lowers_the_loss(
         episodes, make_mlp):
     protonet = keras_meta.ProtoNet(make_mlp(outputs=8))
