@@ -97,6 +97,12 @@ def test_optimizer_groups_share_adam_1e3_with_the_grid():
     assert "learned[per_tensor]" in groups
     with pytest.raises(ValueError, match="Unknown"):
         lopt_suite.optimizer_groups(["sgd"], [])
+    # One fixed-rate row per grid rate, on the grid's runs.
+    groups, specs = lopt_suite.optimizer_groups(["adam_best", "adam_fixed"],
+                                                [])
+    assert len(specs) == 5
+    assert groups["adam_fixed[0.0003]"] == ("single", "adam 0.0003")
+    assert sum(g.startswith("adam_fixed") for g in groups) == 5
 
 
 def test_weights_options_and_the_ema_peer():
