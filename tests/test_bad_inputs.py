@@ -198,6 +198,34 @@ def test_checks_run_before_anything_is_compiled():
     assert maml.train_function is None
 
 
+def test_settings_changed_on_a_built_maml_take_effect_or_raise():
+    """Evaluation settings are traced again; the others are fixed (a
+    change used to be ignored, silently, by the steps traced before)."""
+    maml = keras_meta.MAML(classifier(), inner_learning_rate=0.5)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    maml.compile(optimizer="sgd", loss=loss)
+    data = classification_episode()
+    before = maml.task_losses(data).numpy()
+    maml.fit(tf.data.Dataset.from_tensors(data), verbose=0)
+    with pytest.raises(AttributeError, match="`inner_steps` is fixed once "
+                       "a MAML is built .*got a new value 3"):
+        maml.inner_steps = 3
+    with pytest.raises(AttributeError, match="`first_order` is fixed"):
+        maml.first_order = True
+    assert maml.inner_steps == 1 and not maml.first_order
+    # A guard that undoes every step: the next evaluation sees it.
+    trained = maml.task_losses(data).numpy()
+    assert not np.allclose(trained, before)
+    maml.inner_guard = 1e-9
+    guarded = maml.task_losses(data).numpy()
+    np.testing.assert_allclose(guarded[:, 1], guarded[:, 0], rtol=1e-6)
+    with pytest.raises(ValueError, match="`inner_guard` must be None or a "
+                       "number > 0"):
+        maml.inner_guard = -1.0
+    with pytest.raises(ValueError, match="eval_inner_steps"):
+        maml.eval_inner_steps = 0
+
+
 def test_changed_eval_steps_ask_for_compile_again():
     """The per-step loss metrics are made by compile: evaluating with
     another step count before compiling again names both counts."""

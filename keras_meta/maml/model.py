@@ -30,6 +30,7 @@ from keras_meta.maml.losses_and_metrics import QueryMetrics
 from keras_meta.maml.losses_and_metrics import resolve_loss
 from keras_meta.maml.seed_states import SeedStates
 from keras_meta.maml.serving import Serving
+from keras_meta.maml.settings import Settings
 from keras_meta.maml import inner_rules as inner_optimizers
 
 # Files written before `inner_optimizer` existed name the rule by its rates.
@@ -37,8 +38,8 @@ _RULE_OF_RATES = {"per_parameter": "meta_sgd", "per_step": "lslr"}
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")
-class MAML(QueryMetrics, Adaptation, Serving, Exportable, FusedTrainer,
-           SeedStates, keras.Model):
+class MAML(Settings, QueryMetrics, Adaptation, Serving, Exportable,
+           FusedTrainer, SeedStates, keras.Model):
     """Model-Agnostic Meta-Learning around any built Keras model.
 
     MAML learns initial weights from which a few gradient steps on a task's

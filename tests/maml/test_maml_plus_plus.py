@@ -163,7 +163,9 @@ def test_uniform_multi_step_loss_is_the_mean_over_steps():
     assert multi_step_loss.resolve("annealed") is True
     assert maml.get_config()["multi_step_loss"] == "uniform"
     # Weights: a distribution over the step counts 1..3.
-    maml.multi_step_loss = multi_step_loss.resolve([2, 0, 2], 3)
+    maml = keras_meta.MAML(maml.model, inner_learning_rate=0.1,
+                           inner_steps=3, multi_step_loss=[2, 0, 2])
+    maml.compile(loss="mse")
     meta_loss, _, outputs, _ = meta_gradients.compute(maml, episode())
     losses = outputs["losses"].numpy()
     np.testing.assert_allclose(
