@@ -219,6 +219,11 @@ def test_settings_changed_on_a_built_maml_take_effect_or_raise():
     maml.inner_guard = 1e-9
     guarded = maml.task_losses(data).numpy()
     np.testing.assert_allclose(guarded[:, 1], guarded[:, 0], rtol=1e-6)
+    # fit traces again too: every inner step is undone, so the query loss
+    # after adaptation is the one before it.
+    logs = maml.fit(tf.data.Dataset.from_tensors(data), verbose=0).history
+    np.testing.assert_allclose(logs["post_adapt_loss"], logs["pre_adapt_loss"],
+                               rtol=1e-6)
     with pytest.raises(ValueError, match="`inner_guard` must be None or a "
                        "number > 0"):
         maml.inner_guard = -1.0

@@ -4,10 +4,10 @@ A MAML's steps read its settings when Keras traces them, so a setting
 changed on a built model would otherwise be ignored by the functions
 traced before: silently, the old value. Two kinds of settings:
 
-- evaluation settings (`EVALUATION_SETTINGS`) may change: the value is
-  checked as the constructor checks it and the traced evaluation,
-  prediction and adaptation functions are dropped, so the next call
-  traces again with it;
+- `CHANGEABLE_SETTINGS` may change: the value is checked as the
+  constructor checks it and every traced function (training, evaluation,
+  prediction, adaptation) is dropped, so the next call traces again with
+  it;
 - the others (`FIXED_SETTINGS`) size variables or are compiled into the
   training step: changing one raises, saying how to get a model with
   another value.
@@ -16,7 +16,7 @@ traced before: silently, the old value. Two kinds of settings:
 from keras_meta import validation
 from keras_meta.maml import checks
 
-EVALUATION_SETTINGS = ("eval_inner_steps", "inner_guard")
+CHANGEABLE_SETTINGS = ("eval_inner_steps", "inner_guard")
 FIXED_SETTINGS = (
     "model", "inner_learning_rate", "inner_steps", "first_order",
     "inner_optimizer", "multi_step_loss", "multi_step_loss_anneal_steps",
@@ -37,12 +37,13 @@ class Settings:
                 f"step); got a new value {value!r}. Build a new "
                 f"{type(self).__name__} with it around the same network "
                 "(the meta-learned weights are the network's).")
-        elif name in EVALUATION_SETTINGS:
+        elif name in CHANGEABLE_SETTINGS:
             super().__setattr__(name, _checked(name, value))
             # Traced again at the next call (a new eval step count also
             # needs `compile()` again, for its per-step metrics).
             self.__dict__.pop("_km_compiled_fns", None)
-            self.test_function = self.predict_function = None
+            self.train_function = self.test_function = None
+            self.predict_function = None
         else:
             super().__setattr__(name, value)
 
