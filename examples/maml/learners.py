@@ -163,7 +163,8 @@ def build(config, task):
 
 def apply_evaluation_settings(config, learner):
     """Sets the evaluation settings of `config` on a built, restored or
-    loaded learner (ProtoNet's support views)."""
+    loaded learner (ProtoNet's support views and transductive steps,
+    ProtoMAML's support views)."""
     if config.learner == "protonet":
         learner.support_shift = config.support_shift
         learner.transductive_steps = config.transductive_steps
