@@ -2,7 +2,7 @@
 support views.
 
 For each support shift s, the N-way 1-shot query accuracy on `--episodes`
-episodes of the training script's validation characters (15 queries per
+episodes of the training script's validation characters (`--queries` per
 class, a fixed seed), each prototype the mean embedding of its support
 image moved by every offset of up to s pixels (`ProtoNet(support_shift=s)`;
 s = 0: the image alone; `ProtoMAML(support_shift=s)` starts its head at
@@ -33,6 +33,8 @@ flags.DEFINE_string("data_dir", "../shared/data/omniglot",
 flags.DEFINE_list("shifts", ["0", "1", "2", "3"], "Support shifts s.")
 flags.DEFINE_integer("episodes", 60, "Validation episodes.")
 flags.DEFINE_integer("ways", 20, "Classes per episode.")
+flags.DEFINE_integer("queries", 15, "Queries per class (the script's "
+                     "evaluation uses 15).")
 flags.DEFINE_integer("inner_steps", 1, "ProtoMAML: inner steps on the "
                      "support set.")
 flags.DEFINE_list("transductive_steps", ["0"], "ProtoNet: rounds of soft "
@@ -49,7 +51,7 @@ def validation_episodes():
         data_dir=FLAGS.data_dir))
     return keras_meta.data.episodes(
         tasks.make_task(config).validation, ways=FLAGS.ways, shots=1,
-        queries=15, meta_batch_size=1, seed=SEED)
+        queries=FLAGS.queries, meta_batch_size=1, seed=SEED)
 
 
 def accuracy(learner, shift, rounds):
@@ -100,6 +102,7 @@ def main(argv):
     common.write_json(FLAGS.out, {"model_dir": FLAGS.model_dir,
                                   "episodes": FLAGS.episodes,
                                   "ways": FLAGS.ways, "seed": SEED,
+                                  "queries": FLAGS.queries,
                                   "learner": type(learner).__name__,
                                   "inner_steps": FLAGS.inner_steps,
                                   "rows": rows})
