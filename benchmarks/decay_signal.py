@@ -34,6 +34,7 @@ flags.DEFINE_float("lr", 1e-3, "Adam's learning rate.")
 flags.DEFINE_integer("seed", 0, "Data and initialization seed.")
 flags.DEFINE_string("out", "decay_signal.json", "JSON file in results/.")
 
+
 def tensor_signals(optimizer, variables):
     """`{path: {"snr", "radial", "rms"}}` from Adam's bias-corrected
     moments."""
@@ -51,6 +52,7 @@ def tensor_signals(optimizer, variables):
             "radial": float(np.sum(p * update) / norms) if norms else 0.0,
             "rms": float(np.sqrt(np.mean(p ** 2)))}
     return out
+
 
 def trace(name):
     """Readings every `--every` steps of one workload's Adam run."""
@@ -76,6 +78,7 @@ def trace(name):
               verbose=0, callbacks=[Reader()])
     return readings
 
+
 def main(argv):
     del argv
     results = {}
@@ -97,6 +100,7 @@ def main(argv):
              for path, s in readings[-1]["tensors"].items()])
     common.write_json(FLAGS.out, {"lr": FLAGS.lr, "seed": FLAGS.seed,
                                   "steps": FLAGS.steps, "results": results})
+
 
 if __name__ == "__main__":
     app.run(main)

@@ -55,15 +55,13 @@ def validation_episodes():
 
 
 def accuracy(learner, shift, rounds):
+    learner.support_shift = shift
     if isinstance(learner, keras_meta.ProtoNet):
-        learner.support_shift = shift
         learner.transductive_steps = rounds
 
         def predict(episode):
             return learner(episode, training=False)
     else:
-        learner.support_shift = shift
-
         def predict(episode):
             return learner.task_results(
                 episode, steps=FLAGS.inner_steps)["predictions"]
@@ -79,7 +77,8 @@ def accuracy(learner, shift, rounds):
 def main(argv):
     del argv
     if not FLAGS.model_dir:
-        raise app.UsageError("--model_dir: give a ProtoNet run directory.")
+        raise app.UsageError("--model_dir: give a ProtoNet or ProtoMAML run "
+                             "directory.")
     learner = keras.models.load_model(f"{FLAGS.model_dir}/model.keras")
     if not isinstance(learner, (keras_meta.ProtoNet, keras_meta.ProtoMAML)):
         raise app.UsageError(

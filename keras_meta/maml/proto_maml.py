@@ -177,9 +177,7 @@ class ProtoMAML(MAML):
     def support_shift(self, value):
         self._start.support_shift = protonet.check_support_shift(
             value, self.model)
-        # Functions traced with the old value are traced again.
-        self.__dict__.pop("_km_compiled_fns", None)
-        self.test_function = self.predict_function = None
+        self._trace_again()
 
     def train_step(self, data):
         # Meta-training starts from one view of each support image.

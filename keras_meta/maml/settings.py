@@ -39,13 +39,18 @@ class Settings:
                 "(the meta-learned weights are the network's).")
         elif name in CHANGEABLE_SETTINGS:
             super().__setattr__(name, _checked(name, value))
-            # Traced again at the next call (a new eval step count also
-            # needs `compile()` again, for its per-step metrics).
-            self.__dict__.pop("_km_compiled_fns", None)
-            self.train_function = self.test_function = None
-            self.predict_function = None
+            # A new eval step count also needs `compile()` again, for its
+            # per-step metrics.
+            self._trace_again()
         else:
             super().__setattr__(name, value)
+
+    def _trace_again(self):
+        """Drops every traced function (training, evaluation, prediction,
+        adaptation), so the next call traces with the current settings."""
+        self.__dict__.pop("_km_compiled_fns", None)
+        self.train_function = self.test_function = None
+        self.predict_function = None
 
 
 def _checked(name, value):
