@@ -48,8 +48,8 @@ Optimizers (`--optimizers`), all in the same run:
   `+mlp_scale=S` (its MLP's output times S, 0 <= S <= 1),
   `+parameter_feature_scale=S` (its parameter feature, the learned weight
   decay's input, times S),
-  `+mlp_tensors=matrices`, `+decay_power=P`, `+decay_start=T` (those
-  untrained fields of a normalized rule's config set on a trained file).
+  `+mlp_tensors=matrices`, `+decay_power=P`, `+decay_start=T`,
+  `+dense_table_decay=false` (those untrained fields of a normalized rule's config set on a trained file).
 
 Output: one table (per workload, step count and optimizer: test loss mean
 ± sd over seeds, its ratio to `adam_best`, test metric mean, non-finite

@@ -23,7 +23,8 @@ STEPS_PER_EXECUTION = 50
 # Options that edit a trained rule (`_ablated`), not name its config: the
 # untrained fields of `NormalizedConfig` and the MLP's diagnosis.
 EDITS = ("ablate=", "mlp_scale=", "parameter_feature_scale=",
-         "mlp_tensors=", "decay_power=", "decay_start=")
+         "mlp_tensors=", "decay_power=", "decay_start=",
+         "dense_table_decay=")
 
 
 def _rule_option(option):
@@ -90,8 +91,9 @@ def _ablated(weights, rule, ablations):
     direction at the rule's own step sizes), "mlp_scale=S" multiplies the
     MLP's output by S (between the rule and its ablation);
     "parameter_feature_scale=S" feeds it S times its parameter feature (the
-    learned weight decay's strength); "mlp_tensors=",
-    "decay_power=" and "decay_start=" set those untrained config fields."""
+    learned weight decay's strength); "mlp_tensors=", "decay_power=",
+    "decay_start=" and "dense_table_decay=" set those untrained config
+    fields."""
     phi, config = weights_io.resolve(weights, rule)
     if not isinstance(config, normalized.NormalizedConfig):
         raise ValueError(f"ablate= needs a normalized rule, got {config}.")
@@ -106,7 +108,8 @@ def _ablated(weights, rule, ablations):
         elif kind == "parameter_feature_scale":
             phi = normalized.scale_parameter_feature(
                 phi, config, _rule_option(ablation)[kind])
-        elif kind in ("mlp_tensors", "decay_power", "decay_start"):
+        elif kind in ("mlp_tensors", "decay_power", "decay_start",
+                      "dense_table_decay"):
             config = dataclasses.replace(config, **_rule_option(ablation))
         elif part == "parameter_feature":
             phi, config = normalized.drop_parameter_feature(phi, config)

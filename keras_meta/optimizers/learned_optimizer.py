@@ -41,19 +41,22 @@ def _tf_variable(variable):
         else variable
 
 
+def _rows(gradient, variable):
+    """The number of rows of a sparse gradient's table."""
+    if gradient.dense_shape is not None:
+        return tf.convert_to_tensor(gradient.dense_shape)[0]
+    return tf.shape(variable)[0]
+
+
 def _dense_gradient(gradient, variable):
     """The gradient as a dense tensor. `tf.IndexedSlices` (an `Embedding`'s
     sparse gradient) are summed into rows as `tf.convert_to_tensor` does,
     also where their indices or dense shape are Python tuples."""
     if not isinstance(gradient, tf.IndexedSlices):
         return ops.convert_to_tensor(gradient)
-    if gradient.dense_shape is not None:
-        rows = tf.convert_to_tensor(gradient.dense_shape)[0]
-    else:
-        rows = tf.shape(variable)[0]
     return tf.math.unsorted_segment_sum(
         tf.convert_to_tensor(gradient.values),
-        tf.convert_to_tensor(gradient.indices), rows)
+        tf.convert_to_tensor(gradient.indices), _rows(gradient, variable))
 
 
 def _step_and_assign(rule, keys, checked_keys, phi, gradient, variable,
@@ -169,8 +172,12 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         rule: Optional config dict of the rule (`optimizers.rule_kinds`:
             the fields of `rules.lstm.RuleConfig`, or of another kind's
             config with its `"rule_type"`, e.g. `"normalized_mlp"`). Taken
-            from the weights file when `weights` is a path or `None`; if
-            also given it must agree with the file.
+            from the weights file when `weights` is a name, a path or
+            `None`; given with a name or a path, it is read over the
+            file's config and may change only fields the file was not
+            trained for (e.g. `weights="normalized",
+            rule={"dense_table_decay": False}`); with `None` it must agree
+            with the file.
         seed: Seed of the random phi of an untrained rule.
         {{base_optimizer_keyword_args}}
 
@@ -383,12 +390,15 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         dtype = variable.dtype
         index = self._get_variable_index(variable)
         lr = ops.cast(learning_rate, dtype)
-        gradient = ops.cast(_dense_gradient(gradient, variable), dtype)
         phi = {k: tf.convert_to_tensor(_tf_variable(v))
                for k, v in self._phi.items()}
         rule = self._rule
         if self._decays_in_rule and not self._use_weight_decay(variable):
             rule = self._rule_no_decay
+        if isinstance(gradient, tf.IndexedSlices):
+            phi = rule.table_meta_params(phi, gradient.indices,
+                                         _rows(gradient, variable))
+        gradient = ops.cast(_dense_gradient(gradient, variable), dtype)
         slots = [_tf_variable(self._slots[key][index])
                  for key in self._state_keys]
         ok = self._step_function(rule, variable)(

@@ -6,6 +6,7 @@ config (`rule_kinds`: the config's fields, `rule_type` unless the rule is
 the LSTM, and optionally `provenance`, how the file was made).
 """
 
+import dataclasses
 import json
 import os
 
@@ -185,6 +186,22 @@ def _init(weights, rule_cfg, seed):
     return rule_kinds.init_meta_params(cfg, seed=seed), cfg
 
 
+def _over_file_config(rule, file_cfg, path):
+    """The config `rule` (a dict) names when read over `file_cfg`; raises
+    where it changes a field the file was trained for."""
+    merged = dict(rule_kinds.config_to_dict(file_cfg))
+    merged.update(rule)
+    config = rule_kinds.config_from_dict(merged)
+    free = getattr(type(file_cfg), "UNTRAINED_FIELDS", ())
+    if type(config) is not type(file_cfg) or dataclasses.replace(
+            config, **{f: getattr(file_cfg, f) for f in free}) != file_cfg:
+        raise ValueError(
+            f"LearnedOptimizer: rule={rule} was given but the weights file "
+            f"{path!r} was trained for rule={file_cfg}; only the untrained "
+            f"fields {list(free)} may differ.")
+    return config
+
+
 def resolve(weights, rule=None, seed=0):
     """The phi and `RuleConfig` that `LearnedOptimizer(weights, rule, seed)`
     names.
@@ -197,13 +214,22 @@ def resolve(weights, rule=None, seed=0):
             (the untrained normalized MLP rule: Adam's direction,
             normalized per tensor; `rule`'s config if it is one).
         rule: None or a config dict (`rule_kinds`: a config's fields, with
-            `rule_type` for rules other than the LSTM); if given with a
-            file, it must agree with the file's.
+            `rule_type` for rules other than the LSTM). Given with a named
+            file or a path, it is read over the file's config and may
+            change only the fields the file was not trained for (the
+            config class's `UNTRAINED_FIELDS`, e.g.
+            `{"dense_table_decay": False}` for `"normalized"`); given
+            with `weights=None`, it must agree with the shipped file's.
         seed: seed of `"init"` weights.
 
     Returns:
         `(phi, config)`: a dict of float32 arrays and its rule config.
     """
+    if rule is not None and isinstance(weights, (str, os.PathLike)) \
+            and weights not in (INIT, INIT_NORMALIZED):
+        path = _weights_path(weights, None)
+        phi, file_cfg = load_phi(path)
+        return phi, _over_file_config(rule, file_cfg, path)
     rule_cfg = rule_kinds.config_from_dict(rule) if rule is not None else None
     if isinstance(weights, str) and weights in (INIT, INIT_NORMALIZED):
         return _init(weights, rule_cfg, seed)

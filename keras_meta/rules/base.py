@@ -45,6 +45,15 @@ class UpdateRule:
         del values
         return ()
 
+    def table_meta_params(self, meta_params, indices, rows):
+        """The meta-parameters for one step of a table (an `Embedding`'s
+        weights) whose gradient came as sparse rows, `indices` (with
+        repeats) out of `rows`. `update` sees that gradient summed into a
+        dense tensor; a rule that treats such tables apart reads here which
+        rows the step touched. By default `meta_params` as they are."""
+        del indices, rows
+        return meta_params
+
     def update(self, meta_params, grads, state, values, step):
         """One step.
 

@@ -1,5 +1,6 @@
 """Tests of `keras_meta.LearnedOptimizer` in Keras training."""
 
+import dataclasses
 import os
 
 import keras
@@ -299,6 +300,26 @@ def test_bad_weights_file_errors(tmp_path, make, error, match):
     path = make(str(tmp_path))
     with pytest.raises(error, match=match):
         keras_meta.LearnedOptimizer(weights=path)
+
+
+def test_rule_read_over_a_file_changes_only_untrained_fields():
+    opt = keras_meta.LearnedOptimizer(weights="normalized",
+                                      rule={"dense_table_decay": False})
+    _, file_config = weights_io.resolve("normalized")
+    assert opt.rule_config == dataclasses.replace(file_config,
+                                                  dense_table_decay=False)
+    restored = keras_meta.LearnedOptimizer.from_config(opt.get_config())
+    assert restored.rule_config == opt.rule_config
+    # The whole file config, as given before, still agrees.
+    full = rule_kinds.config_to_dict(file_config)
+    assert keras_meta.LearnedOptimizer(
+        weights="normalized", rule=full).rule_config == file_config
+    with pytest.raises(ValueError, match="only the untrained fields"):
+        keras_meta.LearnedOptimizer(weights="normalized",
+                                    rule={"hidden_size": 4})
+    with pytest.raises(ValueError, match="Unknown RuleConfig fields"):
+        keras_meta.LearnedOptimizer(weights="per_tensor",
+                                    rule={"dense_table_decay": False})
 
 
 @pytest.mark.parametrize("kwargs,match", [

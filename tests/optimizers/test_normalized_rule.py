@@ -331,7 +331,8 @@ def test_config_round_trip_and_errors():
         normalized.NormalizedConfig(decay_start="1000")
     # Files written before these fields load with their defaults (off).
     old = {k: v for k, v in CONFIG.to_dict().items()
-           if k not in ("mlp_tensors", "decay_power", "decay_start")}
+           if k not in ("mlp_tensors", "decay_power", "decay_start",
+                        "dense_table_decay")}
     assert normalized.NormalizedConfig.from_dict(old) == CONFIG
     with pytest.raises(ValueError, match="weight_decay"):
         normalized.NormalizedMLPRule(CONFIG, weight_decay=-1.0)
@@ -365,6 +366,58 @@ def test_keras_adapter_equals_the_pure_rule():
         for key, tensor in tensor_state.items():
             np.testing.assert_allclose(opt._slots[key][index].numpy(),
                                        tensor.numpy(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dense_table_decay", [True, False])
+def test_dense_table_decay_reads_the_rows_a_sparse_step_touches(
+        dense_table_decay):
+    # An embedding table (4 rows) whose first and third sparse gradients
+    # touch every row and whose second does not: with
+    # dense_table_decay=False those two steps are the pure rule's without
+    # the parameter feature (the learned decay), the second its own. A
+    # dense variable's steps are the rule's own.
+    config = normalized.NormalizedConfig(dense_table_decay=dense_table_decay)
+    params = {k: v.numpy() for k, v in _trained_like().items()}
+    dropped = normalized.scale_parameter_feature(params, CONFIG, 0.0)
+    opt = keras_meta.LearnedOptimizer(
+        weights=params, rule=rule_kinds.config_to_dict(config))
+    rng = np.random.default_rng(3)
+    value = rng.normal(size=(4, 3)).astype("float32")
+    variable, dense_variable = keras.Variable(value), keras.Variable(value)
+    rule = normalized.NormalizedMLPRule(CONFIG)
+    values, state = [tf.constant(value)], rule.init([value])
+    dense_seq = []
+    for step, indices in enumerate([(0, 1, 2, 3, 1), (0, 2, 2), (3, 2, 1, 0)]):
+        rows = rng.normal(size=(len(indices), 3)).astype("float32")
+        dense = tf.math.unsorted_segment_sum(rows, indices, 4)
+        dense_seq.append([dense])
+        opt.apply([tf.IndexedSlices(rows, indices, (4, 3)), dense],
+                  [variable, dense_variable])
+        every_row = len(set(indices)) == 4
+        phi = dropped if every_row and not dense_table_decay else params
+        other = params if phi is dropped else dropped
+        # The decay changes the step (else the test could not fail).
+        assert not np.allclose(
+            rule.update(_tensors(phi), [dense], state, values, step)[0][0],
+            rule.update(_tensors(other), [dense], state, values, step)[0][0],
+            rtol=1e-3)
+        updates, state = rule.update(_tensors(phi), [dense], state, values,
+                                     step)
+        values = [values[0] + updates[0]]
+        np.testing.assert_allclose(variable.numpy(), values[0].numpy(),
+                                   rtol=1e-6, atol=0)
+    dense_steps, _ = _steps(normalized.NormalizedMLPRule(CONFIG),
+                            _tensors(params), dense_seq, [tf.constant(value)])
+    expected = value
+    for updates in dense_steps:
+        expected = expected + updates[0].numpy()
+    np.testing.assert_allclose(dense_variable.numpy(), expected, rtol=1e-6)
+    kernel = tf.constant(params["mlp0/kernel"])
+    kept = normalized.gate_parameter_feature(_tensors(params), 1.0)
+    np.testing.assert_array_equal(kept["mlp0/kernel"].numpy(),
+                                  kernel.numpy())
+    with pytest.raises(ValueError, match="dense_table_decay must be a bool"):
+        normalized.NormalizedConfig(dense_table_decay="no")
 
 
 def test_init_normalized_weights_and_provenance_round_trip(tmp_path):

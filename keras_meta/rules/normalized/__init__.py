@@ -24,6 +24,7 @@ preconditioning as an inductive bias).
 from keras_meta.rules.normalized.config import RULE_TYPE  # noqa: F401
 from keras_meta.rules.normalized.config import NormalizedConfig  # noqa: F401
 from keras_meta.rules.normalized.params import drop_parameter_feature  # noqa: F401,E501
+from keras_meta.rules.normalized.params import gate_parameter_feature  # noqa: F401,E501
 from keras_meta.rules.normalized.params import init_meta_params  # noqa: F401
 from keras_meta.rules.normalized.params import init_state  # noqa: F401
 from keras_meta.rules.normalized.params import meta_param_shapes  # noqa: F401

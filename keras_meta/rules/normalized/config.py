@@ -4,6 +4,7 @@ values)."""
 import dataclasses
 import math
 import numbers
+import typing
 
 from keras_meta import validation
 
@@ -71,7 +72,21 @@ class NormalizedConfig:
             total step count: after `decay_start` steps the step size is
             multiplied by `(decay_start / t) ** decay_power`; 0 keeps it.
         decay_start: the step at which that decay begins.
+        dense_table_decay: keep the learned decay (the MLP's parameter
+            feature) on an embedding table whose sparse gradient touches
+            every row in a step; False removes it there for that step (the
+            feature's weights zeroed, as `drop_parameter_feature` does).
+            Read from a `tf.IndexedSlices` gradient
+            (`NormalizedMLPRule.table_meta_params`):
+            dense gradients, as under gradient accumulation, keep the
+            decay. A small vocabulary seen in every batch is a dense layer
+            whose size the loss needs; a large one's untouched rows are
+            what the decay regularizes.
     """
+
+    # Fields a trained file's config may change (`weights_io.resolve`).
+    UNTRAINED_FIELDS: typing.ClassVar[tuple] = (
+        "mlp_tensors", "decay_power", "decay_start", "dense_table_decay")
 
     hidden_size: int = 8
     num_layers: int = 1
@@ -93,6 +108,7 @@ class NormalizedConfig:
     mlp_tensors: str = "all"
     decay_power: float = 0.0
     decay_start: float = 1000.0
+    dense_table_decay: bool = True
 
     def __post_init__(self):
         for name in ("momentum_decays", "progress_timescales", "lr_range",
@@ -116,7 +132,8 @@ class NormalizedConfig:
             raise ValueError(
                 "Need lr_range = (low, high) with 0 < low <= init_lr <= high; "
                 f"got lr_range={self.lr_range}, init_lr={self.init_lr}.")
-        for name in ("parameter_feature", "antisymmetric"):
+        for name in ("parameter_feature", "antisymmetric",
+                     "dense_table_decay"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got "
                                  f"{getattr(self, name)!r}.")
@@ -145,8 +162,8 @@ class NormalizedConfig:
         self._check_untrained_fields()
 
     def _check_untrained_fields(self):
-        """`mlp_tensors` and the anytime decay: evaluation-time choices,
-        settable on a trained file's config."""
+        """`mlp_tensors`, the anytime decay and `dense_table_decay`:
+        evaluation-time choices, settable on a trained file's config."""
         if self.mlp_tensors not in ("all", "matrices"):
             raise ValueError("mlp_tensors must be 'all' or 'matrices', got "
                              f"{self.mlp_tensors!r}.")

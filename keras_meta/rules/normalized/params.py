@@ -84,6 +84,18 @@ def scale_parameter_feature(meta_params, config, scale):
     return params
 
 
+def gate_parameter_feature(meta_params, keep):
+    """`meta_params` (tensors) with the parameter feature's weights
+    (`mlp0/kernel`'s last row) times the scalar tensor `keep`: 1 leaves
+    them bitwise as they are, 0 gives the updates of
+    `drop_parameter_feature`."""
+    kernel = tf.convert_to_tensor(meta_params["mlp0/kernel"])
+    keep = tf.reshape(tf.cast(keep, kernel.dtype), (1,))
+    ones = tf.ones((kernel.shape[0] - 1,), kernel.dtype)
+    scale = tf.concat([ones, keep], 0)[:, None]
+    return dict(meta_params, **{"mlp0/kernel": kernel * scale})
+
+
 def drop_parameter_feature(meta_params, config):
     """The same rule without its parameter feature: `(meta_params, config)`
     with `mlp0/kernel`'s last row (the weights of `p / rms(p)`) removed

@@ -326,6 +326,19 @@ class NormalizedMLPRule(UpdateRule):
                 meta_params, g, s, v)
         return [update], [new_state], ok
 
+    def table_meta_params(self, meta_params, indices, rows):
+        """With `config.dense_table_decay` False, `meta_params` without the
+        learned decay (`params.gate_parameter_feature`) for a step whose
+        sparse `indices` touch every one of the table's `rows`; otherwise
+        `meta_params` as they are."""
+        if self.config.dense_table_decay or not self.config.parameter_feature:
+            return meta_params
+        indices = tf.reshape(tf.convert_to_tensor(indices), (-1,))
+        hits = tf.math.unsorted_segment_sum(
+            tf.ones_like(indices, tf.float32), indices, rows)
+        return params.gate_parameter_feature(
+            meta_params, tf.cast(tf.reduce_any(hits == 0.0), tf.float32))
+
     def init(self, values):
         return [params.init_state(tf.convert_to_tensor(v), self.config)
                 for v in values]
