@@ -22,9 +22,8 @@ from keras_meta.rules import normalized
 STEPS_PER_EXECUTION = 50
 # Options that edit a trained rule (`_ablated`), not name its config: the
 # untrained fields of `NormalizedConfig` and the MLP's diagnosis.
-EDITS = ("ablate=", "mlp_scale=", "parameter_feature_scale=",
-         "mlp_tensors=", "decay_power=", "decay_start=",
-         "dense_table_decay=")
+EDITS = ("ablate=", "mlp_scale=", "parameter_feature_scale=") + tuple(
+    f"{field}=" for field in normalized.NormalizedConfig.UNTRAINED_FIELDS)
 
 
 def _rule_option(option):
@@ -91,9 +90,8 @@ def _ablated(weights, rule, ablations):
     direction at the rule's own step sizes), "mlp_scale=S" multiplies the
     MLP's output by S (between the rule and its ablation);
     "parameter_feature_scale=S" feeds it S times its parameter feature (the
-    learned weight decay's strength); "mlp_tensors=", "decay_power=",
-    "decay_start=" and "dense_table_decay=" set those untrained config
-    fields."""
+    learned weight decay's strength); "field=value" sets an untrained
+    config field (`NormalizedConfig.UNTRAINED_FIELDS`)."""
     phi, config = weights_io.resolve(weights, rule)
     if not isinstance(config, normalized.NormalizedConfig):
         raise ValueError(f"ablate= needs a normalized rule, got {config}.")
@@ -108,8 +106,7 @@ def _ablated(weights, rule, ablations):
         elif kind == "parameter_feature_scale":
             phi = normalized.scale_parameter_feature(
                 phi, config, _rule_option(ablation)[kind])
-        elif kind in ("mlp_tensors", "decay_power", "decay_start",
-                      "dense_table_decay"):
+        elif kind in normalized.NormalizedConfig.UNTRAINED_FIELDS:
             config = dataclasses.replace(config, **_rule_option(ablation))
         elif part == "parameter_feature":
             phi, config = normalized.drop_parameter_feature(phi, config)

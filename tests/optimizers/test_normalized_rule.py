@@ -331,8 +331,7 @@ def test_config_round_trip_and_errors():
         normalized.NormalizedConfig(decay_start="1000")
     # Files written before these fields load with their defaults (off).
     old = {k: v for k, v in CONFIG.to_dict().items()
-           if k not in ("mlp_tensors", "decay_power", "decay_start",
-                        "dense_table_decay")}
+           if k not in normalized.NormalizedConfig.UNTRAINED_FIELDS}
     assert normalized.NormalizedConfig.from_dict(old) == CONFIG
     with pytest.raises(ValueError, match="weight_decay"):
         normalized.NormalizedMLPRule(CONFIG, weight_decay=-1.0)

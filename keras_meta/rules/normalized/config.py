@@ -162,8 +162,8 @@ class NormalizedConfig:
         self._check_untrained_fields()
 
     def _check_untrained_fields(self):
-        """`mlp_tensors`, the anytime decay and `dense_table_decay`:
-        evaluation-time choices, settable on a trained file's config."""
+        """`UNTRAINED_FIELDS`: evaluation-time choices, settable on a
+        trained file's config."""
         if self.mlp_tensors not in ("all", "matrices"):
             raise ValueError("mlp_tensors must be 'all' or 'matrices', got "
                              f"{self.mlp_tensors!r}.")

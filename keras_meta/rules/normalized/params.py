@@ -77,11 +77,8 @@ def scale_parameter_feature(meta_params, config, scale):
     if not (isinstance(scale, (int, float)) and not isinstance(scale, bool)
             and scale >= 0):
         raise ValueError(f"scale must be a number >= 0, got {scale!r}.")
-    params = dict(meta_params)
-    kernel = np.array(params["mlp0/kernel"])
-    kernel[-1] = kernel[-1] * np.asarray(scale, kernel.dtype)
-    params["mlp0/kernel"] = kernel
-    return params
+    kernel = gate_parameter_feature(meta_params, scale)["mlp0/kernel"]
+    return dict(meta_params, **{"mlp0/kernel": kernel.numpy()})
 
 
 def gate_parameter_feature(meta_params, keep):
