@@ -117,6 +117,11 @@ class Config:
         0.0, "--tasks: probability that an MLP or convnet of the task "
         "distribution has layer normalization after each hidden layer "
         "(scale-invariant weights, as in Transformers).")
+    task_kinds: tuple[str, ...] = option(
+        ("mlp", "conv", "autoencoder"), "--tasks: the kinds of task drawn in "
+        "turn: mlp, conv, autoencoder, and tokens (patch-token classifiers "
+        "with an embedding table) and teacher (fresh inputs labelled by a "
+        "random linear teacher); keras_meta.meta.task_family.")
     num_tasks: int = option(
         16, "--tasks: architectures drawn (seeded by --seed).")
     eval_tasks: int | None = option(

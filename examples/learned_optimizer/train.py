@@ -63,6 +63,7 @@ def build_tasks(config):
         return build_problems(config.problems)
     if config.tasks == "small_omniglot":
         return task_family.sample_tasks(config.seed, config.num_tasks,
+                                        kinds=config.task_kinds,
                                         layer_norm=config.task_layer_norm)
     raise ValueError(f"Unknown task distribution {config.tasks!r}.")
 

@@ -56,6 +56,13 @@ RUNS = {
 # normalization; with and without the parameter feature p / rms(p).
 RUNS["pes_ln"] = RUNS["pes_anti"] + ("--task_layer_norm=0.5",)
 RUNS["pes_ln_nop"] = RUNS["pes_ln"] + ("--noparameter_feature",)
+# pes_anti on a family with patch-token classifiers (embedding tables) and
+# fresh-data teacher tasks (held-out loss falls as the logits grow).
+RUNS["pes_mix"] = RUNS["pes_anti"] + (
+    "--task_kinds=mlp,conv,autoencoder,tokens,teacher",)
+# ... and noisy regression tasks.
+RUNS["pes_mix_reg"] = RUNS["pes_anti"] + (
+    "--task_kinds=mlp,conv,autoencoder,tokens,teacher,regression",)
 
 
 @dataclasses.dataclass(frozen=True)

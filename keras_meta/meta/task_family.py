@@ -10,7 +10,14 @@ training alphabets only (every alphabet of the offline subset but
     drawn from those characters' 20 drawings each; optionally
     (`layer_norm`) with layer normalization after each hidden layer;
   * dense autoencoders of random widths and depths reconstructing the
-    characters (mean per-pixel sigmoid cross-entropy).
+    characters (mean per-pixel sigmoid cross-entropy);
+  * with `kinds` naming them (`EXTRA_KINDS`): classifiers of the
+    characters' 2 x 2 patch tokens through an embedding table
+    (`"tokens"`: sparse rows); MLPs on fresh Gaussian inputs labelled by
+    a random linear teacher (`"teacher"`: nothing to memorize, so the
+    held-out loss keeps falling as the logits grow); MLPs regressing a
+    random teacher of the characters' pixels with per-drawing label
+    noise (`"regression"`, mean squared error).
 
 Each character's first `TRAIN_DRAWINGS` drawings are the training
 examples; the rest are validation examples, seen only by
@@ -49,6 +56,10 @@ import tensorflow as tf
 from keras_meta.meta import problems as problems_lib
 
 KINDS = ("mlp", "conv", "autoencoder")
+# Kinds a run may add (`sample_tasks(kinds=...)`): bag-of-patch-token
+# classifiers with an embedding table, teacher-labelled fresh data, and
+# noisy regression on the characters.
+EXTRA_KINDS = ("tokens", "teacher", "regression")
 SIZES = (8, 14)
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid")
 WIDTHS = (16, 32, 64, 128)
@@ -248,6 +259,93 @@ class AutoencoderProblem(AugmentedProblem):
             labels=target, logits=outputs))
 
 
+class TokenProblem(ClassificationProblem):
+    """`ClassificationProblem` on a bag of patch tokens: each 2 x 2 patch
+    of a character, its pixels thresholded at half ink, is the token
+    `position * 16 + pattern`, so the model's embedding table has
+    `(size / 2)^2 * 16` rows, of which a minibatch touches few (the blank
+    patterns of every position and the strokes of its characters)."""
+
+    def _batch(self, data_task, n, rng, drawings):
+        x, y = super()._batch(data_task, n, rng, drawings)
+        return patch_tokens(x), y
+
+
+def patch_tokens(images):
+    """`[..., size, size, 1]` images -> `[..., (size // 2)^2]` int32 tokens
+    (`TokenProblem`)."""
+    *lead, size, _, _ = images.shape
+    half = size // 2
+    bits = (images[..., :2 * half, :2 * half, 0] > 0.5).astype("int32")
+    bits = bits.reshape(tuple(lead) + (half, 2, half, 2))
+    pattern = (bits[..., 0, :, 0] + 2 * bits[..., 0, :, 1]
+               + 4 * bits[..., 1, :, 0] + 8 * bits[..., 1, :, 1])
+    position = np.arange(half * half).reshape(half, half)
+    return (position * 16 + pattern).reshape(tuple(lead) + (-1,)).astype(
+        "int32")
+
+
+class TeacherProblem(AugmentedProblem):
+    """Fresh standard-normal `size` x `size` "images" labelled by a fixed
+    random linear teacher (`argmax(flatten(x) W)`, `W` drawn per
+    instance): every minibatch is new and the labels are realizable, so
+    the loss on held-out examples keeps falling as the logits grow, with
+    nothing to memorize (unlike the characters' 15 drawings)."""
+
+    def __init__(self, model, size, batch_size, augmentation, name,
+                 num_classes, dtype="float32"):
+        super().__init__(model, None, batch_size, augmentation, name, dtype)
+        self.size, self.num_classes = size, num_classes
+
+    def _data_task(self, rng):
+        return rng.normal(size=(self.size * self.size, self.num_classes))
+
+    def batches(self, instance, n, seed):
+        rng = np.random.default_rng(seed)
+        teacher = np.asarray(instance.task["data"])
+        parts = []
+        for _ in range(2):  # training, validation: both fresh
+            x = rng.normal(size=(n, self.batch_size, self.size, self.size, 1))
+            y = np.argmax(x.reshape(n, self.batch_size, -1) @ teacher, -1)
+            parts.append((tf.constant(x.astype(self.dtype)),
+                          tf.constant(y.astype("int32"))))
+        return tuple(parts)
+
+    def _unscaled_loss(self, outputs, batch):
+        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+            batch[1], outputs, from_logits=True))
+
+
+class RegressionProblem(AugmentedProblem):
+    """Mean squared error on a scalar target of 50 random training
+    characters' drawings: a random tanh teacher of the pixels plus label
+    noise fixed per drawing (so the training drawings' noise can be
+    memorized and held-out drawings punish it). Targets have about unit
+    variance; the noise's standard deviation is drawn per instance."""
+
+    def _data_task(self, rng):
+        chars = rng.choice(len(self.images), min(50, len(self.images)),
+                           replace=False)
+        inputs = int(np.prod(self.images.shape[2:]))
+        hidden = rng.normal(size=(inputs, 16)) / math.sqrt(inputs / 4.0)
+        out = rng.normal(size=(16,)) / math.sqrt(16 * 0.4)
+        noise = rng.uniform(0.1, 0.5) * rng.normal(
+            size=(len(chars), self.images.shape[1]))
+        return chars, hidden, out, noise
+
+    def _batch(self, data_task, n, rng, drawings):
+        chars, hidden, out, noise = data_task
+        which = rng.integers(0, len(chars), size=(n, self.batch_size))
+        idx = rng.choice(drawings, size=which.shape)
+        x = self.images[np.asarray(chars)[which], idx].astype(self.dtype)
+        flat = x.reshape(which.shape + (-1,))
+        y = np.tanh(flat @ hidden) @ out + noise[which, idx]
+        return x, y.astype(self.dtype)[..., None]
+
+    def _unscaled_loss(self, outputs, batch):
+        return tf.reduce_mean(tf.square(outputs - batch[1]))
+
+
 def _hidden(make, activation, layer_norm):
     """The layer `make(activation)`; with `layer_norm`, `make(None)`, then
     `LayerNormalization`, then the activation (pre-activation
@@ -293,6 +391,19 @@ def _conv(rng, size, outputs, layer_norm=0.0):
     return keras.Sequential(layers), tag
 
 
+def _token_classifier(rng, size, outputs):
+    width = int(rng.choice(WIDTHS))
+    dim = int(rng.choice((8, 16, 32)))
+    activation = str(rng.choice(ACTIVATIONS))
+    model = keras.Sequential([
+        keras.Input(((size // 2) ** 2,), dtype="int32"),
+        keras.layers.Embedding((size // 2) ** 2 * 16, dim),
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(width, activation=activation),
+        keras.layers.Dense(outputs)])
+    return model, f"e{dim}x{width}_{activation}"
+
+
 def _autoencoder(rng, size):
     depth = int(rng.integers(1, 3))
     widths = [int(rng.choice(WIDTHS)) for _ in range(depth)]
@@ -314,16 +425,35 @@ def make_task(kind, size, rng, augmentation=Augmentation(), directory=None,
     an MLP or convnet has layer normalization after each hidden layer
     with probability `layer_norm`.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
-    images, source = character_images(size, directory)
+    if kind not in KINDS + EXTRA_KINDS:
+        raise ValueError(f"kind must be one of {KINDS + EXTRA_KINDS}, got "
+                         f"{kind!r}.")
     batch_size = int(rng.choice(BATCH_SIZES))
+    if kind == "teacher":
+        num_classes = int(rng.choice(CLASS_COUNTS))
+        model, tag = _mlp(rng, size, num_classes, layer_norm)
+        return TeacherProblem(
+            model, size, batch_size, augmentation,
+            f"teacher{size}_{tag}_{num_classes}way_b{batch_size}",
+            num_classes, dtype)
+    images, source = character_images(size, directory)
     if kind == "autoencoder":
         model, tag = _autoencoder(rng, size)
         return AutoencoderProblem(
             model, images, batch_size, augmentation,
             f"ae{size}_{tag}_b{batch_size}_{source}", dtype)
+    if kind == "regression":
+        model, tag = _mlp(rng, size, 1, layer_norm)
+        return RegressionProblem(
+            model, images, batch_size, augmentation,
+            f"regression{size}_{tag}_b{batch_size}_{source}", dtype)
     num_classes = int(rng.choice(CLASS_COUNTS))
+    if kind == "tokens":
+        model, tag = _token_classifier(rng, size, num_classes)
+        return TokenProblem(
+            model, images, batch_size, augmentation,
+            f"tokens{size}_{tag}_{num_classes}way_b{batch_size}_{source}",
+            num_classes, dtype)
     model, tag = (_mlp if kind == "mlp" else _conv)(rng, size, num_classes,
                                                     layer_norm)
     return ClassificationProblem(
@@ -341,7 +471,7 @@ def sample_tasks(seed, count, kinds=KINDS, sizes=SIZES,
     Args:
         seed: seeds the architectures (instances have their own seeds).
         count: number of problems.
-        kinds: of `KINDS`.
+        kinds: of `KINDS` and `EXTRA_KINDS`.
         sizes: image sizes (of `SIZES` or any other).
         augmentation: per-instance `Augmentation` (`NO_AUGMENTATION`: off).
         directory: the Omniglot zips' folder (default

@@ -9,7 +9,7 @@ one variable, scales the update by `learning_rate` and applies it unless it
 is not finite (`keras_meta.nonfinite`). A rule that compiles its own step
 (the normalized MLP) runs step, check and writes as one XLA computation,
 and a rule that `checks_inputs` is checked on its inputs instead of its
-results (`_step_and_assign`).
+results (`variable_step.step_and_assign`).
 """
 
 import functools
@@ -23,9 +23,9 @@ from keras import ops
 from keras.src.saving import serialization_lib
 from tensorflow.python.ops import control_flow_util
 
-from keras_meta import nonfinite
 from keras_meta import saving
 from keras_meta.optimizers import rule_kinds
+from keras_meta.optimizers import variable_step
 from keras_meta.optimizers import weights_io
 from keras_meta.rules import lstm
 
@@ -39,61 +39,6 @@ def _tf_variable(variable):
     """The `tf.Variable` behind a Keras variable (itself otherwise)."""
     return variable.value if isinstance(variable, keras.Variable) \
         else variable
-
-
-def _rows(gradient, variable):
-    """The number of rows of a sparse gradient's table."""
-    if gradient.dense_shape is not None:
-        return tf.convert_to_tensor(gradient.dense_shape)[0]
-    return tf.shape(variable)[0]
-
-
-def _dense_gradient(gradient, variable):
-    """The gradient as a dense tensor. `tf.IndexedSlices` (an `Embedding`'s
-    sparse gradient) are summed into rows as `tf.convert_to_tensor` does,
-    also where their indices or dense shape are Python tuples."""
-    if not isinstance(gradient, tf.IndexedSlices):
-        return ops.convert_to_tensor(gradient)
-    return tf.math.unsorted_segment_sum(
-        tf.convert_to_tensor(gradient.values),
-        tf.convert_to_tensor(gradient.indices), _rows(gradient, variable))
-
-
-def _step_and_assign(rule, keys, checked_keys, phi, gradient, variable,
-                     slots, lr, step):
-    """One rule step for one variable, applied in place unless it is not
-    finite: the update (scaled by `lr`) is added to `variable` and the new
-    state written to `slots` (a list of variables in the order of `keys`).
-    Returns the boolean "applied" scalar.
-
-    A rule whose `checks_inputs` is true promises finite results for the
-    inputs its `update_checked` accepts; those are checked instead of the
-    results, so that the check needs no pass over the results and the
-    writes fuse into the step's own pass (under XLA)."""
-    state = {key: tf.convert_to_tensor(slot) for key, slot in zip(keys, slots)}
-    value = tf.convert_to_tensor(variable)
-    checked = getattr(rule, "checks_inputs", False)
-    if checked:
-        updates, new_states, ok = rule.update_checked(
-            phi, [gradient], [state], [value], step)
-        ok = tf.logical_and(ok, tf.math.is_finite(lr))
-    else:
-        updates, new_states = rule.update(phi, [gradient], [state], [value],
-                                          step)
-    update, new_state = updates[0] * lr, new_states[0]
-    if "dx" in new_state:
-        # The "momentum" rule measures curvature against the step
-        # actually taken.
-        new_state["dx"] = update
-    if not checked:
-        ok = nonfinite.all_finite(
-            [update] + [new_state[key] for key in checked_keys])
-    variable.assign_add(nonfinite.keep_if_finite(
-        ok, update, tf.zeros_like(update)))
-    kept = nonfinite.keep_if_finite(ok, new_state, state)
-    for key, slot in zip(keys, slots):
-        slot.assign(kept[key])
-    return ok
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")
@@ -395,15 +340,18 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         rule = self._rule
         if self._decays_in_rule and not self._use_weight_decay(variable):
             rule = self._rule_no_decay
+        row_mask = None
         if isinstance(gradient, tf.IndexedSlices):
-            phi = rule.table_meta_params(phi, gradient.indices,
-                                         _rows(gradient, variable))
-        gradient = ops.cast(_dense_gradient(gradient, variable), dtype)
+            rows = variable_step.table_rows(gradient, variable)
+            phi = rule.table_meta_params(phi, gradient.indices, rows)
+            row_mask = rule.table_row_mask(gradient.indices, rows)
+        gradient = ops.cast(variable_step.dense_gradient(gradient, variable),
+                            dtype)
         slots = [_tf_variable(self._slots[key][index])
                  for key in self._state_keys]
         ok = self._step_function(rule, variable)(
             phi, gradient, _tf_variable(variable), slots, lr,
-            tf.convert_to_tensor(_tf_variable(self.iterations)))
+            tf.convert_to_tensor(_tf_variable(self.iterations)), row_mask)
         if not _in_xla_context():
             self._warn_first_skip(ok, variable)
         self.assign_add(self._nonfinite_count,
@@ -411,13 +359,13 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self._count_nonfinite_step(ops.logical_not(ok))
 
     def _step_function(self, rule, variable):
-        """`_step_and_assign` for `rule`: compiled with XLA as a whole
-        (the rule's step, the finiteness check and the writes fused into
+        """`variable_step.step_and_assign` for `rule`: compiled with XLA as
+        a whole (the rule's step, the finiteness check and the writes fused into
         a few passes over the parameters, the writes into the variables'
         buffers) for a rule that compiles its own step, where the variable
         is a plain local one; else the rule's own ops."""
-        plain = functools.partial(_step_and_assign, rule, self._state_keys,
-                                  self._checked_keys)
+        plain = functools.partial(variable_step.step_and_assign, rule,
+                                  self._state_keys, self._checked_keys)
         if not (getattr(rule, "jit_compile", False)
                 and isinstance(variable, tf.Variable)
                 and not tf.distribute.has_strategy()):

@@ -54,6 +54,15 @@ class UpdateRule:
         del indices, rows
         return meta_params
 
+    def table_row_mask(self, indices, rows):
+        """The rows (a `[rows]` bool tensor) that one step of such a table
+        may change, or None for all of them (the default: the step of the
+        dense gradient, as Keras's Adam takes it). A rule that steps only
+        the touched rows (LazyAdam's sparse semantics) returns which rows
+        `indices` touch; the others then keep their values and state."""
+        del indices, rows
+        return None
+
     def update(self, meta_params, grads, state, values, step):
         """One step.
 

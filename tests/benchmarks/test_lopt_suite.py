@@ -150,10 +150,10 @@ def test_ablations_remove_the_named_part_of_the_rule():
         [phi["mlp0/kernel"][:-1], 0.5 * phi["mlp0/kernel"][-1:]]), rtol=1e-6)
     opt = runner.make_optimizer(("learned", "normalized", (
         "decay_power=0.5", "decay_start=1000", "mlp_tensors=matrices",
-        "dense_table_decay=false")))
+        "dense_table_decay=false", "lazy_tables=true")))
     assert opt._rule_config == dataclasses.replace(
         config, decay_power=0.5, decay_start=1000.0, mlp_tensors="matrices",
-        dense_table_decay=False)
+        dense_table_decay=False, lazy_tables=True)
     np.testing.assert_array_equal(opt.phi["out/kernel"].numpy(),
                                   phi["out/kernel"])
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):

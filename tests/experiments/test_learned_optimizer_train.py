@@ -7,6 +7,7 @@ from absl import flags
 
 import keras_meta
 from keras_meta import backend
+from keras_meta.meta import task_family
 from keras_meta.rules import lstm as lstm_rule
 from keras_meta.optimizers import weights_io
 
@@ -66,3 +67,19 @@ def test_per_tensor_rule_and_init_weights(tmp_path):
         run(tmp_path / "c", meta_steps=1,
             rule=dict(rule, granularity="coordinate"),
             init_weights=first["paths"]["last"])
+
+
+def test_task_kinds_flag_draws_those_kinds_and_refuses_others():
+    values = flags.FlagValues()
+    config_flags.define(lopt_config.FLAG_SPECS, values)
+    values(["prog", "--tasks=small_omniglot", "--num_tasks=4",
+            "--task_kinds=tokens,teacher"])
+    config = lopt_config.from_flags(values)
+    assert config.task_kinds == ("tokens", "teacher")
+    kinds = [type(p) for p in lopt_train.build_tasks(config)]
+    assert kinds == [task_family.TokenProblem, task_family.TeacherProblem] * 2
+    # The default is the family the shipped `normalized` file was trained on.
+    assert lopt_config.Config().task_kinds == ("mlp", "conv", "autoencoder")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        lopt_train.build_tasks(lopt_config.Config(
+            tasks="small_omniglot", num_tasks=2, task_kinds=("lstm",)))

@@ -14,7 +14,7 @@ from keras_meta.rules.base import UpdateRule
 NO_DATA = "/nonexistent/omniglot"
 
 
-@pytest.mark.parametrize("kind", task_family.KINDS)
+@pytest.mark.parametrize("kind", task_family.KINDS + task_family.EXTRA_KINDS)
 @pytest.mark.parametrize("size", task_family.SIZES)
 def test_each_kind_builds_with_finite_loss_and_gradients(kind, size):
     rng = np.random.default_rng(size)
@@ -23,8 +23,9 @@ def test_each_kind_builds_with_finite_loss_and_gradients(kind, size):
                                 + str(size))
     inst = prob.sample(3)
     batches = prob.batches(inst, 2, 0)
+    example = ((size // 2) ** 2,) if kind == "tokens" else (size, size)
     for part in batches:  # training and validation examples
-        assert part[0].shape[:3] == (2, prob.batch_size, size)
+        assert part[0].shape[:4] == (2, prob.batch_size) + example
     batch = tf.nest.map_structure(lambda b: b[0], batches)
     params = list(inst.params)
     with tf.GradientTape() as tape:
@@ -36,6 +37,65 @@ def test_each_kind_builds_with_finite_loss_and_gradients(kind, size):
     assert np.isfinite(float(validation)) and float(validation) != float(loss)
     assert all(np.all(np.isfinite(g)) for g in grads)
     assert any(float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
+
+
+def test_patch_tokens_code_each_2x2_patch_and_its_position():
+    image = np.zeros((4, 4, 1), "float32")
+    image[0, 1] = image[1, 0] = 1.0  # patch 0: bits 2 and 4 -> pattern 6
+    image[3, 3] = 0.6  # patch 3 (position 3): bit 8 -> 3 * 16 + 8
+    image[2, 0] = 0.4  # below half ink: blank
+    np.testing.assert_array_equal(task_family.patch_tokens(image[None]),
+                                  [[6, 16, 32, 56]])
+    prob = task_family.make_task("tokens", 8, np.random.default_rng(0),
+                                 directory=NO_DATA)
+    (tokens, labels), _ = prob.batches(prob.sample(0), 3, 1)
+    table = prob.model.layers[0]
+    assert isinstance(table, keras.layers.Embedding)
+    assert table.input_dim == 16 * 16 and tokens.dtype == tf.int32
+    assert 0 <= int(tf.reduce_min(tokens)) <= int(tf.reduce_max(tokens)) < 256
+    # A minibatch leaves rows of the table untouched (sparse rows).
+    assert len(np.unique(tokens.numpy()[0])) < table.input_dim
+
+
+def test_teacher_tasks_label_fresh_inputs_by_a_fixed_teacher():
+    prob = task_family.make_task("teacher", 8, np.random.default_rng(1),
+                                 directory=NO_DATA)
+    inst = prob.sample(2)
+    teacher = np.asarray(inst.task["data"])
+    assert teacher.shape == (64, prob.num_classes)
+    (x, y), (x_val, y_val) = prob.batches(inst, 3, 4)
+    for inputs, labels in ((x, y), (x_val, y_val)):
+        flat = inputs.numpy().reshape(3, prob.batch_size, 64)
+        np.testing.assert_array_equal(labels, np.argmax(flat @ teacher, -1))
+    assert not np.allclose(x, x_val)  # validation examples are new ones
+    again, _ = prob.batches(inst, 3, 4)
+    np.testing.assert_array_equal(again[0], x)
+    assert not np.allclose(prob.batches(inst, 3, 5)[0][0], x)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        task_family.make_task("lstm", 8, np.random.default_rng(1))
+
+
+def test_regression_noise_is_fixed_per_drawing():
+    prob = task_family.make_task("regression", 8, np.random.default_rng(2),
+                                 directory=NO_DATA)
+    inst = prob.sample(1)
+    _, hidden, out, _ = inst.task["data"]
+    (x, y), (x_val, y_val) = prob.batches(inst, 20, 3)
+    flat = x.numpy().reshape(-1, 64)
+    noise = y.numpy().ravel() - np.tanh(flat @ hidden) @ out
+    assert 0.05 < noise.std() < 0.6
+    # The same drawing always carries the same noise (memorizable).
+    _, first = np.unique(flat, axis=0, return_index=True)
+    repeats = 0
+    for i, row in enumerate(flat):
+        j = first[np.flatnonzero(np.all(flat[first] == row, axis=1))[0]]
+        if j != i:
+            repeats += 1
+            np.testing.assert_allclose(noise[i], noise[j], atol=1e-5)
+    assert repeats > 0
+    loss = prob.loss(inst.params, prob.task_tensors(inst),
+                     tf.nest.map_structure(lambda b: b[0], ((x, y),)))
+    assert np.isfinite(float(loss))
 
 
 def test_augmentation_scales_loss_and_reparameterizes_weights():

@@ -367,6 +367,30 @@ def test_keras_adapter_equals_the_pure_rule():
                                        tensor.numpy(), rtol=1e-6, atol=0)
 
 
+def _table_setup(config, rows, seed):
+    """Trained-like phi, a LearnedOptimizer of `config` with them, a NumPy
+    generator, a `[rows, 3]` table's value, and two variables holding it
+    (for sparse and for dense gradients)."""
+    params = {k: v.numpy() for k, v in _trained_like().items()}
+    opt = keras_meta.LearnedOptimizer(
+        weights=params, rule=rule_kinds.config_to_dict(config))
+    rng = np.random.default_rng(seed)
+    value = rng.normal(size=(rows, 3)).astype("float32")
+    return (params, opt, rng, value, keras.Variable(value),
+            keras.Variable(value))
+
+
+def _assert_dense_steps(variable, params, grads_seq, value):
+    """`variable`, stepped from `value` on the dense `grads_seq`, holds the
+    pure rule's result."""
+    steps, _ = _steps(normalized.NormalizedMLPRule(CONFIG), _tensors(params),
+                      grads_seq, [tf.constant(value)])
+    expected = value
+    for updates in steps:
+        expected = expected + updates[0].numpy()
+    np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("dense_table_decay", [True, False])
 def test_dense_table_decay_reads_the_rows_a_sparse_step_touches(
         dense_table_decay):
@@ -375,14 +399,10 @@ def test_dense_table_decay_reads_the_rows_a_sparse_step_touches(
     # dense_table_decay=False those two steps are the pure rule's without
     # the parameter feature (the learned decay), the second its own. A
     # dense variable's steps are the rule's own.
-    config = normalized.NormalizedConfig(dense_table_decay=dense_table_decay)
-    params = {k: v.numpy() for k, v in _trained_like().items()}
+    params, opt, rng, value, variable, dense_variable = _table_setup(
+        normalized.NormalizedConfig(dense_table_decay=dense_table_decay),
+        rows=4, seed=3)
     dropped = normalized.scale_parameter_feature(params, CONFIG, 0.0)
-    opt = keras_meta.LearnedOptimizer(
-        weights=params, rule=rule_kinds.config_to_dict(config))
-    rng = np.random.default_rng(3)
-    value = rng.normal(size=(4, 3)).astype("float32")
-    variable, dense_variable = keras.Variable(value), keras.Variable(value)
     rule = normalized.NormalizedMLPRule(CONFIG)
     values, state = [tf.constant(value)], rule.init([value])
     dense_seq = []
@@ -405,18 +425,51 @@ def test_dense_table_decay_reads_the_rows_a_sparse_step_touches(
         values = [values[0] + updates[0]]
         np.testing.assert_allclose(variable.numpy(), values[0].numpy(),
                                    rtol=1e-6, atol=0)
-    dense_steps, _ = _steps(normalized.NormalizedMLPRule(CONFIG),
-                            _tensors(params), dense_seq, [tf.constant(value)])
-    expected = value
-    for updates in dense_steps:
-        expected = expected + updates[0].numpy()
-    np.testing.assert_allclose(dense_variable.numpy(), expected, rtol=1e-6)
+    _assert_dense_steps(dense_variable, params, dense_seq, value)
     kernel = tf.constant(params["mlp0/kernel"])
     kept = normalized.gate_parameter_feature(_tensors(params), 1.0)
     np.testing.assert_array_equal(kept["mlp0/kernel"].numpy(),
                                   kernel.numpy())
     with pytest.raises(ValueError, match="dense_table_decay must be a bool"):
         normalized.NormalizedConfig(dense_table_decay="no")
+
+
+def test_lazy_tables_step_only_the_rows_a_sparse_gradient_touches():
+    # With lazy_tables, each sparse step is the pure rule's step of the
+    # summed gradient on the rows it touches; the other rows keep their
+    # values bitwise and their momenta and second moments. A dense
+    # gradient (here the same rows summed) steps every row.
+    params, opt, rng, value, variable, dense_variable = _table_setup(
+        normalized.NormalizedConfig(lazy_tables=True), rows=5, seed=5)
+    rule = normalized.NormalizedMLPRule(CONFIG)
+    expected, state = value, rule.init([value])
+    dense_seq = []
+    for step, indices in enumerate([(0, 1, 1), (2, 3, 4, 0), (4,), (1, 3)]):
+        rows = rng.normal(size=(len(indices), 3)).astype("float32")
+        dense = tf.math.unsorted_segment_sum(rows, indices, 5)
+        dense_seq.append([dense])
+        before = variable.numpy()
+        opt.apply([tf.IndexedSlices(rows, indices, (5, 3)), dense],
+                  [variable, dense_variable])
+        touched = np.isin(np.arange(5), indices)[:, None]
+        updates, new = rule.update(_tensors(params), [dense], state,
+                                   [tf.constant(expected)], step)
+        # The full step moves the untouched rows too (else the test
+        # could not fail).
+        assert np.all(np.abs(updates[0].numpy()[~touched[:, 0]]) > 0)
+        expected = np.where(touched, expected + updates[0].numpy(), expected)
+        state = [{key: np.where(touched, x, state[0][key])
+                  if np.shape(x) == value.shape else x
+                  for key, x in new[0].items()}]
+        np.testing.assert_array_equal(variable.numpy()[~touched[:, 0]],
+                                      before[~touched[:, 0]])
+        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)
+        for key, x in state[0].items():
+            np.testing.assert_allclose(opt._slots[key][0].numpy(), x,
+                                       rtol=1e-6, atol=1e-12)
+    _assert_dense_steps(dense_variable, params, dense_seq, value)
+    with pytest.raises(ValueError, match="lazy_tables must be a bool"):
+        normalized.NormalizedConfig(lazy_tables=1)
 
 
 def test_init_normalized_weights_and_provenance_round_trip(tmp_path):

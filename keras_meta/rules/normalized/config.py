@@ -82,11 +82,21 @@ class NormalizedConfig:
             decay. A small vocabulary seen in every batch is a dense layer
             whose size the loss needs; a large one's untouched rows are
             what the decay regularizes.
+        lazy_tables: a step on an embedding table whose gradient comes as
+            sparse rows changes only the rows it touches, their values and
+            their state (LazyAdam's semantics;
+            `NormalizedMLPRule.table_row_mask`); untouched rows keep their
+            values, momenta and second moments, so a rare row moves about
+            one step per occurrence instead of coasting on its momentum
+            (and its learned decay) in between. False: every row steps on
+            the summed dense gradient, as in Keras's Adam. Dense gradients
+            step every row either way.
     """
 
     # Fields a trained file's config may change (`weights_io.resolve`).
     UNTRAINED_FIELDS: typing.ClassVar[tuple] = (
-        "mlp_tensors", "decay_power", "decay_start", "dense_table_decay")
+        "mlp_tensors", "decay_power", "decay_start", "dense_table_decay",
+        "lazy_tables")
 
     hidden_size: int = 8
     num_layers: int = 1
@@ -109,6 +119,7 @@ class NormalizedConfig:
     decay_power: float = 0.0
     decay_start: float = 1000.0
     dense_table_decay: bool = True
+    lazy_tables: bool = False
 
     def __post_init__(self):
         for name in ("momentum_decays", "progress_timescales", "lr_range",
@@ -133,7 +144,7 @@ class NormalizedConfig:
                 "Need lr_range = (low, high) with 0 < low <= init_lr <= high; "
                 f"got lr_range={self.lr_range}, init_lr={self.init_lr}.")
         for name in ("parameter_feature", "antisymmetric",
-                     "dense_table_decay"):
+                     "dense_table_decay", "lazy_tables"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got "
                                  f"{getattr(self, name)!r}.")

@@ -65,6 +65,14 @@ def _hypergradient_offset(g, state, inv, config):
                             + config.hyper_rate * cos, low, high)
 
 
+def _touched_rows(indices, rows):
+    """How often a sparse gradient's `indices` touch each of `rows`
+    (float32 `[rows]`; a segment sum, which XLA compiles, not `tf.unique`)."""
+    indices = tf.reshape(tf.convert_to_tensor(indices), (-1,))
+    return tf.math.unsorted_segment_sum(
+        tf.ones_like(indices, tf.float32), indices, rows)
+
+
 def _dense(inputs, kernel, bias):
     """`relu(inputs @ kernel + bias)` for a list of `[N]` tensors, one
     output unit at a time: elementwise ops only, which XLA fuses into one
@@ -333,11 +341,16 @@ class NormalizedMLPRule(UpdateRule):
         `meta_params` as they are."""
         if self.config.dense_table_decay or not self.config.parameter_feature:
             return meta_params
-        indices = tf.reshape(tf.convert_to_tensor(indices), (-1,))
-        hits = tf.math.unsorted_segment_sum(
-            tf.ones_like(indices, tf.float32), indices, rows)
+        hits = _touched_rows(indices, rows)
         return params.gate_parameter_feature(
             meta_params, tf.cast(tf.reduce_any(hits == 0.0), tf.float32))
+
+    def table_row_mask(self, indices, rows):
+        """With `config.lazy_tables`, the rows `indices` touch; otherwise
+        None (every row steps)."""
+        if not self.config.lazy_tables:
+            return None
+        return _touched_rows(indices, rows) > 0.0
 
     def init(self, values):
         return [params.init_state(tf.convert_to_tensor(v), self.config)
