@@ -120,8 +120,9 @@ class Config:
     task_kinds: tuple[str, ...] = option(
         ("mlp", "conv", "autoencoder"), "--tasks: the kinds of task drawn in "
         "turn: mlp, conv, autoencoder, and tokens (patch-token classifiers "
-        "with an embedding table) and teacher (fresh inputs labelled by a "
-        "random linear teacher); keras_meta.meta.task_family.")
+        "with an embedding table), teacher and easy_teacher (fresh inputs "
+        "labelled by a random linear teacher, of rank 2 for easy_teacher), "
+        "regression (noisy targets); keras_meta.meta.task_family.")
     num_tasks: int = option(
         16, "--tasks: architectures drawn (seeded by --seed).")
     eval_tasks: int | None = option(

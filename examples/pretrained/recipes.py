@@ -4,12 +4,13 @@ A recipe is one run of examples/train_learned_optimizer.py, stopped at the
 shipped meta-step, and optionally a change of the rule config afterwards
 (the arrays stay as trained). `regenerate.py` runs them;
 tests/optimizers/test_pretrained_recipes.py checks the first meta-steps of
-the default one.
+the default one. Run as a script, it meta-trains any run (`main`).
 """
 
 import dataclasses
 import math
 import os
+import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
@@ -63,6 +64,9 @@ RUNS["pes_mix"] = RUNS["pes_anti"] + (
 # ... and noisy regression tasks.
 RUNS["pes_mix_reg"] = RUNS["pes_anti"] + (
     "--task_kinds=mlp,conv,autoencoder,tokens,teacher,regression",)
+# ... with rank-2 teachers, whose held-out loss falls towards 0.
+RUNS["pes_mix_easy"] = RUNS["pes_anti"] + (
+    "--task_kinds=mlp,conv,autoencoder,tokens,easy_teacher,regression",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,3 +135,18 @@ def train_env(root=REPO):
     env.setdefault("KERAS_META_OMNIGLOT_DIR", os.path.join(
         REPO, "..", "shared", "data", "omniglot"))
     return env
+
+
+def main(argv):
+    """`python examples/pretrained/recipes.py RUN META_STEPS MODEL_DIR`
+    meta-trains run RUN (of `RUNS`, shipped or not) for META_STEPS into
+    MODEL_DIR; its phi is MODEL_DIR/phi_last.npz."""
+    if len(argv) != 4 or argv[1] not in RUNS or not argv[2].isdigit():
+        sys.exit(f"usage: {argv[0]} RUN META_STEPS MODEL_DIR, RUN one of "
+                 f"{sorted(RUNS)}; got {argv[1:]}.")
+    return subprocess.call(train_command(argv[1], int(argv[2]), argv[3]),
+                           env=train_env())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -14,10 +14,11 @@ training alphabets only (every alphabet of the offline subset but
   * with `kinds` naming them (`EXTRA_KINDS`): classifiers of the
     characters' 2 x 2 patch tokens through an embedding table
     (`"tokens"`: sparse rows); MLPs on fresh Gaussian inputs labelled by
-    a random linear teacher (`"teacher"`: nothing to memorize, so the
-    held-out loss keeps falling as the logits grow); MLPs regressing a
-    random teacher of the characters' pixels with per-drawing label
-    noise (`"regression"`, mean squared error).
+    a random linear teacher (`"teacher"`, and of rank 2
+    `"easy_teacher"`: nothing to memorize, so the held-out loss keeps
+    falling as the logits grow); MLPs regressing a random teacher of the
+    characters' pixels with per-drawing label noise (`"regression"`,
+    mean squared error).
 
 Each character's first `TRAIN_DRAWINGS` drawings are the training
 examples; the rest are validation examples, seen only by
@@ -59,7 +60,7 @@ KINDS = ("mlp", "conv", "autoencoder")
 # Kinds a run may add (`sample_tasks(kinds=...)`): bag-of-patch-token
 # classifiers with an embedding table, teacher-labelled fresh data, and
 # noisy regression on the characters.
-EXTRA_KINDS = ("tokens", "teacher", "regression")
+EXTRA_KINDS = ("tokens", "teacher", "easy_teacher", "regression")
 SIZES = (8, 14)
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid")
 WIDTHS = (16, 32, 64, 128)
@@ -288,17 +289,22 @@ def patch_tokens(images):
 class TeacherProblem(AugmentedProblem):
     """Fresh standard-normal `size` x `size` "images" labelled by a fixed
     random linear teacher (`argmax(flatten(x) W)`, `W` drawn per
-    instance): every minibatch is new and the labels are realizable, so
-    the loss on held-out examples keeps falling as the logits grow, with
-    nothing to memorize (unlike the characters' 15 drawings)."""
+    instance, of rank `rank` where given): every minibatch is new and the
+    labels are realizable, so the loss on held-out examples keeps falling
+    as the logits grow, with nothing to memorize (unlike the characters'
+    15 drawings). A rank-2 teacher is easy: the loss falls towards 0."""
 
     def __init__(self, model, size, batch_size, augmentation, name,
-                 num_classes, dtype="float32"):
+                 num_classes, dtype="float32", rank=None):
         super().__init__(model, None, batch_size, augmentation, name, dtype)
-        self.size, self.num_classes = size, num_classes
+        self.size, self.num_classes, self.rank = size, num_classes, rank
 
     def _data_task(self, rng):
-        return rng.normal(size=(self.size * self.size, self.num_classes))
+        inputs = self.size * self.size
+        if self.rank is None:
+            return rng.normal(size=(inputs, self.num_classes))
+        return (rng.normal(size=(inputs, self.rank))
+                @ rng.normal(size=(self.rank, self.num_classes)))
 
     def batches(self, instance, n, seed):
         rng = np.random.default_rng(seed)
@@ -429,13 +435,13 @@ def make_task(kind, size, rng, augmentation=Augmentation(), directory=None,
         raise ValueError(f"kind must be one of {KINDS + EXTRA_KINDS}, got "
                          f"{kind!r}.")
     batch_size = int(rng.choice(BATCH_SIZES))
-    if kind == "teacher":
+    if kind in ("teacher", "easy_teacher"):
         num_classes = int(rng.choice(CLASS_COUNTS))
         model, tag = _mlp(rng, size, num_classes, layer_norm)
         return TeacherProblem(
             model, size, batch_size, augmentation,
-            f"teacher{size}_{tag}_{num_classes}way_b{batch_size}",
-            num_classes, dtype)
+            f"{kind}{size}_{tag}_{num_classes}way_b{batch_size}",
+            num_classes, dtype, rank=2 if kind == "easy_teacher" else None)
     images, source = character_images(size, directory)
     if kind == "autoencoder":
         model, tag = _autoencoder(rng, size)

@@ -71,6 +71,9 @@ def test_teacher_tasks_label_fresh_inputs_by_a_fixed_teacher():
     again, _ = prob.batches(inst, 3, 4)
     np.testing.assert_array_equal(again[0], x)
     assert not np.allclose(prob.batches(inst, 3, 5)[0][0], x)
+    easy = task_family.make_task("easy_teacher", 8, np.random.default_rng(1),
+                                 directory=NO_DATA)
+    assert np.linalg.matrix_rank(np.asarray(easy.sample(2).task["data"])) == 2
     with pytest.raises(ValueError, match="kind must be one of"):
         task_family.make_task("lstm", 8, np.random.default_rng(1))
 

@@ -119,3 +119,15 @@ def test_recipe_first_meta_steps(name, case, omniglot_dir, tmp_path):
     shipped_config = weights_io.load_phi(weights_io.pretrained_path(name))[1]
     changed = type(config).from_dict({**config.to_dict(), **recipe.config})
     assert changed == shipped_config
+
+
+def test_recipes_script_names_the_runs_it_knows():
+    recipes = _recipes()
+    assert {"pes_anti", "pes_mix", "pes_mix_reg", "pes_mix_easy"} <= set(
+        recipes.RUNS)
+    argv = recipes.train_command("pes_mix_easy", 7, "runs/x")
+    assert "--task_kinds=mlp,conv,autoencoder,tokens,easy_teacher,regression" \
+        in argv and argv[-2:] == ["--meta_steps=7", "--model_dir=runs/x"]
+    for bad in (["nope", "10", "d"], ["pes_mix", "ten", "d"], ["pes_mix"]):
+        with pytest.raises(SystemExit, match="RUN one of .*got"):
+            recipes.main(["recipes.py"] + bad)
