@@ -264,8 +264,8 @@ class TokenProblem(ClassificationProblem):
     """`ClassificationProblem` on a bag of patch tokens: each 2 x 2 patch
     of a character, its pixels thresholded at half ink, is the token
     `position * 16 + pattern`, so the model's embedding table has
-    `(size / 2)^2 * 16` rows, of which a minibatch touches few (the blank
-    patterns of every position and the strokes of its characters)."""
+    `(size / 2)^2 * 16` rows, of which a minibatch touches only part (the
+    blank patterns of every position and the strokes of its characters)."""
 
     def _batch(self, data_task, n, rng, drawings):
         x, y = super()._batch(data_task, n, rng, drawings)
@@ -326,8 +326,8 @@ class RegressionProblem(AugmentedProblem):
     """Mean squared error on a scalar target of 50 random training
     characters' drawings: a random tanh teacher of the pixels plus label
     noise fixed per drawing (so the training drawings' noise can be
-    memorized and held-out drawings punish it). Targets have about unit
-    variance; the noise's standard deviation is drawn per instance."""
+    memorized and held-out drawings punish it). Targets are of order 1;
+    the noise's standard deviation (0.1 to 0.5) is drawn per instance."""
 
     def _data_task(self, rng):
         chars = rng.choice(len(self.images), min(50, len(self.images)),
