@@ -57,9 +57,7 @@ import tensorflow as tf
 from keras_meta.meta import problems as problems_lib
 
 KINDS = ("mlp", "conv", "autoencoder")
-# Kinds a run may add (`sample_tasks(kinds=...)`): bag-of-patch-token
-# classifiers with an embedding table, teacher-labelled fresh data, and
-# noisy regression on the characters.
+# Kinds a run may add (`sample_tasks(kinds=...)`; the module docstring).
 EXTRA_KINDS = ("tokens", "teacher", "easy_teacher", "regression")
 SIZES = (8, 14)
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid")
@@ -217,6 +215,11 @@ class AugmentedProblem(problems_lib.Problem):
         raise NotImplementedError
 
 
+def _cross_entropy(logits, labels):
+    return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+        labels, logits, from_logits=True))
+
+
 class ClassificationProblem(AugmentedProblem):
     """`num_classes`-way classification of random training characters."""
 
@@ -236,8 +239,7 @@ class ClassificationProblem(AugmentedProblem):
         return x.astype(self.dtype), cls.astype("int32")
 
     def _unscaled_loss(self, outputs, batch):
-        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-            batch[1], outputs, from_logits=True))
+        return _cross_entropy(outputs, batch[1])
 
 
 class AutoencoderProblem(AugmentedProblem):
@@ -318,8 +320,7 @@ class TeacherProblem(AugmentedProblem):
         return tuple(parts)
 
     def _unscaled_loss(self, outputs, batch):
-        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-            batch[1], outputs, from_logits=True))
+        return _cross_entropy(outputs, batch[1])
 
 
 class RegressionProblem(AugmentedProblem):

@@ -343,8 +343,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         row_mask = None
         if isinstance(gradient, tf.IndexedSlices):
             rows = variable_step.table_rows(gradient, variable)
-            phi = rule.table_meta_params(phi, gradient.indices, rows)
-            row_mask = rule.table_row_mask(gradient.indices, rows)
+            phi, row_mask = rule.table_step(phi, gradient.indices, rows)
         gradient = ops.cast(variable_step.dense_gradient(gradient, variable),
                             dtype)
         slots = [_tf_variable(self._slots[key][index])

@@ -4,7 +4,7 @@ runs, apart from the optimizer's bookkeeping.
 `step_and_assign` calls the rule, checks the step and writes the variable
 and its state slots; a sparse (`tf.IndexedSlices`) gradient is summed into
 rows first (`dense_gradient`), and a rule may restrict the step to the rows
-it touched (`UpdateRule.table_row_mask`).
+it touched (`UpdateRule.table_step`).
 """
 
 import tensorflow as tf
@@ -36,7 +36,7 @@ def _only_rows(row_mask, new, old, table_shape):
     """`new` on the rows where `row_mask` ([rows] bool) is true, `old`
     elsewhere; a tensor not shaped like the table (a per-tensor scalar such
     as the step count) is `new` everywhere."""
-    if new.shape.rank == 0 or new.shape != table_shape:
+    if new.shape != table_shape:
         return new
     mask = tf.reshape(row_mask, [-1] + [1] * (new.shape.rank - 1))
     return tf.where(mask, new, old)

@@ -45,23 +45,18 @@ class UpdateRule:
         del values
         return ()
 
-    def table_meta_params(self, meta_params, indices, rows):
-        """The meta-parameters for one step of a table (an `Embedding`'s
-        weights) whose gradient came as sparse rows, `indices` (with
-        repeats) out of `rows`. `update` sees that gradient summed into a
-        dense tensor; a rule that treats such tables apart reads here which
-        rows the step touched. By default `meta_params` as they are."""
+    def table_step(self, meta_params, indices, rows):
+        """How to step a table (an `Embedding`'s weights) whose gradient
+        came as sparse rows, `indices` (with repeats) out of `rows`:
+        `(meta_params, row_mask)`. `update` sees that gradient summed into
+        a dense tensor; a rule that treats such tables apart may change the
+        meta-parameters of this step, and return in `row_mask` (a `[rows]`
+        bool tensor) the rows the step may change, the others keeping
+        their values and state (LazyAdam's sparse semantics). By default
+        `(meta_params, None)`: the step of the dense gradient, on every
+        row, as Keras's Adam takes it."""
         del indices, rows
-        return meta_params
-
-    def table_row_mask(self, indices, rows):
-        """The rows (a `[rows]` bool tensor) that one step of such a table
-        may change, or None for all of them (the default: the step of the
-        dense gradient, as Keras's Adam takes it). A rule that steps only
-        the touched rows (LazyAdam's sparse semantics) returns which rows
-        `indices` touch; the others then keep their values and state."""
-        del indices, rows
-        return None
+        return meta_params, None
 
     def update(self, meta_params, grads, state, values, step):
         """One step.

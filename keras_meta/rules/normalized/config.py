@@ -77,7 +77,7 @@ class NormalizedConfig:
             every row in a step; False removes it there for that step (the
             feature's weights zeroed, as `drop_parameter_feature` does).
             Read from a `tf.IndexedSlices` gradient
-            (`NormalizedMLPRule.table_meta_params`):
+            (`NormalizedMLPRule.table_step`):
             dense gradients, as under gradient accumulation, keep the
             decay. A small vocabulary seen in every batch is a dense layer
             whose size the loss needs; a large one's untouched rows are
@@ -85,7 +85,7 @@ class NormalizedConfig:
         lazy_tables: a step on an embedding table whose gradient comes as
             sparse rows changes only the rows it touches, their values and
             their state (LazyAdam's semantics;
-            `NormalizedMLPRule.table_row_mask`); untouched rows keep their
+            `NormalizedMLPRule.table_step`); untouched rows keep their
             values, momenta and second moments, so a rare row moves about
             one step per occurrence instead of coasting on its momentum
             (and its learned decay) in between. False: every row steps on

@@ -334,23 +334,20 @@ class NormalizedMLPRule(UpdateRule):
                 meta_params, g, s, v)
         return [update], [new_state], ok
 
-    def table_meta_params(self, meta_params, indices, rows):
-        """With `config.dense_table_decay` False, `meta_params` without the
-        learned decay (`params.gate_parameter_feature`) for a step whose
-        sparse `indices` touch every one of the table's `rows`; otherwise
-        `meta_params` as they are."""
-        if self.config.dense_table_decay or not self.config.parameter_feature:
-            return meta_params
+    def table_step(self, meta_params, indices, rows):
+        """`config.dense_table_decay` False: without the learned decay
+        (`params.gate_parameter_feature`) for a step whose sparse `indices`
+        touch every one of the table's `rows`. `config.lazy_tables`: the
+        step changes only the rows `indices` touch."""
+        decay_everywhere = (self.config.dense_table_decay
+                            or not self.config.parameter_feature)
+        if decay_everywhere and not self.config.lazy_tables:
+            return meta_params, None
         hits = _touched_rows(indices, rows)
-        return params.gate_parameter_feature(
-            meta_params, tf.cast(tf.reduce_any(hits == 0.0), tf.float32))
-
-    def table_row_mask(self, indices, rows):
-        """With `config.lazy_tables`, the rows `indices` touch; otherwise
-        None (every row steps)."""
-        if not self.config.lazy_tables:
-            return None
-        return _touched_rows(indices, rows) > 0.0
+        if not decay_everywhere:
+            meta_params = params.gate_parameter_feature(
+                meta_params, tf.cast(tf.reduce_any(hits == 0.0), tf.float32))
+        return meta_params, (hits > 0.0 if self.config.lazy_tables else None)
 
     def init(self, values):
         return [params.init_state(tf.convert_to_tensor(v), self.config)
