@@ -36,6 +36,10 @@ Optimizers (`--optimizers`), all in the same run:
   VALIDATION loss over seeds (rates with a non-finite run excluded) is
   chosen, and its TEST loss is reported; nothing is selected on test data.
 - `adam_1e-3`: Adam(1e-3), untuned (the grid's run when both are asked).
+- `adam_1e-3_ema_control`: Adam(1e-3, use_ema=True) under
+  `keras_meta.callbacks.ValidationControl` (defaults; the validation split
+  and as many training examples): the peer of a learned `+control` row,
+  counted against the goals as they are.
 - `adam_fixed`: one `adam_fixed[<rate>]` row per grid rate, each rate
   used on every workload (the grid's runs), counted against the goals as
   the learned rows are: what one untuned Adam rate would score.
@@ -49,7 +53,11 @@ Optimizers (`--optimizers`), all in the same run:
   `+parameter_feature_scale=S` (its parameter feature, the learned weight
   decay's input, times S),
   `+mlp_tensors=matrices`, `+decay_power=P`, `+decay_start=T`,
-  `+dense_table_decay=false` (those untrained fields of a normalized rule's config set on a trained file).
+  `+dense_table_decay=false` (those untrained fields of a normalized rule's config set on a trained file),
+  `+control` (trained under `keras_meta.callbacks.ValidationControl`
+  with its defaults, reading the validation split and as many training
+  examples: the rule steered by held-out loss; Adam-best reads the same
+  split to choose its rate).
 
 Output: one table (per workload, step count and optimizer: test loss mean
 ± sd over seeds, its ratio to `adam_best`, test metric mean, non-finite
@@ -113,7 +121,7 @@ flags.DEFINE_list("reuse", [], "JSON files in results/ of earlier runs of "
 ADAM_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 ADAMW_DECAY = 1e-2
 OPTIMIZER_NAMES = ("adam_best", "adamw_best", "adam_1e-3", "adam_1e-3_ema",
-                   "adam_fixed", "learned")
+                   "adam_1e-3_ema_control", "adam_fixed", "learned")
 WORKLOAD_SETS = {"held_out": workloads.WORKLOADS,
                  "dev": dev_workloads.DEV_WORKLOADS}
 
@@ -148,6 +156,9 @@ def optimizer_groups(names, weights):
             groups[f"adam_fixed[{r:g}]"] = ("single", add(("adam", r)))
     if "adam_1e-3_ema" in names:
         groups["adam_1e-3_ema"] = ("single", add(("adam_ema", 1e-3)))
+    if "adam_1e-3_ema_control" in names:
+        groups["adam_1e-3_ema_control"] = ("single", add(
+            ("adam_ema", 1e-3, "control")))
     if "learned" in names:
         groups["learned"] = ("single", add(("learned", None)))
     for w in weights:
@@ -206,7 +217,8 @@ def main(argv):
         raise ValueError(f"Unknown --workloads {unknown} in the "
                          f"{FLAGS.workload_set} set; known: {list(table)}.")
     # The rows counted against issue 22's goals.
-    learned = [g for g in groups if g.startswith(("learned", "adam_fixed"))]
+    learned = [g for g in groups if g.startswith(
+        ("learned", "adam_fixed", "adam_1e-3_ema_control"))]
     reuse = reusable_runs(FLAGS.reuse, FLAGS.workload_set)
     results = {"steps": [int(s) for s in FLAGS.steps], "seeds": FLAGS.seeds,
                "workload_set": FLAGS.workload_set,

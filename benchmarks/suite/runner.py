@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_meta
+from keras_meta.callbacks import validation_control
 from keras_meta.optimizers import rule_kinds
 from keras_meta.optimizers import weights_io
 from keras_meta.rules import normalized
@@ -51,6 +52,8 @@ def make_optimizer(spec):
     """A fresh optimizer from a spec.
 
     Specs: ("adam", lr), ("adam_ema", lr) (with `use_ema=True`),
+    ("adam_ema", lr, "control") (the same under `ValidationControl`, see
+    `fit`),
     ("adamw", lr, weight_decay), ("learned", weights[, options]) where
     weights is None (the shipped default) or a name or file and options a
     tuple of "ema" (`use_ema=True`), "none" (the rule option
@@ -70,7 +73,7 @@ def make_optimizer(spec):
         kwargs = {"use_ema": "ema" in options}
         ablations = {o for o in options if o.startswith(EDITS)}
         rule = {}
-        for option in sorted(options - {"ema"} - ablations):
+        for option in sorted(options - {"ema", "control"} - ablations):
             rule.update(_rule_option(option))
         if rule:
             kwargs["rule"] = {"rule_type": "normalized_mlp", **rule}
@@ -131,8 +134,20 @@ def _dataset(x, y, batch_size, seed):
             .repeat().batch(batch_size, drop_remainder=True))
 
 
+def controlled(spec):
+    """Whether a spec trains under `ValidationControl` ("control" as an
+    Adam spec's last part or among a learned spec's options)."""
+    if spec[0] == "learned":
+        return len(spec) > 2 and "control" in spec[2]
+    return spec[-1] == "control"
+
+
 def fit(workload, splits, spec, seed, steps):
     """Trains `steps` steps from seed `seed`; returns the final numbers.
+
+    A `controlled` spec trains under `keras_meta.callbacks.
+    ValidationControl` with its defaults, reading the validation split and
+    the first as many training examples (all where fewer).
 
     Returns a dict: "<split>_loss" and "<split>_<metric>" for train, val
     and test (None where the weights are not all finite at the end,
@@ -145,8 +160,14 @@ def fit(workload, splits, spec, seed, steps):
                   metrics=[workload.metric],
                   steps_per_execution=min(STEPS_PER_EXECUTION, steps))
     x, y = splits.train
+    callbacks = []
+    if controlled(spec):
+        size = len(splits.val[0])
+        callbacks.append(validation_control.ValidationControl(
+            splits.val, train_data=(x[:size], y[:size])))
     model.fit(_dataset(x, y, workload.batch_size, seed), epochs=1,
-              steps_per_epoch=steps, shuffle=False, verbose=0)
+              steps_per_epoch=steps, shuffle=False, verbose=0,
+              callbacks=callbacks)
     finite = all(np.all(np.isfinite(v.numpy())) for v in model.weights)
     out = {"finite": bool(finite)}
     for name, (x, y) in splits.items():

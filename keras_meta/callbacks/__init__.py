@@ -4,7 +4,8 @@ By kind: `summaries` (`TensorBoard` with grouped tags; views of the inner
 rule, learned step sizes and episodes), `guards` (stop on repeated
 non-finite steps or a wall-time limit) and `checkpoints` (periodic,
 atomic, signal-aware model checkpoints and the helpers that name, find and
-prune them).
+prune them); `validation_control` (an optimizer steered by held-out loss
+during `fit`).
 """
 
 from keras_meta.callbacks.checkpoints import CHECKPOINT_PREFIX  # noqa: F401
@@ -21,3 +22,5 @@ from keras_meta.callbacks.summaries import LearnedStepSizeSummary  # noqa: F401
 from keras_meta.callbacks.summaries import TAG_GROUPS  # noqa: F401
 from keras_meta.callbacks.summaries import TensorBoard  # noqa: F401
 from keras_meta.callbacks.summaries import grouped_tag  # noqa: F401
+from keras_meta.callbacks.validation_control import (  # noqa: F401
+    ValidationControl)

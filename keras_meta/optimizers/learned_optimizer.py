@@ -28,6 +28,7 @@ from keras_meta.optimizers import rule_kinds
 from keras_meta.optimizers import variable_step
 from keras_meta.optimizers import weights_io
 from keras_meta.rules import lstm
+from keras_meta.rules import normalized
 
 
 def _in_xla_context():
@@ -224,6 +225,33 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     def phi(self):
         """Dict of the meta-parameter variables (name -> variable)."""
         return dict(self._phi)
+
+    @property
+    def has_learned_decay(self):
+        """Whether the rule decays weights by its own learned amount (a
+        normalized rule reading the parameter feature `p / rms(p)`)."""
+        return bool(getattr(self._rule_config, "parameter_feature", False))
+
+    def scale_learned_decay(self, factor):
+        """Multiplies the rule's learned weight decay by `factor` (>= 0):
+        its parameter feature's weights in phi
+        (`rules.normalized.scale_parameter_feature`), so the change is
+        saved with the optimizer. `keras_meta.callbacks.ValidationControl`
+        lowers it when a model is held back rather than overfitting.
+
+        Raises:
+            ValueError: the rule has no learned decay, or `factor` is not
+                a number >= 0.
+        """
+        if not self.has_learned_decay:
+            raise ValueError(
+                "scale_learned_decay() needs a rule with a learned weight "
+                "decay (a normalized rule with its parameter feature, e.g. "
+                f"weights='normalized'); this one is {self._rule_config}.")
+        phi = {"mlp0/kernel": ops.convert_to_tensor(self._phi["mlp0/kernel"])}
+        scaled = normalized.scale_parameter_feature(phi, self._rule_config,
+                                                    factor)
+        self._phi["mlp0/kernel"].assign(scaled["mlp0/kernel"])
 
     @property
     def nonfinite_count(self):

@@ -124,6 +124,33 @@ def test_weights_options_and_the_ema_peer():
                 0.1, (-1.0, 2.0), 2, "none")
 
 
+def test_control_rows_train_under_validation_control(monkeypatch):
+    groups, specs = lopt_suite.optimizer_groups(
+        ["adam_1e-3_ema_control"], ["normalized+ema+control"])
+    peer = specs[groups["adam_1e-3_ema_control"][1]]
+    learned = specs[groups["learned[normalized+ema+control]"][1]]
+    assert peer == ("adam_ema", 1e-3, "control")
+    assert runner.controlled(peer) and runner.controlled(learned)
+    assert not runner.controlled(("adam_ema", 1e-3))
+    assert not runner.controlled(("learned", "normalized", ("ema",)))
+    opt = runner.make_optimizer(learned)
+    assert opt.use_ema and opt.rule is None
+    made = []
+    real = runner.validation_control.ValidationControl
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+    monkeypatch.setattr(runner.validation_control, "ValidationControl", spy)
+    workload = dev_workloads.DEV_WORKLOADS["tanh_regression"]
+    splits = workload.data(0)
+    result = runner.fit(workload, splits, peer, seed=0, steps=250)
+    assert result["finite"] and len(made) == 1
+    assert [e["step"] for e in made[0].history] == [250]
+    assert len(made[0].train_data[0]) == min(len(splits.train[0]),
+                                             len(splits.val[0]))
+
+
 def test_ablations_remove_the_named_part_of_the_rule():
     from keras_meta.optimizers import weights_io
     phi, config = weights_io.resolve("normalized")
