@@ -73,7 +73,8 @@ def make_optimizer(spec):
         kwargs = {"use_ema": "ema" in options}
         ablations = {o for o in options if o.startswith(EDITS)}
         rule = {}
-        for option in sorted(options - {"ema", "control"} - ablations):
+        controls = {o for o in options if o.startswith("control")}
+        for option in sorted(options - {"ema"} - controls - ablations):
             rule.update(_rule_option(option))
         if rule:
             kwargs["rule"] = {"rule_type": "normalized_mlp", **rule}
@@ -136,10 +137,24 @@ def _dataset(x, y, batch_size, seed):
 
 def controlled(spec):
     """Whether a spec trains under `ValidationControl` ("control" as an
-    Adam spec's last part or among a learned spec's options)."""
+    Adam spec's last part or among a learned spec's options, with
+    `control_options`)."""
     if spec[0] == "learned":
-        return len(spec) > 2 and "control" in spec[2]
+        return len(spec) > 2 and any(o.startswith("control")
+                                     for o in spec[2])
     return spec[-1] == "control"
+
+
+def control_options(spec):
+    """`{argument: value}` of a learned spec's "control_<argument>=value"
+    options: `ValidationControl` arguments other than its defaults."""
+    if spec[0] != "learned" or len(spec) < 3:
+        return {}
+    out = {}
+    for option in spec[2]:
+        if option.startswith("control_"):
+            out.update(_rule_option(option[len("control_"):]))
+    return out
 
 
 def fit(workload, splits, spec, seed, steps):
@@ -164,7 +179,8 @@ def fit(workload, splits, spec, seed, steps):
     if controlled(spec):
         size = len(splits.val[0])
         callbacks.append(validation_control.ValidationControl(
-            splits.val, train_data=(x[:size], y[:size])))
+            splits.val, train_data=(x[:size], y[:size]),
+            **control_options(spec)))
     model.fit(_dataset(x, y, workload.batch_size, seed), epochs=1,
               steps_per_epoch=steps, shuffle=False, verbose=0,
               callbacks=callbacks)

@@ -63,7 +63,7 @@ class ValidationControl(keras.callbacks.Callback):
       weights (batch-norm statistics and the weight average included, not
       the optimizer's moments) return to those of the best check;
     - otherwise: a `LearnedOptimizer` whose rule has a learned weight
-      decay gets it times `factor` (`scale_learned_decay`), any other
+      decay gets it times `decay_factor` (`scale_learned_decay`), any other
       optimizer `learning_rate` times `factor`.
 
     The changes live in the optimizer's variables, so they are saved with
@@ -94,13 +94,15 @@ class ValidationControl(keras.callbacks.Callback):
         min_delta: relative improvement that counts, in [0, 1).
         restore: return to the best weights when lowering the rate for
             overfitting.
+        decay_factor: multiplier in [0, 1) of the learned decay (0 turns
+            it off); None: `factor`.
         batch_size: batch size for arrays.
         verbose: 1 prints each action.
     """
 
     def __init__(self, validation_data, train_data=None, every=250,
                  patience=2, factor=0.5, gap=2.0, min_delta=1e-3,
-                 restore=True, batch_size=256, verbose=0):
+                 restore=True, decay_factor=None, batch_size=256, verbose=0):
         super().__init__()
         for name, value, ok, want in (
                 ("every", every, isinstance(every, int) and every >= 1,
@@ -114,6 +116,9 @@ class ValidationControl(keras.callbacks.Callback):
                 ("min_delta", min_delta,
                  _number(min_delta) and 0 <= min_delta < 1,
                  "a number in [0, 1)"),
+                ("decay_factor", decay_factor, decay_factor is None or (
+                    _number(decay_factor) and 0 <= decay_factor < 1),
+                 "None or a number in [0, 1)"),
                 ("batch_size", batch_size,
                  isinstance(batch_size, int) and batch_size >= 1,
                  "an int >= 1")):
@@ -128,6 +133,8 @@ class ValidationControl(keras.callbacks.Callback):
         self.gap = float(gap)
         self.min_delta = float(min_delta)
         self.restore = bool(restore)
+        self.decay_factor = (self.factor if decay_factor is None
+                             else float(decay_factor))
         self.batch_size = batch_size
         self.verbose = verbose
         self._validation = _as_dataset(validation_data, batch_size,
@@ -147,7 +154,7 @@ class ValidationControl(keras.callbacks.Callback):
         self._best, self._bad, self._best_weights = math.inf, 0, None
         self._next = (int(optimizer.iterations) // self.every + 1) * self.every
         self._loss_sum, self._loss_count = 0.0, 0
-        self._loss_fn = None
+        self._loss_fns = {}
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_sum, self._epoch_count = 0.0, 0
@@ -207,7 +214,7 @@ class ValidationControl(keras.callbacks.Callback):
         scale_decay = getattr(optimizer, "scale_learned_decay", None)
         if not overfits and scale_decay is not None and getattr(
                 optimizer, "has_learned_decay", False):
-            scale_decay(self.factor)
+            scale_decay(self.decay_factor)
             return "decay"
         optimizer.learning_rate.assign(optimizer.learning_rate * self.factor)
         if not (overfits and self.restore and self._best_weights):
@@ -222,10 +229,15 @@ class ValidationControl(keras.callbacks.Callback):
         return "learning_rate+restore"
 
     def _loss(self, dataset):
-        if self._loss_fn is None:
+        """Mean loss over `dataset`, by a function traced once per element
+        spec (batch dimension unknown, so the last, smaller batch does not
+        trace again)."""
+        spec = dataset.element_spec
+        key = repr(spec)
+        if key not in self._loss_fns:
             model = self.model
 
-            @tf.function
+            @tf.function(input_signature=[spec])
             def batch_loss(batch):
                 x, y, weights = keras.utils.unpack_x_y_sample_weight(batch)
                 y_pred = model(x, training=False)
@@ -234,10 +246,10 @@ class ValidationControl(keras.callbacks.Callback):
                                           training=False)
                 size = tf.shape(tf.nest.flatten(y)[0])[0]
                 return tf.cast(loss, tf.float64), size
-            self._loss_fn = batch_loss
+            self._loss_fns[key] = batch_loss
         total, count = 0.0, 0
         for batch in dataset:
-            loss, size = self._loss_fn(batch)
+            loss, size = self._loss_fns[key](batch)
             total += float(loss) * int(size)
             count += int(size)
         return total / count if count else math.nan

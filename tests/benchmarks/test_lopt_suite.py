@@ -135,6 +135,12 @@ def test_control_rows_train_under_validation_control(monkeypatch):
     assert not runner.controlled(("learned", "normalized", ("ema",)))
     opt = runner.make_optimizer(learned)
     assert opt.use_ema and opt.rule is None
+    options = ("learned", "normalized", (
+        "control", "control_decay_factor=0", "control_patience=1", "ema"))
+    assert runner.controlled(options)
+    assert runner.control_options(options) == {"decay_factor": 0,
+                                               "patience": 1}
+    assert runner.make_optimizer(options).rule is None
     made = []
     real = runner.validation_control.ValidationControl
 

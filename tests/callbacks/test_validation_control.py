@@ -71,6 +71,17 @@ def test_without_a_gap_lowers_the_learned_decay_only():
     assert _w(model) == 1.5
 
 
+def test_decay_factor_zero_turns_the_learned_decay_off():
+    optimizer = keras_meta.LearnedOptimizer(weights="normalized")
+    model = _model(optimizer)
+    control = _control(model, patience=1, decay_factor=0.0)
+    _set(model, 1.0)
+    control.check(0, running_train_loss=1.0)
+    control.check(1, running_train_loss=1.0)
+    assert control.history[-1]["action"] == "decay"
+    assert not np.any(optimizer.phi["mlp0/kernel"].numpy()[-1])
+
+
 def test_without_a_gap_other_optimizers_lower_the_rate_in_place():
     model = _model(keras.optimizers.Adam(1e-2))
     control = _control(model, patience=1)
@@ -195,6 +206,8 @@ def test_scale_learned_decay_needs_a_learned_decay():
     ({"factor": 1.0}, r"`factor` must be a number in \(0, 1\); got 1.0"),
     ({"gap": 0.5}, "`gap` must be a finite number >= 1"),
     ({"min_delta": True}, "`min_delta` must be"),
+    ({"decay_factor": 1.0}, r"`decay_factor` must be None or a number in "
+                            r"\[0, 1\); got 1.0"),
 ])
 def test_bad_arguments_say_what_was_expected(kwargs, match):
     with pytest.raises(ValueError, match=match):
