@@ -10,6 +10,7 @@ fresh interpreter and prints one JSON line (`RESULT {...}`).
                                                    # (TF_CONFIG from the env)
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -180,6 +181,31 @@ def check_mirrored():
         [v.numpy() for v in dist.optimizer.variables])
     results["lopt_moved"] = _max_diff(
         ref.get_weights(), lo_model().get_weights())
+
+    # --- ValidationControl steering it: validation targets it cannot
+    # learn, so the control acts at every check.
+    def controlled_fit(scope):
+        with scope:
+            keras.utils.set_random_seed(1)
+            m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                                  keras.layers.Dense(1)])
+            m.compile(optimizer=keras_meta.LearnedOptimizer(
+                weights="normalized", use_ema=True), loss="mse")
+        control = keras_meta.callbacks.ValidationControl(
+            (x[:8], -3 * y[:8]), every=2, patience=1)
+        m.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
+              callbacks=[control])
+        return m, control.history
+    ref, ref_history = controlled_fit(contextlib.nullcontext())
+    dist, dist_history = controlled_fit(strategy.scope())
+    results["control_actions"] = [e["action"] for e in dist_history]
+    results["control_same_actions"] = [e["action"] for e in ref_history] \
+        == results["control_actions"]
+    results["control_val_diff"] = _max_diff(
+        [e["val_loss"] for e in ref_history],
+        [e["val_loss"] for e in dist_history])
+    results["control_weight_diff"] = _max_diff(ref.get_weights(),
+                                               dist.get_weights())
     report(**results)
 
 

@@ -82,6 +82,13 @@ def test_mirrored_learned_optimizer_fit_equals_single_device(mirrored):
     assert mirrored["lopt_state_diff"] < 1e-4
 
 
+def test_mirrored_validation_control_equals_single_device(mirrored):
+    assert mirrored["control_same_actions"]
+    assert "learning_rate+restore" in mirrored["control_actions"]
+    assert mirrored["control_val_diff"] < 1e-5
+    assert mirrored["control_weight_diff"] < 1e-5
+
+
 def test_per_replica_episode_streams(mirrored):
     assert mirrored["per_replica_stream_diff"] == 0.0
     assert mirrored["per_replica_streams_differ"] > 0.1

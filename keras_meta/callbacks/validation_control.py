@@ -152,7 +152,7 @@ class ValidationControl(keras.callbacks.Callback):
                 "so it needs a float `learning_rate`, not a schedule; got "
                 f"{optimizer.learning_rate!r}.")
         self._best, self._bad, self._best_weights = math.inf, 0, None
-        self._next = (int(optimizer.iterations) // self.every + 1) * self.every
+        self._next = (_step(optimizer) // self.every + 1) * self.every
         self._loss_sum, self._loss_count = 0.0, 0
         self._loss_fns = {}
 
@@ -167,7 +167,7 @@ class ValidationControl(keras.callbacks.Callback):
             self._loss_sum += total - self._epoch_sum
             self._loss_count += batch + 1 - self._epoch_count
             self._epoch_sum, self._epoch_count = total, batch + 1
-        step = int(self.model.optimizer.iterations)
+        step = _step(self.model.optimizer)
         if step < self._next:
             return
         self._next = (step // self.every + 1) * self.every
@@ -253,6 +253,11 @@ class ValidationControl(keras.callbacks.Callback):
             total += float(loss) * int(size)
             count += int(size)
         return total / count if count else math.nan
+
+
+def _step(optimizer):
+    """The optimizer's step count (also a distributed variable's)."""
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
 
 
 def _number(x):
