@@ -3,8 +3,10 @@
 For each development workload named, the same seeded fit (build, compile,
 `--steps` steps, final evaluation: `benchmarks.suite.runner.fit`) with
 `LearnedOptimizer(weights="normalized", use_ema=True)` alone and under
-`ValidationControl`'s defaults, interleaved for `--reps` repetitions in
-one process; prints the median of each and their ratio.
+`ValidationControl` (the suite's `+control`: a check every 250 steps on
+the validation split and as many training examples), interleaved for
+`--reps` repetitions in one process; prints each fit's seconds, the
+median of each and their ratio.
 
     python -m benchmarks.control_cost --workloads=keywords,omniglot_conv --steps=1000 --reps=5
 """

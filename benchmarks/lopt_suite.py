@@ -37,8 +37,8 @@ Optimizers (`--optimizers`), all in the same run:
   chosen, and its TEST loss is reported; nothing is selected on test data.
 - `adam_1e-3`: Adam(1e-3), untuned (the grid's run when both are asked).
 - `adam_1e-3_ema_control`: Adam(1e-3, use_ema=True) under
-  `keras_meta.callbacks.ValidationControl` (defaults; the validation split
-  and as many training examples): the peer of a learned `+control` row,
+  `keras_meta.callbacks.ValidationControl` (the validation split and as
+  many training examples): the peer of a learned `+control` row,
   counted against the goals as they are.
 - `adam_fixed`: one `adam_fixed[<rate>]` row per grid rate, each rate
   used on every workload (the grid's runs), counted against the goals as
@@ -54,10 +54,12 @@ Optimizers (`--optimizers`), all in the same run:
   decay's input, times S),
   `+mlp_tensors=matrices`, `+decay_power=P`, `+decay_start=T`,
   `+dense_table_decay=false` (those untrained fields of a normalized rule's config set on a trained file),
-  `+control` (trained under `keras_meta.callbacks.ValidationControl`
-  with its defaults, reading the validation split and as many training
-  examples: the rule steered by held-out loss; Adam-best reads the same
-  split to choose its rate).
+  `+control` (trained under `keras_meta.callbacks.ValidationControl`,
+  reading the validation split and as many training examples: the rule
+  steered by held-out loss; Adam-best reads the same split to choose its
+  rate) with the learned decay halved, not turned off
+  (`runner.CONTROL_DEFAULTS`), `+control_<argument>=value` (another
+  argument of the callback, e.g. `+control_decay_factor=0`, its default).
 
 Output: one table (per workload, step count and optimizer: test loss mean
 ± sd over seeds, its ratio to `adam_best`, test metric mean, non-finite

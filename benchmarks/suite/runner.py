@@ -135,6 +135,13 @@ def _dataset(x, y, batch_size, seed):
             .repeat().batch(batch_size, drop_remainder=True))
 
 
+# `ValidationControl` arguments of a "control" spec: its defaults but the
+# learned decay halved (its default until round 12), so that the recorded
+# runs' specs keep their meaning; "control_decay_factor=0" gives the
+# callback's default.
+CONTROL_DEFAULTS = {"decay_factor": 0.5}
+
+
 def controlled(spec):
     """Whether a spec trains under `ValidationControl` ("control" as an
     Adam spec's last part or among a learned spec's options, with
@@ -161,8 +168,9 @@ def fit(workload, splits, spec, seed, steps):
     """Trains `steps` steps from seed `seed`; returns the final numbers.
 
     A `controlled` spec trains under `keras_meta.callbacks.
-    ValidationControl` with its defaults, reading the validation split and
-    the first as many training examples (all where fewer).
+    ValidationControl` (`CONTROL_DEFAULTS` and `control_options`), reading
+    the validation split and the first as many training examples (all
+    where fewer).
 
     Returns a dict: "<split>_loss" and "<split>_<metric>" for train, val
     and test (None where the weights are not all finite at the end,
@@ -180,7 +188,7 @@ def fit(workload, splits, spec, seed, steps):
         size = len(splits.val[0])
         callbacks.append(validation_control.ValidationControl(
             splits.val, train_data=(x[:size], y[:size]),
-            **control_options(spec)))
+            **{**CONTROL_DEFAULTS, **control_options(spec)}))
     model.fit(_dataset(x, y, workload.batch_size, seed), epochs=1,
               steps_per_epoch=steps, shuffle=False, verbose=0,
               callbacks=callbacks)

@@ -10,9 +10,9 @@ the training loss and, when the validation loss stops improving:
   training loss), it halves the optimizer's `learning_rate` and returns
   the model to its best-validated weights (the "newbob" schedule of
   speech recognition: reject the steps that overfit, go on more slowly);
-- without one, it halves a `LearnedOptimizer`'s learned weight decay
+- without one, it turns off a `LearnedOptimizer`'s learned weight decay
   (`LearnedOptimizer.scale_learned_decay`), or for any other optimizer
-  its `learning_rate` (as `keras.callbacks.ReduceLROnPlateau`).
+  halves its `learning_rate` (as `keras.callbacks.ReduceLROnPlateau`).
 """
 
 import math
@@ -48,7 +48,7 @@ def _as_dataset(data, batch_size, name):
 
 class ValidationControl(keras.callbacks.Callback):
     """Steers the optimizer by validation loss: smaller steps and a return
-    to the best weights when the model overfits, less learned weight decay
+    to the best weights when the model overfits, no learned weight decay
     when it is held back.
 
     Every `every` optimizer steps it computes the loss (the compiled loss
@@ -65,6 +65,10 @@ class ValidationControl(keras.callbacks.Callback):
     - otherwise: a `LearnedOptimizer` whose rule has a learned weight
       decay gets it times `decay_factor` (`scale_learned_decay`), any other
       optimizer `learning_rate` times `factor`.
+
+    A non-finite validation loss acts at once, as overfitting does (back
+    to the best weights at a lower rate); before any finite one it raises
+    `FloatingPointError`.
 
     The changes live in the optimizer's variables, so they are saved with
     it; the best weights and the counters are not (a resumed run starts
@@ -94,15 +98,15 @@ class ValidationControl(keras.callbacks.Callback):
         min_delta: relative improvement that counts, in [0, 1).
         restore: return to the best weights when lowering the rate for
             overfitting.
-        decay_factor: multiplier in [0, 1) of the learned decay (0 turns
-            it off); None: `factor`.
+        decay_factor: multiplier in [0, 1) of the learned decay; 0 turns
+            it off.
         batch_size: batch size for arrays.
         verbose: 1 prints each action.
     """
 
     def __init__(self, validation_data, train_data=None, every=250,
                  patience=2, factor=0.5, gap=2.0, min_delta=1e-3,
-                 restore=True, decay_factor=None, batch_size=256, verbose=0):
+                 restore=True, decay_factor=0.0, batch_size=256, verbose=0):
         super().__init__()
         for name, value, ok, want in (
                 ("every", every, isinstance(every, int) and every >= 1,
@@ -116,9 +120,9 @@ class ValidationControl(keras.callbacks.Callback):
                 ("min_delta", min_delta,
                  _number(min_delta) and 0 <= min_delta < 1,
                  "a number in [0, 1)"),
-                ("decay_factor", decay_factor, decay_factor is None or (
-                    _number(decay_factor) and 0 <= decay_factor < 1),
-                 "None or a number in [0, 1)"),
+                ("decay_factor", decay_factor,
+                 _number(decay_factor) and 0 <= decay_factor < 1,
+                 "a number in [0, 1)"),
                 ("batch_size", batch_size,
                  isinstance(batch_size, int) and batch_size >= 1,
                  "an int >= 1")):
@@ -133,8 +137,7 @@ class ValidationControl(keras.callbacks.Callback):
         self.gap = float(gap)
         self.min_delta = float(min_delta)
         self.restore = bool(restore)
-        self.decay_factor = (self.factor if decay_factor is None
-                             else float(decay_factor))
+        self.decay_factor = float(decay_factor)
         self.batch_size = batch_size
         self.verbose = verbose
         self._validation = _as_dataset(validation_data, batch_size,
@@ -185,17 +188,21 @@ class ValidationControl(keras.callbacks.Callback):
             val = self._loss(self._validation)
             train = (running_train_loss if self._train is None
                      else self._loss(self._train))
-            if not math.isfinite(val):
-                raise FloatingPointError(
-                    f"ValidationControl: validation loss {val} at step "
-                    f"{step}; the model's weights are not finite.")
-            if val < self._best * (1.0 - self.min_delta):
+            finite = math.isfinite(val)
+            if finite and val < self._best * (1.0 - self.min_delta):
                 self._best, self._bad = val, 0
                 self._best_weights = _copy(model.weights)
             else:
                 self._bad += 1
+        if not finite and self._best_weights is None:
+            raise FloatingPointError(
+                f"ValidationControl: validation loss {val} at step {step}, "
+                "before any finite one to return to; the model's weights "
+                "are not finite.")
         action = None
-        if self._bad >= self.patience:
+        # A non-finite validation loss counts as overfitting at once: back
+        # to the best weights at a lower rate.
+        if not finite or self._bad >= self.patience:
             self._bad = 0
             action = self._act(val, train)
         entry = {"step": step, "val_loss": val, "train_loss": train,

@@ -152,6 +152,7 @@ def test_control_rows_train_under_validation_control(monkeypatch):
     splits = workload.data(0)
     result = runner.fit(workload, splits, peer, seed=0, steps=250)
     assert result["finite"] and len(made) == 1
+    assert made[0].decay_factor == runner.CONTROL_DEFAULTS["decay_factor"]
     assert [e["step"] for e in made[0].history] == [250]
     assert len(made[0].train_data[0]) == min(len(splits.train[0]),
                                              len(splits.val[0]))

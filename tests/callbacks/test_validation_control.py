@@ -54,11 +54,26 @@ def test_overfitting_lowers_rate_and_restores_best_weights():
     assert _w(model) == 1.0
 
 
+def test_non_finite_validation_loss_returns_to_the_best_weights():
+    model = _model(keras.optimizers.SGD(0.1))
+    control = _control(model, patience=3)
+    _set(model, 1.0)
+    control.check(0, running_train_loss=1.0)
+    _set(model, float("nan"))
+    entry = control.check(1, running_train_loss=1.0)
+    assert entry["action"] == "learning_rate+restore"
+    assert _w(model) == 1.0
+    fresh = _control(_model(keras.optimizers.SGD(0.1)))
+    _set(fresh.model, float("inf"))
+    with pytest.raises(FloatingPointError, match="before any finite one"):
+        fresh.check(0, running_train_loss=1.0)
+
+
 def test_without_a_gap_lowers_the_learned_decay_only():
     optimizer = keras_meta.LearnedOptimizer(weights="normalized")
     model = _model(optimizer)
     kernel = optimizer.phi["mlp0/kernel"].numpy()
-    control = _control(model, patience=1, factor=0.25)
+    control = _control(model, patience=1, decay_factor=0.25)
     _set(model, 1.0)
     control.check(0, running_train_loss=1.0)
     _set(model, 1.5)  # validation 2.25 <= 2 x training 1.5: no gap
@@ -74,7 +89,7 @@ def test_without_a_gap_lowers_the_learned_decay_only():
 def test_decay_factor_zero_turns_the_learned_decay_off():
     optimizer = keras_meta.LearnedOptimizer(weights="normalized")
     model = _model(optimizer)
-    control = _control(model, patience=1, decay_factor=0.0)
+    control = _control(model, patience=1)  # decay_factor=0 by default
     _set(model, 1.0)
     control.check(0, running_train_loss=1.0)
     control.check(1, running_train_loss=1.0)
@@ -206,7 +221,7 @@ def test_scale_learned_decay_needs_a_learned_decay():
     ({"factor": 1.0}, r"`factor` must be a number in \(0, 1\); got 1.0"),
     ({"gap": 0.5}, "`gap` must be a finite number >= 1"),
     ({"min_delta": True}, "`min_delta` must be"),
-    ({"decay_factor": 1.0}, r"`decay_factor` must be None or a number in "
+    ({"decay_factor": 1.0}, r"`decay_factor` must be a number in "
                             r"\[0, 1\); got 1.0"),
 ])
 def test_bad_arguments_say_what_was_expected(kwargs, match):
