@@ -184,7 +184,7 @@ class ValidationControl(keras.callbacks.Callback):
         validation loss has not improved for `patience` checks. Returns
         the history entry."""
         model, optimizer = self.model, self.model.optimizer
-        with _averaged_weights(model, optimizer):
+        with _AveragedWeights(model, optimizer):
             val = self._loss(self._validation)
             train = (running_train_loss if self._train is None
                      else self._loss(self._train))
@@ -284,7 +284,7 @@ def _averages(optimizer, model):
     return averages
 
 
-class _averaged_weights:
+class _AveragedWeights:
     """Within: the model's trainable weights are the optimizer's averages
     (where it keeps them); on exit, the training weights come back."""
 
