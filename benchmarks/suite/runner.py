@@ -73,7 +73,7 @@ def make_optimizer(spec):
         kwargs = {"use_ema": "ema" in options}
         ablations = {o for o in options if o.startswith(EDITS)}
         rule = {}
-        controls = {o for o in options if o.startswith("control")}
+        controls = {o for o in options if _is_control(o)}
         for option in sorted(options - {"ema"} - controls - ablations):
             rule.update(_rule_option(option))
         if rule:
@@ -147,9 +147,13 @@ def controlled(spec):
     Adam spec's last part or among a learned spec's options, with
     `control_options`)."""
     if spec[0] == "learned":
-        return len(spec) > 2 and any(o.startswith("control")
-                                     for o in spec[2])
+        return len(spec) > 2 and any(_is_control(o) for o in spec[2])
     return spec[-1] == "control"
+
+
+def _is_control(option):
+    """"control" or a "control_<argument>=value" option."""
+    return option.startswith("control")
 
 
 def control_options(spec):

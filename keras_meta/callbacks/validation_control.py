@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 from keras.src.utils import io_utils
 
+from keras_meta import validation
+
 
 def _as_dataset(data, batch_size, name):
     """A finite dataset of `(x, y[, sample_weight])` batches."""
@@ -108,11 +110,10 @@ class ValidationControl(keras.callbacks.Callback):
                  patience=2, factor=0.5, gap=2.0, min_delta=1e-3,
                  restore=True, decay_factor=0.0, batch_size=256, verbose=0):
         super().__init__()
+        for name, value in (("every", every), ("patience", patience),
+                            ("batch_size", batch_size)):
+            validation.check_positive_int(name, value)
         for name, value, ok, want in (
-                ("every", every, isinstance(every, int) and every >= 1,
-                 "an int >= 1"),
-                ("patience", patience,
-                 isinstance(patience, int) and patience >= 1, "an int >= 1"),
                 ("factor", factor, _number(factor) and 0 < factor < 1,
                  "a number in (0, 1)"),
                 ("gap", gap, _number(gap) and 1 <= gap < math.inf,
@@ -122,10 +123,7 @@ class ValidationControl(keras.callbacks.Callback):
                  "a number in [0, 1)"),
                 ("decay_factor", decay_factor,
                  _number(decay_factor) and 0 <= decay_factor < 1,
-                 "a number in [0, 1)"),
-                ("batch_size", batch_size,
-                 isinstance(batch_size, int) and batch_size >= 1,
-                 "an int >= 1")):
+                 "a number in [0, 1)")):
             if isinstance(value, bool) or not ok:
                 raise ValueError(f"ValidationControl `{name}` must be {want}"
                                  f"; got {value!r}.")
