@@ -72,6 +72,10 @@ class ValidationControl(keras.callbacks.Callback):
     to the best weights at a lower rate); before any finite one it raises
     `FloatingPointError`.
 
+    With `restore_best_weights=True`, a last check at the end of training
+    returns the model to the best check's weights if its final weights
+    validate worse (as `keras.callbacks.EarlyStopping` does).
+
     The changes live in the optimizer's variables, so they are saved with
     it; the best weights and the counters are not (a resumed run starts
     them afresh). `history` lists every check.
@@ -102,13 +106,16 @@ class ValidationControl(keras.callbacks.Callback):
             overfitting.
         decay_factor: multiplier in [0, 1) of the learned decay; 0 turns
             it off.
+        restore_best_weights: at the end of training, keep the best
+            check's weights where the final ones validate worse.
         batch_size: batch size for arrays.
         verbose: 1 prints each action.
     """
 
     def __init__(self, validation_data, train_data=None, every=250,
                  patience=2, factor=0.5, gap=2.0, min_delta=1e-3,
-                 restore=True, decay_factor=0.0, batch_size=256, verbose=0):
+                 restore=True, decay_factor=0.0, restore_best_weights=False,
+                 batch_size=256, verbose=0):
         super().__init__()
         for name, value in (("every", every), ("patience", patience),
                             ("batch_size", batch_size)):
@@ -136,6 +143,7 @@ class ValidationControl(keras.callbacks.Callback):
         self.min_delta = float(min_delta)
         self.restore = bool(restore)
         self.decay_factor = float(decay_factor)
+        self.restore_best_weights = bool(restore_best_weights)
         self.batch_size = batch_size
         self.verbose = verbose
         self._validation = _as_dataset(validation_data, batch_size,
@@ -176,6 +184,25 @@ class ValidationControl(keras.callbacks.Callback):
                    else math.nan)
         self._loss_sum, self._loss_count = 0.0, 0
         self.check(step, running)
+
+    def on_train_end(self, logs=None):
+        if not (self.restore_best_weights and self._best_weights):
+            return
+        optimizer = self.model.optimizer
+        with _AveragedWeights(self.model, optimizer):
+            val = self._loss(self._validation)
+        # NaN compares False: non-finite final weights are replaced too.
+        action = None if val <= self._best else "restore_best"
+        if action:
+            self._restore_best()
+        self.history.append({
+            "step": _step(optimizer), "val_loss": val,
+            "train_loss": math.nan, "action": action,
+            "learning_rate": float(optimizer.learning_rate.numpy())})
+        if action and self.verbose:
+            io_utils.print_msg(
+                f"\nValidationControl end of training: back to the best "
+                f"weights (validation loss {self._best:.4g}, final {val:.4g}).")
 
     def check(self, step, running_train_loss=math.nan):
         """One check at optimizer step `step`: measure, then act if the
@@ -224,14 +251,19 @@ class ValidationControl(keras.callbacks.Callback):
         optimizer.learning_rate.assign(optimizer.learning_rate * self.factor)
         if not (overfits and self.restore and self._best_weights):
             return "learning_rate"
+        self._restore_best()
+        return "learning_rate+restore"
+
+    def _restore_best(self):
+        """The best check's weights (batch-norm statistics included) into
+        the model and the optimizer's weight averages."""
         for variable, value in zip(self.model.weights, self._best_weights):
             variable.assign(value)
-        averages = _averages(optimizer, self.model)
+        averages = _averages(self.model.optimizer, self.model)
         if averages:
             for average, variable in zip(averages,
                                          self.model.trainable_variables):
                 average.assign(variable)
-        return "learning_rate+restore"
 
     def _loss(self, dataset):
         """Mean loss over `dataset`, by a function traced once per element

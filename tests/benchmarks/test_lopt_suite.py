@@ -207,6 +207,10 @@ def test_dev_workloads_train_and_split(name):
     model = workload.build()
     x, _ = splits.test
     assert model(x[:2]).shape[0] == 2
+    if name == "lexicon_sentiment":  # a batch touches few table rows
+        train_x, train_y = splits.train
+        assert len(np.unique(train_x[:32])) < 4000 // 4
+        assert 0.3 < train_y.mean() < 0.7
     if name == "keywords":  # one fit, with the sparse-gradient model
         result = runner.fit(workload, splits, ("adam", 1e-3), seed=0,
                             steps=2)

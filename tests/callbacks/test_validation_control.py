@@ -166,6 +166,54 @@ def test_running_training_loss_is_the_mean_since_the_last_check():
     assert control.history[-1]["train_loss"] == pytest.approx(5.0)
 
 
+@pytest.mark.parametrize("final_w, kept", [(3.0, 1.0), (0.5, 0.5),
+                                             (float("nan"), 1.0)])
+def test_restore_best_weights_keeps_the_best_at_the_end(final_w, kept):
+    model = _model(keras.optimizers.SGD(0.1))
+    control = _control(model, patience=5, restore_best_weights=True)
+    for step, w in enumerate((2.0, 1.0, 1.5)):
+        _set(model, w)
+        control.check(step, running_train_loss=0.1)
+    _set(model, final_w)
+    control.on_train_end()
+    assert _w(model) == kept
+    last = control.history[-1]
+    assert last["action"] == (None if kept == final_w else "restore_best")
+    assert last["val_loss"] == pytest.approx(final_w ** 2, nan_ok=True)
+    # The final check changes neither the rate nor, by default, weights.
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.1)
+    _set(model, 3.0)
+    default = _control(model, patience=5)
+    default.check(0, running_train_loss=0.1)
+    _set(model, 4.0)
+    default.on_train_end()
+    assert _w(model) == 4.0 and len(default.history) == 1
+
+
+def test_restore_best_weights_in_fit_keeps_the_averaged_best():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)).astype("float32")
+    y = rng.integers(0, 4, size=60)  # random labels: only memorizable
+    xv = rng.normal(size=(64, 8)).astype("float32")
+    yv = rng.integers(0, 4, size=64)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)),
+                              keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(4)])
+    model.compile(optimizer=keras.optimizers.Adam(3e-2, use_ema=True),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+    control = ValidationControl((xv, yv), every=8, patience=100,
+                                restore_best_weights=True)
+    model.fit(x, y, batch_size=15, epochs=20, verbose=0,
+              callbacks=[control])
+    checks, final = control.history[:-1], control.history[-1]
+    best = min(e["val_loss"] for e in checks)
+    assert final["action"] == "restore_best" and final["val_loss"] > best
+    assert model.evaluate(xv, yv, verbose=0) == pytest.approx(best,
+                                                              rel=1e-5)
+
+
 def test_fit_on_a_memorizing_problem_anneals_and_keeps_the_best():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 8)).astype("float32")
