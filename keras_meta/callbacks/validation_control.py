@@ -24,6 +24,12 @@ from keras.src.utils import io_utils
 
 from keras_meta import validation
 
+# `every="auto"`: this many checks over a `fit` whose length it knows
+# (epochs times steps per epoch), else a check every
+# `AUTO_EVERY_UNKNOWN` steps.
+AUTO_CHECKS = 20
+AUTO_EVERY_UNKNOWN = 250
+
 
 def _as_dataset(data, batch_size, name):
     """A finite dataset of `(x, y[, sample_weight])` batches."""
@@ -96,7 +102,9 @@ class ValidationControl(keras.callbacks.Callback):
             against (e.g. as many training examples as `validation_data`
             holds); None: `fit`'s running training loss.
         every: optimizer steps between checks (a check runs at the first
-            batch end at or after each multiple).
+            batch end at or after each multiple), or "auto": a twentieth
+            of the `fit` call's steps (`AUTO_CHECKS`; 250 where `fit`
+            does not know them).
         patience: checks without improvement before acting.
         factor: multiplier in (0, 1) of the learning rate or the decay.
         gap: validation-to-training loss ratio (> 1) from which the model
@@ -119,7 +127,8 @@ class ValidationControl(keras.callbacks.Callback):
         super().__init__()
         for name, value in (("every", every), ("patience", patience),
                             ("batch_size", batch_size)):
-            validation.check_positive_int(name, value)
+            if not (name == "every" and _is_auto(value)):
+                validation.check_positive_int(name, value)
         for name, value, ok, want in (
                 ("factor", factor, _number(factor) and 0 < factor < 1,
                  "a number in (0, 1)"),
@@ -161,9 +170,20 @@ class ValidationControl(keras.callbacks.Callback):
                 "so it needs a float `learning_rate`, not a schedule; got "
                 f"{optimizer.learning_rate!r}.")
         self._best, self._bad, self._best_weights = math.inf, 0, None
-        self._next = (_step(optimizer) // self.every + 1) * self.every
+        self._every = self._resolved_every()
+        self._next = (_step(optimizer) // self._every + 1) * self._every
         self._loss_sum, self._loss_count = 0.0, 0
         self._loss_fns = {}
+
+    def _resolved_every(self):
+        """Steps between checks in this `fit` call."""
+        if not _is_auto(self.every):
+            return self.every
+        params = self.params or {}
+        epochs, steps = params.get("epochs"), params.get("steps")
+        if not (epochs and steps):
+            return AUTO_EVERY_UNKNOWN
+        return max(1, epochs * steps // AUTO_CHECKS)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_sum, self._epoch_count = 0.0, 0
@@ -179,7 +199,7 @@ class ValidationControl(keras.callbacks.Callback):
         step = _step(self.model.optimizer)
         if step < self._next:
             return
-        self._next = (step // self.every + 1) * self.every
+        self._next = (step // self._every + 1) * self._every
         running = (self._loss_sum / self._loss_count if self._loss_count
                    else math.nan)
         self._loss_sum, self._loss_count = 0.0, 0
@@ -295,6 +315,10 @@ class ValidationControl(keras.callbacks.Callback):
 def _step(optimizer):
     """The optimizer's step count (also a distributed variable's)."""
     return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
+def _is_auto(value):
+    return isinstance(value, str) and value == "auto"
 
 
 def _number(x):

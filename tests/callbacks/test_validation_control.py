@@ -214,6 +214,23 @@ def test_restore_best_weights_in_fit_keeps_the_averaged_best():
                                                               rel=1e-5)
 
 
+@pytest.mark.parametrize("epochs, steps_per_epoch, every", [
+    (2, 40, 4), (1, 10, 1), (None, None, 250)])
+def test_every_auto_checks_twenty_times_per_fit(epochs, steps_per_epoch,
+                                                every):
+    model = _model(keras.optimizers.SGD(0.1))
+    control = ValidationControl((X, Y), every="auto")
+    control.set_model(model)
+    control.set_params({"epochs": epochs, "steps": steps_per_epoch})
+    control.on_train_begin()
+    assert control._every == every
+    x = np.ones((80, 1), "float32")
+    control = ValidationControl((X, Y), every="auto")
+    model.fit(x, np.zeros_like(x), batch_size=2, epochs=2, verbose=0,
+              callbacks=[control])
+    assert [e["step"] for e in control.history] == list(range(4, 81, 4))
+
+
 def test_fit_on_a_memorizing_problem_anneals_and_keeps_the_best():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 8)).astype("float32")
@@ -265,6 +282,7 @@ def test_scale_learned_decay_needs_a_learned_decay():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"every": 0}, "`every` must be an int >= 1; got 0"),
+    ({"every": "often"}, "`every` must be an int >= 1; got 'often'"),
     ({"patience": 1.5}, "`patience` must be an int >= 1"),
     ({"factor": 1.0}, r"`factor` must be a number in \(0, 1\); got 1.0"),
     ({"gap": 0.5}, "`gap` must be a finite number >= 1"),
