@@ -38,8 +38,10 @@ Optimizers (`--optimizers`), all in the same run:
 - `adam_1e-3`: Adam(1e-3), untuned (the grid's run when both are asked).
 - `adam_1e-3_ema_control`: Adam(1e-3, use_ema=True) under
   `keras_meta.callbacks.ValidationControl` (the validation split and as
-  many training examples): the peer of a learned `+control` row,
-  counted against the goals as they are.
+  many training examples) with the suite's `+control` arguments
+  (`runner.CONTROL_DEFAULTS`): the peer of a learned `+control` row,
+  counted against the goals as they are;
+  `adam_1e-3_ema_control_default` the same with the callback's defaults.
 - `adam_fixed`: one `adam_fixed[<rate>]` row per grid rate, each rate
   used on every workload (the grid's runs), counted against the goals as
   the learned rows are: what one untuned Adam rate would score.
@@ -123,7 +125,8 @@ flags.DEFINE_list("reuse", [], "JSON files in results/ of earlier runs of "
 ADAM_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 ADAMW_DECAY = 1e-2
 OPTIMIZER_NAMES = ("adam_best", "adamw_best", "adam_1e-3", "adam_1e-3_ema",
-                   "adam_1e-3_ema_control", "adam_fixed", "learned")
+                   "adam_1e-3_ema_control", "adam_1e-3_ema_control_default",
+                   "adam_fixed", "learned")
 WORKLOAD_SETS = {"held_out": workloads.WORKLOADS,
                  "dev": dev_workloads.DEV_WORKLOADS}
 
@@ -161,6 +164,9 @@ def optimizer_groups(names, weights):
     if "adam_1e-3_ema_control" in names:
         groups["adam_1e-3_ema_control"] = ("single", add(
             ("adam_ema", 1e-3, "control")))
+    if "adam_1e-3_ema_control_default" in names:
+        groups["adam_1e-3_ema_control_default"] = ("single", add(
+            ("adam_ema", 1e-3, "control_default")))
     if "learned" in names:
         groups["learned"] = ("single", add(("learned", None)))
     for w in weights:

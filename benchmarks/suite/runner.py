@@ -53,7 +53,7 @@ def make_optimizer(spec):
 
     Specs: ("adam", lr), ("adam_ema", lr) (with `use_ema=True`),
     ("adam_ema", lr, "control") (the same under `ValidationControl`, see
-    `fit`),
+    `fit`), ("adam_ema", lr, "control_default") (the callback's defaults),
     ("adamw", lr, weight_decay), ("learned", weights[, options]) where
     weights is None (the shipped default) or a name or file and options a
     tuple of "ema" (`use_ema=True`), "none" (the rule option
@@ -135,20 +135,32 @@ def _dataset(x, y, batch_size, seed):
             .repeat().batch(batch_size, drop_remainder=True))
 
 
-# `ValidationControl` arguments of a "control" spec: its defaults but the
-# learned decay halved (its default until round 12), so that the recorded
-# runs' specs keep their meaning; "control_decay_factor=0" gives the
-# callback's default.
-CONTROL_DEFAULTS = {"decay_factor": 0.5}
+# `ValidationControl` arguments of a "control" spec: its defaults but
+# round 11's (the learned decay halved, a check every 250 steps, the final
+# weights kept), so that the recorded runs' specs keep their meaning;
+# "control_<argument>=value" options override them
+# ("+control_decay_factor=0+control_every=auto+
+# control_restore_best_weights=true" is the callback's default).
+CONTROL_DEFAULTS = {"decay_factor": 0.5, "every": 250,
+                    "restore_best_weights": False}
 
 
 def controlled(spec):
-    """Whether a spec trains under `ValidationControl` ("control" as an
-    Adam spec's last part or among a learned spec's options, with
-    `control_options`)."""
+    """Whether a spec trains under `ValidationControl` ("control" or
+    "control_default" as an Adam spec's last part, or "control" among a
+    learned spec's options, with `control_options`)."""
     if spec[0] == "learned":
         return len(spec) > 2 and any(_is_control(o) for o in spec[2])
-    return spec[-1] == "control"
+    return spec[-1] in ("control", "control_default")
+
+
+def control_arguments(spec):
+    """`ValidationControl` keyword arguments of a `controlled` spec: none
+    (the callback's defaults) for an Adam spec ending "control_default",
+    else `CONTROL_DEFAULTS` updated by `control_options`."""
+    if spec[-1] == "control_default":
+        return {}
+    return {**CONTROL_DEFAULTS, **control_options(spec)}
 
 
 def _is_control(option):
@@ -172,7 +184,7 @@ def fit(workload, splits, spec, seed, steps):
     """Trains `steps` steps from seed `seed`; returns the final numbers.
 
     A `controlled` spec trains under `keras_meta.callbacks.
-    ValidationControl` (`CONTROL_DEFAULTS` and `control_options`), reading
+    ValidationControl` (`control_arguments`), reading
     the validation split and the first as many training examples (all
     where fewer).
 
@@ -192,7 +204,7 @@ def fit(workload, splits, spec, seed, steps):
         size = len(splits.val[0])
         callbacks.append(validation_control.ValidationControl(
             splits.val, train_data=(x[:size], y[:size]),
-            **{**CONTROL_DEFAULTS, **control_options(spec)}))
+            **control_arguments(spec)))
     model.fit(_dataset(x, y, workload.batch_size, seed), epochs=1,
               steps_per_epoch=steps, shuffle=False, verbose=0,
               callbacks=callbacks)

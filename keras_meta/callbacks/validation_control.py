@@ -115,14 +115,15 @@ class ValidationControl(keras.callbacks.Callback):
         decay_factor: multiplier in [0, 1) of the learned decay; 0 turns
             it off.
         restore_best_weights: at the end of training, keep the best
-            check's weights where the final ones validate worse.
+            check's weights where the final ones validate worse (False:
+            keep the final ones).
         batch_size: batch size for arrays.
         verbose: 1 prints each action.
     """
 
-    def __init__(self, validation_data, train_data=None, every=250,
+    def __init__(self, validation_data, train_data=None, every="auto",
                  patience=2, factor=0.5, gap=2.0, min_delta=1e-3,
-                 restore=True, decay_factor=0.0, restore_best_weights=False,
+                 restore=True, decay_factor=0.0, restore_best_weights=True,
                  batch_size=256, verbose=0):
         super().__init__()
         for name, value in (("every", every), ("patience", patience),

@@ -158,6 +158,21 @@ def test_control_rows_train_under_validation_control(monkeypatch):
                                              len(splits.val[0]))
 
 
+def test_control_default_row_uses_the_callbacks_defaults():
+    groups, specs = lopt_suite.optimizer_groups(
+        ["adam_1e-3_ema_control", "adam_1e-3_ema_control_default"], [])
+    old = specs[groups["adam_1e-3_ema_control"][1]]
+    new = specs[groups["adam_1e-3_ema_control_default"][1]]
+    assert new == ("adam_ema", 1e-3, "control_default")
+    assert runner.controlled(new)
+    assert runner.control_arguments(new) == {}
+    assert runner.control_arguments(old) == runner.CONTROL_DEFAULTS
+    learned = ("learned", "normalized", (
+        "control", "control_every=auto", "ema"))
+    assert runner.control_arguments(learned) == {
+        **runner.CONTROL_DEFAULTS, "every": "auto"}
+
+
 def test_ablations_remove_the_named_part_of_the_rule():
     from keras_meta.optimizers import weights_io
     phi, config = weights_io.resolve("normalized")

@@ -180,14 +180,15 @@ def test_restore_best_weights_keeps_the_best_at_the_end(final_w, kept):
     last = control.history[-1]
     assert last["action"] == (None if kept == final_w else "restore_best")
     assert last["val_loss"] == pytest.approx(final_w ** 2, nan_ok=True)
-    # The final check changes neither the rate nor, by default, weights.
+    # The final check does not change the rate; without the option it
+    # does not run.
     assert float(model.optimizer.learning_rate) == pytest.approx(0.1)
     _set(model, 3.0)
-    default = _control(model, patience=5)
-    default.check(0, running_train_loss=0.1)
+    keep = _control(model, patience=5, restore_best_weights=False)
+    keep.check(0, running_train_loss=0.1)
     _set(model, 4.0)
-    default.on_train_end()
-    assert _w(model) == 4.0 and len(default.history) == 1
+    keep.on_train_end()
+    assert _w(model) == 4.0 and len(keep.history) == 1
 
 
 def test_restore_best_weights_in_fit_keeps_the_averaged_best():
@@ -225,7 +226,8 @@ def test_every_auto_checks_twenty_times_per_fit(epochs, steps_per_epoch,
     control.on_train_begin()
     assert control._every == every
     x = np.ones((80, 1), "float32")
-    control = ValidationControl((X, Y), every="auto")
+    control = ValidationControl((X, Y), every="auto",
+                                restore_best_weights=False)
     model.fit(x, np.zeros_like(x), batch_size=2, epochs=2, verbose=0,
               callbacks=[control])
     assert [e["step"] for e in control.history] == list(range(4, 81, 4))
@@ -247,12 +249,16 @@ def test_fit_on_a_memorizing_problem_anneals_and_keeps_the_best():
     control = ValidationControl((xv, yv), every=10, patience=1)
     model.fit(x, y, batch_size=15, epochs=40, verbose=0,
               callbacks=[control])
-    # 160 steps, a batch end every 2: a check at each multiple of 10.
+    # 160 steps, a batch end every 2: a check at each multiple of 10, and
+    # the end of training's (restore_best_weights).
     steps = [e["step"] for e in control.history]
-    assert steps == list(range(10, 161, 10))
-    actions = [e["action"] for e in control.history]
+    assert steps == list(range(10, 161, 10)) + [160]
+    best = min(e["val_loss"] for e in control.history[:-1])
+    assert control.history[-1]["val_loss"] >= best
+    actions = [e["action"] for e in control.history[:-1]]
     assert "learning_rate+restore" in actions
-    assert all(math.isfinite(e["train_loss"]) for e in control.history)
+    assert all(math.isfinite(e["train_loss"])
+               for e in control.history[:-1])
     halvings = sum(a is not None for a in actions)
     assert float(model.optimizer.learning_rate) == pytest.approx(
         3e-2 * 0.5 ** halvings)
