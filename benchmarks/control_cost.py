@@ -2,11 +2,12 @@
 
 For each development workload named, the same seeded fit (build, compile,
 `--steps` steps, final evaluation: `benchmarks.suite.runner.fit`) with
-`LearnedOptimizer(weights="normalized", use_ema=True)` alone and under
-`ValidationControl` (the suite's `+control`: a check every 250 steps on
-the validation split and as many training examples), interleaved for
-`--reps` repetitions in one process; prints each fit's seconds, the
-median of each and their ratio.
+`LearnedOptimizer(weights="normalized", use_ema=True)` alone, under
+`ValidationControl` as the suite's `+control` (a check every 250 steps on
+the validation split and as many training examples) and under the
+callback's defaults (twenty checks per fit and one at its end),
+interleaved for `--reps` repetitions in one process; prints each fit's
+seconds, the median of each and their ratios to the fit alone.
 
     python -m benchmarks.control_cost --workloads=keywords,omniglot_conv --steps=1000 --reps=5
 """
@@ -29,7 +30,10 @@ flags.DEFINE_integer("steps", 1000, "Training steps per fit.")
 flags.DEFINE_integer("reps", 5, "Interleaved repetitions.")
 
 SPECS = {"alone": ("learned", "normalized", ("ema",)),
-         "control": ("learned", "normalized", ("control", "ema"))}
+         "control": ("learned", "normalized", ("control", "ema")),
+         "defaults": ("learned", "normalized", (
+             "control", "control_decay_factor=0", "control_every=auto",
+             "control_restore_best_weights=true", "ema"))}
 
 
 def main(argv):
@@ -48,11 +52,13 @@ def main(argv):
         medians = {k: float(np.median(v)) for k, v in seconds.items()}
         print(name, {k: [round(x, 2) for x in v] for k, v in seconds.items()},
               flush=True)
-        rows.append([name, FLAGS.steps, f"{medians['alone']:.2f}",
-                     f"{medians['control']:.2f}",
-                     f"{medians['control'] / medians['alone']:.3f}"])
-    common.print_table(["workload", "steps", "alone s (median)",
-                        "control s (median)", "ratio"], rows)
+        rows.append([name, FLAGS.steps] + [
+            f"{medians[k]:.2f}" for k in SPECS] + [
+            f"{medians[k] / medians['alone']:.3f}" for k in SPECS
+            if k != "alone"])
+    common.print_table(["workload", "steps"] + [
+        f"{k} s (median)" for k in SPECS] + [
+        f"{k} / alone" for k in SPECS if k != "alone"], rows)
 
 
 if __name__ == "__main__":

@@ -103,8 +103,8 @@ class ValidationControl(keras.callbacks.Callback):
             holds); None: `fit`'s running training loss.
         every: optimizer steps between checks (a check runs at the first
             batch end at or after each multiple), or "auto": a twentieth
-            of the `fit` call's steps (`AUTO_CHECKS`; 250 where `fit`
-            does not know them).
+            (`AUTO_CHECKS`) of `fit`'s `epochs` times its steps per epoch
+            (250 where `fit` does not know them).
         patience: checks without improvement before acting.
         factor: multiplier in (0, 1) of the learning rate or the decay.
         gap: validation-to-training loss ratio (> 1) from which the model
