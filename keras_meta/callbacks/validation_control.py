@@ -126,10 +126,15 @@ class ValidationControl(keras.callbacks.Callback):
                  restore=True, decay_factor=0.0, restore_best_weights=True,
                  batch_size=256, verbose=0):
         super().__init__()
-        for name, value in (("every", every), ("patience", patience),
+        if not _is_auto(every):
+            try:
+                validation.check_positive_int("every", every)
+            except ValueError:
+                raise ValueError('ValidationControl `every` must be an int '
+                                 f'>= 1 or "auto"; got {every!r}.') from None
+        for name, value in (("patience", patience),
                             ("batch_size", batch_size)):
-            if not (name == "every" and _is_auto(value)):
-                validation.check_positive_int(name, value)
+            validation.check_positive_int(name, value)
         for name, value, ok, want in (
                 ("factor", factor, _number(factor) and 0 < factor < 1,
                  "a number in (0, 1)"),

@@ -217,14 +217,17 @@ def test_restore_best_weights_in_fit_keeps_the_averaged_best():
 
 @pytest.mark.parametrize("epochs, steps_per_epoch, every", [
     (2, 40, 4), (1, 10, 1), (None, None, 250)])
-def test_every_auto_checks_twenty_times_per_fit(epochs, steps_per_epoch,
-                                                every):
-    model = _model(keras.optimizers.SGD(0.1))
+def test_every_auto_is_a_twentieth_of_the_fit(epochs, steps_per_epoch,
+                                              every):
     control = ValidationControl((X, Y), every="auto")
-    control.set_model(model)
+    control.set_model(_model(keras.optimizers.SGD(0.1)))
     control.set_params({"epochs": epochs, "steps": steps_per_epoch})
     control.on_train_begin()
     assert control._every == every
+
+
+def test_every_auto_checks_twenty_times_per_fit():
+    model = _model(keras.optimizers.SGD(0.1))
     x = np.ones((80, 1), "float32")
     control = ValidationControl((X, Y), every="auto",
                                 restore_best_weights=False)
@@ -287,8 +290,9 @@ def test_scale_learned_decay_needs_a_learned_decay():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"every": 0}, "`every` must be an int >= 1; got 0"),
-    ({"every": "often"}, "`every` must be an int >= 1; got 'often'"),
+    ({"every": 0}, '`every` must be an int >= 1 or "auto"; got 0'),
+    ({"every": "often"}, "or \"auto\"; got 'often'"),
+    ({"every": True}, "or \"auto\"; got True"),
     ({"patience": 1.5}, "`patience` must be an int >= 1"),
     ({"factor": 1.0}, r"`factor` must be a number in \(0, 1\); got 1.0"),
     ({"gap": 0.5}, "`gap` must be a finite number >= 1"),
