@@ -191,19 +191,27 @@ def test_restore_best_weights_keeps_the_best_at_the_end(final_w, kept):
     assert _w(model) == 4.0 and len(keep.history) == 1
 
 
-def test_restore_best_weights_in_fit_keeps_the_averaged_best():
+def _memorizing_problem(optimizer, **compile_kwargs):
+    """A seeded MLP compiled on 60 random-label examples (only
+    memorizable) and 64 validation ones; (model, (x, y), (xv, yv))."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 8)).astype("float32")
-    y = rng.integers(0, 4, size=60)  # random labels: only memorizable
+    y = rng.integers(0, 4, size=60)
     xv = rng.normal(size=(64, 8)).astype("float32")
     yv = rng.integers(0, 4, size=64)
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)),
                               keras.layers.Dense(64, activation="relu"),
                               keras.layers.Dense(4)])
-    model.compile(optimizer=keras.optimizers.Adam(3e-2, use_ema=True),
+    model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True))
+                      from_logits=True), **compile_kwargs)
+    return model, (x, y), (xv, yv)
+
+
+def test_restore_best_weights_in_fit_keeps_the_averaged_best():
+    model, (x, y), (xv, yv) = _memorizing_problem(
+        keras.optimizers.Adam(3e-2, use_ema=True))
     control = ValidationControl((xv, yv), every=8, patience=100,
                                 restore_best_weights=True)
     model.fit(x, y, batch_size=15, epochs=20, verbose=0,
@@ -237,18 +245,8 @@ def test_every_auto_checks_twenty_times_per_fit():
 
 
 def test_fit_on_a_memorizing_problem_anneals_and_keeps_the_best():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(60, 8)).astype("float32")
-    y = rng.integers(0, 4, size=60)  # random labels: only memorizable
-    xv = rng.normal(size=(64, 8)).astype("float32")
-    yv = rng.integers(0, 4, size=64)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8,)),
-                              keras.layers.Dense(64, activation="relu"),
-                              keras.layers.Dense(4)])
-    model.compile(optimizer=keras.optimizers.Adam(3e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True), steps_per_execution=2)
+    model, (x, y), (xv, yv) = _memorizing_problem(
+        keras.optimizers.Adam(3e-2), steps_per_execution=2)
     control = ValidationControl((xv, yv), every=10, patience=1)
     model.fit(x, y, batch_size=15, epochs=40, verbose=0,
               callbacks=[control])
