@@ -6,6 +6,10 @@ both optimizers measured in the same process: each `train_on_batch` call
 median over `--reps` repetitions of `--steps` steps is reported.
 
     python -m benchmarks.cost --reps=7
+
+`--weights=default` measures `LearnedOptimizer()` (with its weight
+average, `use_ema=True`); `--adam_ema` adds Adam with `use_ema=True`, the
+peer of an averaged optimizer, as a row of its own.
 """
 
 import time
@@ -26,9 +30,11 @@ flags.DEFINE_integer("reps", 7, "Repetitions (median reported).")
 flags.DEFINE_integer("steps", 10, "Steps per repetition.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
-flags.DEFINE_list("weights", ["per_tensor", "coordinatewise"],
-                  "LearnedOptimizer weights to measure: shipped names or "
-                  ".npz paths (each against Adam in the same run).")
+flags.DEFINE_list("weights", ["default", "per_tensor", "coordinatewise"],
+                  "LearnedOptimizer weights to measure: 'default' "
+                  "(LearnedOptimizer()), shipped names or .npz paths (each "
+                  "against Adam in the same run).")
+flags.DEFINE_bool("adam_ema", False, "Also measure Adam(use_ema=True).")
 flags.DEFINE_string("out", "cost.json", "JSON file in results/.")
 
 MODELS = {
@@ -64,8 +70,12 @@ def main(argv):
     rows = []
     for name in MODELS:
         models = {f"learned:{w}": build(
-            name, keras_meta.LearnedOptimizer(weights=w))
+            name, keras_meta.LearnedOptimizer() if w == "default"
+            else keras_meta.LearnedOptimizer(weights=w))
             for w in FLAGS.weights}
+        if FLAGS.adam_ema:
+            models["adam_ema"] = build(
+                name, keras.optimizers.Adam(1e-3, use_ema=True))
         models["adam"] = build(name, keras.optimizers.Adam(1e-3))
         for m in models.values():
             for _ in range(3):

@@ -12,6 +12,8 @@ import tensorflow as tf
 
 from keras_meta.meta import problems
 
+from benchmarks.suite import runner
+
 MODELS = {
     # Held out from meta-training (benchmarks/keras_fit.py).
     "mlp_relu": functools.partial(problems.mlp_model, activation="relu"),
@@ -23,25 +25,46 @@ MODELS = {
 }
 
 
-def dataset(seed, n):
-    """`n` examples of a new random teacher (784-32-10 tanh) per seed."""
+def learned_optimizer_factory(spec):
+    """() -> a fresh LearnedOptimizer, from a spec as
+    `benchmarks.lopt_suite --weights` takes ("default":
+    `LearnedOptimizer()`)."""
+    name, *options = spec.split("+")
+    extra = (tuple(sorted(options)),) if options else ()
+    spec = ("learned", None if name == "default" else name) + extra
+    return functools.partial(runner.make_optimizer, spec)
+
+
+def dataset(seed, n, num_test=0):
+    """`n` examples of a new random teacher (784-32-10 tanh) per seed.
+
+    Returns `(x, y)`; with `num_test > 0`, `((x, y), (x_test, y_test))`,
+    the test examples fresh draws of the same teacher (drawn after the
+    training ones, which stay those of `num_test=0`).
+    """
     data = problems.TeacherData()
     rng = np.random.default_rng(seed)
-    x, y = data.sample_batches(data.sample_task(rng), 1, n, rng)
-    return x[0], y[0]
+    task = data.sample_task(rng)
+    x, y = data.sample_batches(task, 1, n, rng)
+    if not num_test:
+        return x[0], y[0]
+    x_test, y_test = data.sample_batches(task, 1, num_test, rng)
+    return (x[0], y[0]), (x_test[0], y_test[0])
 
 
 def train(model_name, make_opt, seed, x, y, steps=500, batch_size=128,
-          loss=None):
-    """Trains `steps` steps with `fit`; returns the final training loss.
+          loss=None, test_data=None):
+    """Trains `steps` steps with `fit`; returns the final training loss,
+    or with `test_data` `(training loss, test loss)`.
 
     Args:
         model_name: a key of `MODELS`, or a callable that builds the model.
         loss: the compiled loss; default sparse categorical cross-entropy
             on logits.
+        test_data: None, or held-out `(x, y)` evaluated at the end too.
 
-    The loss is `evaluate` on the whole training set; NaN if any weight is
-    not finite at the end.
+    A loss is `evaluate` on the whole set; NaN if any weight is not finite
+    at the end.
     """
     keras.utils.set_random_seed(seed)
     build = model_name if callable(model_name) else MODELS[model_name]
@@ -53,7 +76,9 @@ def train(model_name, make_opt, seed, x, y, steps=500, batch_size=128,
           .shuffle(len(x), seed=seed).repeat().batch(batch_size))
     epochs = 10
     model.fit(ds, epochs=epochs, steps_per_epoch=steps // epochs, verbose=0)
-    loss = model.evaluate(x, y, batch_size=1024, verbose=0)
     # All weights, so that batch-norm statistics count too.
     finite = all(np.all(np.isfinite(v.numpy())) for v in model.weights)
-    return float(loss) if finite else float("nan")
+    losses = [float(model.evaluate(*split, batch_size=1024, verbose=0))
+              if finite else float("nan")
+              for split in [(x, y)] + ([test_data] if test_data else [])]
+    return tuple(losses) if test_data else losses[0]

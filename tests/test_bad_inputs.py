@@ -61,7 +61,7 @@ def few_classes():
 
 
 def bad_phi_file(path):
-    phi, config = weights_io.load_phi(weights_io.PRETRAINED_PATH)
+    phi, config = weights_io.load_phi(weights_io.pretrained_path("per_tensor"))
     phi["out/kernel"] = phi["out/kernel"][:-1]
     arrays = dict(phi, __config__=np.array(
         __import__("json").dumps(config.to_dict())))

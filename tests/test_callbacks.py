@@ -129,13 +129,13 @@ def test_learned_step_size_summary_and_step_sizes(tmp_path):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
                               keras.layers.Dense(1)])
-    opt = keras_meta.LearnedOptimizer(learning_rate=0.5)
+    opt = keras_meta.LearnedOptimizer(learning_rate=0.5, weights="per_tensor")
     model.compile(optimizer=opt, loss="mse")
     model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[
         keras_meta.callbacks.LearnedStepSizeSummary(str(tmp_path))])
     sizes = opt.step_sizes()
     assert sorted(sizes) == sorted(v.path for v in model.trainable_variables)
-    phi, _ = weights_io.load_phi(weights_io.PRETRAINED_PATH)
+    phi, _ = weights_io.load_phi(weights_io.pretrained_path("per_tensor"))
     for var, offset in zip(model.trainable_variables, opt._slots["log_lr"]):
         expected = 0.5 * np.exp(phi["log_lr"] + offset.numpy())
         np.testing.assert_allclose(sizes[var.path], expected, rtol=1e-5)

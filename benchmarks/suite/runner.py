@@ -70,7 +70,9 @@ def make_optimizer(spec):
         return keras.optimizers.AdamW(spec[1], weight_decay=spec[2])
     if kind == "learned":
         options = set(spec[2]) if len(spec) > 2 else set()
-        kwargs = {"use_ema": "ema" in options}
+        # Without "ema", LearnedOptimizer's own default: averaging for
+        # the default weights, not for named ones.
+        kwargs = {"use_ema": True} if "ema" in options else {}
         ablations = {o for o in options if o.startswith(EDITS)}
         rule = {}
         controls = {o for o in options if _is_control(o)}

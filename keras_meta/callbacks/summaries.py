@@ -262,10 +262,9 @@ class LearnedStepSizeSummary(_SummaryCallback):
     """Writes the per-variable step sizes of a `LearnedOptimizer` to TensorBoard.
 
     At the end of each epoch, one scalar per variable,
-    `learned_optimizer/step_size/<variable path>`: the step size the
-    per-tensor rule currently gives Adam's direction for that variable (see
-    `LearnedOptimizer.step_sizes`). Written outside the compiled step, like
-    `InnerRateSummary`.
+    `learned_optimizer/step_size/<variable path>`: the step size the rule
+    currently gives that variable (see `LearnedOptimizer.step_sizes`).
+    Written outside the compiled step, like `InnerRateSummary`.
 
     Example:
 

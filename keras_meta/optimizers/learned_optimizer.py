@@ -44,40 +44,36 @@ def _tf_variable(variable):
 
 @keras.saving.register_keras_serializable(package="keras_meta")
 class LearnedOptimizer(keras.optimizers.Optimizer):
-    """Optimizer whose update rule is meta-trained (an LSTM, or an MLP).
+    """Optimizer whose update rule is meta-trained (an MLP, or an LSTM).
 
-    The default rule (`weights="per_tensor"`) runs one small LSTM step per
-    variable (2 layers of 20 units, weights shared by all variables, each
-    variable keeping its own LSTM state). It reads scale-free statistics of
-    the variable's gradient (its cosine with the previous Adam direction;
-    Adam's signal-to-noise ratio; the gradient's size against its running
-    average) and steers the log step size of Adam for that variable, which
-    also follows a hypergradient: the gradient's cosine with the average of
-    about the last 100 Adam directions, kept within 10x below and 100x
-    above its meta-learned base rate. A step costs about what an Adam step
-    costs. `weights="coordinatewise"` is the paper's form: the LSTM runs
-    for every coordinate, fed with the log-magnitude and sign of its
-    gradient and Adam-like moment features, and scales Adam's direction per
-    coordinate (tens of times Adam's step time and memory on large models).
-    The LSTM's weights ("phi") were meta-trained by unrolled optimization
-    (`keras_meta.meta`) and ship with the package, so the optimizer needs no
-    tuning. phi are optimizer variables: they are saved in `.keras` files,
-    together with the per-variable LSTM states, and are never changed by
-    `fit`.
+    The default is the normalized MLP rule (`keras_meta.rules.normalized`,
+    `weights="normalized"`): a small MLP, shared by every parameter, reads
+    scale-free Adam-like features of each parameter (the gradient and
+    momenta at three decays over Adam's `sqrt(v_hat)`, the parameter over
+    its tensor's RMS, training-progress features) and adds its output to
+    Adam's direction, scaled by a bounded step size that follows a learned
+    schedule. It was meta-trained by persistent evolution strategies for
+    the validation loss of small tasks, so it needs no tuning, and
+    `LearnedOptimizer()` is
+    `LearnedOptimizer(weights="normalized", use_ema=True,
+    rule={"dense_table_decay": False})`: `fit` ends on the average of the
+    weights (`use_ema`), and an embedding table whose sparse gradient
+    touches every row gets no learned decay (`NormalizedConfig`). Steered
+    by validation loss (`keras_meta.callbacks.ValidationControl`) it holds
+    up on held-out models better than alone. phi (the rule's weights) are
+    optimizer variables: they are saved in `.keras` files with the rule's
+    state and are never changed by `fit`.
 
-    `weights="init_normalized"` is the normalized MLP rule
-    (`keras_meta.rules.normalized`), untrained: a small per-parameter MLP
-    over scale-free Adam-like features adds to Adam's direction, the sum is
-    RMS-normalized per tensor at every step and scaled by a bounded step
-    size that follows a learned schedule; untrained, it is Adam's direction
-    normalized per tensor at step size 1e-3, the start of its meta-training.
-    `weights="normalized"` is that rule meta-trained (antisymmetric, with
-    Adam's per-coordinate scale) for the validation loss of small tasks;
-    it is meant with `use_ema=True`, which makes `fit` end on the average
-    of the weights:
-
-        model.compile(optimizer=keras_meta.LearnedOptimizer(
-            weights="normalized", use_ema=True), loss="mse")
+    `weights="per_tensor"` (the default before 0.4.0) runs one small LSTM
+    step per variable and steers Adam's log step size for that variable,
+    which also follows a hypergradient (the gradient's cosine with the
+    average of about the last 100 Adam directions, within 10x below and
+    100x above a meta-learned base rate): lower training loss, but it
+    follows training loss into overfitting. `weights="coordinatewise"` is
+    the paper's form, the LSTM on every coordinate (tens of times Adam's
+    step time and memory on large models). `weights="init_normalized"` is
+    the normalized rule untrained: Adam's direction normalized per tensor
+    at step size 1e-3.
 
     `weight_decay` with the normalized rule is decoupled weight decay in
     AdamW's meaning, scaled by the rule's actual step: each step does
@@ -99,8 +95,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             callable that takes no arguments. A multiplier on the learned
             update; the learned rule sets its own step size, so the default
             `1.0` uses it unchanged.
-        weights: `None` (default) for the shipped pretrained phi
-            (`"per_tensor"`); the name of shipped weights (`"per_tensor"`,
+        weights: `None` (default) for the shipped default above; the name
+            of shipped weights (`"normalized"`, `"per_tensor"`,
             `"per_tensor_one_step"`: the same LSTM with a one-step
             hypergradient, the default until 2026-12-01;
             `"coordinatewise"`, or `"quadratic"`: a coordinatewise LSTM
@@ -122,9 +118,13 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             `None`; given with a name or a path, it is read over the
             file's config and may change only fields the file was not
             trained for (e.g. `weights="normalized",
-            rule={"dense_table_decay": False}`); with `None` it must agree
-            with the file.
+            rule={"dense_table_decay": False}`); with `None` it must name
+            a shipped file's config, up to such fields.
         seed: Seed of the random phi of an untrained rule.
+        use_ema: None (default): True for the default weights
+            (`weights=None`, `rule` None or a variant of the default's
+            rule), else False, Keras's default; a bool as in any Keras
+            optimizer.
         {{base_optimizer_keyword_args}}
 
     Example:
@@ -154,7 +154,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         clipnorm=None,
         clipvalue=None,
         global_clipnorm=None,
-        use_ema=False,
+        use_ema=None,
         ema_momentum=0.99,
         ema_overwrite_frequency=None,
         loss_scale_factor=None,
@@ -169,6 +169,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                 "LearnedOptimizer `learning_rate` (a multiplier of the "
                 "learned update) must be a finite float >= 0; got "
                 f"{learning_rate!r}.")
+        phi_values, rule_config = weights_io.resolve(weights, rule, seed)
+        if use_ema is None:
+            use_ema = weights is None and weights_io.is_default_rule(
+                rule_config)
         super().__init__(
             learning_rate=learning_rate,
             name=name,
@@ -186,8 +190,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self.weights = weights
         self.rule = dict(rule) if rule is not None else None
         self.seed = seed
-        phi_values, self._rule_config = weights_io.resolve(
-            weights, rule, seed)
+        self._rule_config = rule_config
         self._decays_in_rule = rule_kinds.decays_in_rule(self._rule_config)
         self._rule = rule_kinds.make_rule(
             self._rule_config,
@@ -292,8 +295,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             return self._rule_step_sizes()
         if getattr(self._rule_config, "granularity", None) != "tensor":
             raise ValueError(
-                "step_sizes() needs a per-tensor rule (e.g. the default "
-                "weights='per_tensor'); this optimizer's rule is "
+                "step_sizes() needs a per-tensor rule (the default, "
+                "weights='normalized' or weights='per_tensor'); this "
+                "optimizer's rule is "
                 f"granularity={self._rule_config.granularity!r}, whose step "
                 "sizes are per coordinate.")
         if not self.built:

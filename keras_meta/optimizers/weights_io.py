@@ -7,6 +7,7 @@ the LSTM, and optionally `provenance`, how the file was made).
 """
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -23,8 +24,9 @@ PRETRAINED_DIR = os.path.join(
 # Shipped meta-trained weights, by the name `LearnedOptimizer(weights=...)`
 # takes. BUILD_NOTES.md says how each file was made.
 PRETRAINED = {
-    # One LSTM state per tensor steering Adam's step size (the default); its
-    # hypergradient looks about 100 steps back (hyper_horizon=100).
+    # One LSTM state per tensor steering Adam's step size (the default until
+    # 0.4.0); its hypergradient looks about 100 steps back
+    # (hyper_horizon=100).
     "per_tensor": "per_tensor_lstm_phi.npz",
     # The same meta-parameters with the one-step hypergradient
     # (hyper_horizon=1): the default until 2026-12-01, kept so that models
@@ -42,7 +44,11 @@ PRETRAINED = {
     # Omniglot tasks; meant with `use_ema=True`.
     "normalized": "normalized_mlp_phi.npz",
 }
-DEFAULT_PRETRAINED = "per_tensor"
+# `LearnedOptimizer()`: these shipped weights with `DEFAULT_RULE`'s
+# untrained fields read over their config (and `use_ema=True`), the
+# configuration that won on held-out test loss (BUILD_NOTES 4.6).
+DEFAULT_PRETRAINED = "normalized"
+DEFAULT_RULE = {"dense_table_decay": False}
 # `weights=` names of untrained rules: "init" (the `rule` given, else the
 # LSTM) and the normalized MLP rule (Adam's direction normalized per tensor).
 INIT = "init"
@@ -59,16 +65,36 @@ def pretrained_path(name=DEFAULT_PRETRAINED):
     return os.path.join(PRETRAINED_DIR, PRETRAINED[name])
 
 
+@functools.lru_cache(maxsize=1)
+def _shipped_configs():
+    """{name: config} of the shipped files (read once: they are package
+    data)."""
+    return {name: load_phi(pretrained_path(name))[1] for name in PRETRAINED
+            if os.path.exists(pretrained_path(name))}
+
+
+def is_default_rule(config):
+    """Whether `config` is the default weights' rule, up to untrained
+    fields (what `LearnedOptimizer()` averages by default)."""
+    return pretrained_for_rule(config) == DEFAULT_PRETRAINED
+
+
 def pretrained_for_rule(config):
-    """Name of the shipped weights trained for `config`, or None."""
-    for name in PRETRAINED:
-        path = pretrained_path(name)
-        if os.path.exists(path) and load_phi(path)[1] == config:
+    """Name of the shipped weights trained for `config`, or None: the file
+    whose config is `config`, else one whose config differs from it only
+    in untrained fields (the config class's `UNTRAINED_FIELDS`)."""
+    configs = _shipped_configs()
+    for name, file_cfg in configs.items():
+        if file_cfg == config:
+            return name
+    for name, file_cfg in configs.items():
+        free = getattr(type(file_cfg), "UNTRAINED_FIELDS", ())
+        if type(config) is type(file_cfg) and dataclasses.replace(
+                config, **{f: getattr(file_cfg, f) for f in free}) == file_cfg:
             return name
     return None
 
 
-PRETRAINED_PATH = pretrained_path()
 
 
 def save_phi(path, phi, config, provenance=None):
@@ -207,9 +233,10 @@ def resolve(weights, rule=None, seed=0):
     names.
 
     Args:
-        weights: None (the shipped default, or the shipped weights trained
-            for `rule`), a key of `PRETRAINED`, a path to an `.npz`, a dict
-            of arrays (then `rule` is required), `"init"` (`rule`'s rule,
+        weights: None (the shipped default: `DEFAULT_PRETRAINED` with
+            `DEFAULT_RULE` over its config; with `rule`, the shipped
+            weights trained for it), a key of `PRETRAINED`, a path to an
+            `.npz`, a dict of arrays (then `rule` is required), `"init"` (`rule`'s rule,
             by default the LSTM's, drawn with `seed`) or `"init_normalized"`
             (the untrained normalized MLP rule: Adam's direction,
             normalized per tensor; `rule`'s config if it is one).
@@ -219,15 +246,19 @@ def resolve(weights, rule=None, seed=0):
             change only the fields the file was not trained for (the
             config class's `UNTRAINED_FIELDS`, e.g.
             `{"dense_table_decay": False}` for `"normalized"`); given
-            with `weights=None`, it must agree with the shipped file's.
+            with `weights=None`, it must name a shipped file's config, up
+            to those fields.
         seed: seed of `"init"` weights.
 
     Returns:
         `(phi, config)`: a dict of float32 arrays and its rule config.
     """
+    if weights is None:
+        weights = _shipped_name(rule)
+        rule = DEFAULT_RULE if rule is None else rule
     if rule is not None and isinstance(weights, (str, os.PathLike)) \
             and weights not in (INIT, INIT_NORMALIZED):
-        path = _weights_path(weights, None)
+        path = _weights_path(weights)
         phi, file_cfg = load_phi(path)
         return phi, _over_file_config(rule, file_cfg, path)
     rule_cfg = rule_kinds.config_from_dict(rule) if rule is not None else None
@@ -242,7 +273,7 @@ def resolve(weights, rule=None, seed=0):
         phi = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
         validate_phi(phi, rule_cfg, source="the weights dict")
         return phi, rule_cfg
-    path = _weights_path(weights, rule_cfg)
+    path = _weights_path(weights)
     phi, file_cfg = load_phi(path)
     if rule_cfg is not None and rule_cfg != file_cfg:
         raise ValueError(
@@ -252,12 +283,21 @@ def resolve(weights, rule=None, seed=0):
     return phi, file_cfg
 
 
-def _weights_path(weights, rule_cfg):
-    if weights is None and rule_cfg is not None:
-        # e.g. from_config of a model saved with other shipped weights.
-        weights = pretrained_for_rule(rule_cfg) or DEFAULT_PRETRAINED
-    if weights is None:
-        return PRETRAINED_PATH
+def _shipped_name(rule):
+    """The shipped weights `weights=None` names with `rule`: the default,
+    or the file whose config `rule` is (up to untrained fields; e.g. in
+    `from_config` of a model saved with other shipped weights); a `rule`
+    that names none is read over the default's config."""
+    if rule is None:
+        return DEFAULT_PRETRAINED
+    try:
+        name = pretrained_for_rule(rule_kinds.config_from_dict(rule))
+    except ValueError:  # Some of the default's fields, without rule_type.
+        name = None
+    return name or DEFAULT_PRETRAINED
+
+
+def _weights_path(weights):
     if isinstance(weights, str) and weights in PRETRAINED:
         return pretrained_path(weights)
     if isinstance(weights, (str, os.PathLike)):

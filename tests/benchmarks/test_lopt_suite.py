@@ -113,6 +113,10 @@ def test_weights_options_and_the_ema_peer():
     opt = runner.make_optimizer(specs[key])
     assert opt.use_ema and opt._rule_config.normalize == "none"
     assert runner.make_optimizer(specs[groups["adam_1e-3_ema"][1]]).use_ema
+    # Without "ema", LearnedOptimizer's own default: the default averages,
+    # named weights do not.
+    assert runner.make_optimizer(("learned", None)).use_ema
+    assert not runner.make_optimizer(("learned", "normalized")).use_ema
     with pytest.raises(ValueError, match="Unknown option 'fast'"):
         runner.make_optimizer(("learned", None, ("fast",)))
     opt = runner.make_optimizer(("learned", "init_normalized", (

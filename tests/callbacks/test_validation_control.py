@@ -279,9 +279,11 @@ def test_scaled_decay_is_saved_with_the_model(tmp_path):
 
 
 def test_scale_learned_decay_needs_a_learned_decay():
-    assert not keras_meta.LearnedOptimizer().has_learned_decay
+    assert keras_meta.LearnedOptimizer().has_learned_decay
+    lstm = keras_meta.LearnedOptimizer(weights="per_tensor")
+    assert not lstm.has_learned_decay
     with pytest.raises(ValueError, match="learned weight decay"):
-        keras_meta.LearnedOptimizer().scale_learned_decay(0.5)
+        lstm.scale_learned_decay(0.5)
     with pytest.raises(ValueError, match="scale must be a number >= 0"):
         keras_meta.LearnedOptimizer(
             weights="normalized").scale_learned_decay(-1.0)

@@ -148,7 +148,7 @@ def test_weight_decay_exclusion_and_the_lstm_rules_keras_decay():
     # The LSTM rules keep Keras's generic decay: p -= learning_rate * wd * p
     # before the step, unchanged.
     lstm_vars = [keras.Variable(np.ones((4,), "float32")) for _ in range(2)]
-    keras_meta.LearnedOptimizer(weight_decay=0.5).apply(
+    keras_meta.LearnedOptimizer(weights="per_tensor", weight_decay=0.5).apply(
         [tf.zeros((4,))], lstm_vars[:1])
     np.testing.assert_allclose(lstm_vars[0].numpy(), 0.5)
 

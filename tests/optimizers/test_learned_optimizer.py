@@ -49,10 +49,37 @@ RULES = ["per_tensor", "coordinatewise", "quadratic"]
 
 def test_default_loads_shipped_weights():
     opt = keras_meta.LearnedOptimizer()
-    phi, cfg = weights_io.load_phi(weights_io.PRETRAINED_PATH)
-    assert weights_io.PRETRAINED_PATH == weights_io.pretrained_path(
-        weights_io.DEFAULT_PRETRAINED)
-    assert opt.rule_config == cfg
+    phi, cfg = weights_io.load_phi(
+        weights_io.pretrained_path(weights_io.DEFAULT_PRETRAINED))
+    assert weights_io.DEFAULT_PRETRAINED == "normalized"
+    assert opt.rule_config == dataclasses.replace(
+        cfg, **weights_io.DEFAULT_RULE)
+    assert opt.rule_config.dense_table_decay is False
+    # The default averages; named weights keep Keras's default.
+    assert opt.use_ema is True
+    assert keras_meta.LearnedOptimizer(weights="normalized").use_ema is False
+    assert keras_meta.LearnedOptimizer(use_ema=False).use_ema is False
+    restored = keras_meta.LearnedOptimizer.from_config(opt.get_config())
+    # Some of the default rule's untrained fields, without a rule_type.
+    variant = keras_meta.LearnedOptimizer(rule={"dense_table_decay": True})
+    assert variant.rule_config == cfg
+    for o in (opt, restored, variant):
+        assert o.use_ema
+        for k, v in phi.items():
+            np.testing.assert_array_equal(o.phi[k].numpy(), v)
+    assert restored.rule_config == opt.rule_config
+    with pytest.raises(ValueError, match="only the untrained fields"):
+        keras_meta.LearnedOptimizer(rule={"hidden_size": 3})
+
+
+def test_config_of_the_old_default_loads_per_tensor():
+    # An optimizer saved with the default before 0.4.0 (`weights=None`,
+    # the per-tensor LSTM's config) loads the per-tensor LSTM.
+    phi, cfg = weights_io.load_phi(weights_io.pretrained_path("per_tensor"))
+    old = keras_meta.LearnedOptimizer(weights="per_tensor").get_config()
+    old["weights"] = None
+    opt = keras_meta.LearnedOptimizer.from_config(old)
+    assert opt.rule_config == cfg and opt.use_ema is False
     for k, v in phi.items():
         np.testing.assert_array_equal(opt.phi[k].numpy(), v)
 
@@ -119,7 +146,7 @@ def test_quadratic_weights_as_keras_optimizer_match_the_meta_trainer():
 
 
 def test_state_slots_match_variable_shapes():
-    model = _compile(_model(), jit=False)
+    model = _compile(_model(), jit=False, weights="per_tensor")
     model.optimizer.build(model.trainable_variables)
     cfg = model.optimizer.rule_config
     for i, var in enumerate(model.trainable_variables):
