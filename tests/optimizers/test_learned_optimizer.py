@@ -193,6 +193,27 @@ def test_keras_save_load_round_trip_continues_identically(tmp_path, name):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_default_save_load_continues_identically(tmp_path):
+    # The default's weight average and its rule's untrained field are
+    # saved, restored, and training goes on as without the round trip.
+    x, y = _data()
+    model = _compile(_model(seed=2), jit=False)
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    opt_a, opt_b = model.optimizer, loaded.optimizer
+    assert opt_b.use_ema and opt_b.rule_config == opt_a.rule_config
+    assert opt_b.rule_config.dense_table_decay is False
+    assert len(opt_a.variables) == len(opt_b.variables)
+    for a, b in zip(opt_a.variables, opt_b.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for m in (model, loaded):
+        m.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("kwargs", [
     {},
     {"learning_rate": 0.3, "clipnorm": 1.0},
