@@ -89,8 +89,7 @@ class ValidationControl(keras.callbacks.Callback):
     Example:
 
     ```python
-    model.compile(optimizer=keras_meta.LearnedOptimizer(
-        weights="normalized", use_ema=True), loss=...)
+    model.compile(optimizer=keras_meta.LearnedOptimizer(), loss=...)
     model.fit(dataset, epochs=1, steps_per_epoch=5000, callbacks=[
         keras_meta.callbacks.ValidationControl((x_val, y_val))])
     ```
