@@ -20,10 +20,10 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
-import keras_meta
 from keras_meta.meta import problems
 
 from benchmarks import common
+from benchmarks.suite import runner
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("reps", 7, "Repetitions (median reported).")
@@ -31,9 +31,9 @@ flags.DEFINE_integer("steps", 10, "Steps per repetition.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_list("weights", ["default", "per_tensor", "coordinatewise"],
-                  "LearnedOptimizer weights to measure: 'default' "
-                  "(LearnedOptimizer()), shipped names or .npz paths (each "
-                  "against Adam in the same run).")
+                  "LearnedOptimizer specs to measure, as "
+                  "benchmarks.lopt_suite --weights takes them ('default': "
+                  "LearnedOptimizer()), each against Adam in the same run.")
 flags.DEFINE_bool("adam_ema", False, "Also measure Adam(use_ema=True).")
 flags.DEFINE_string("out", "cost.json", "JSON file in results/.")
 
@@ -70,8 +70,7 @@ def main(argv):
     rows = []
     for name in MODELS:
         models = {f"learned:{w}": build(
-            name, keras_meta.LearnedOptimizer() if w == "default"
-            else keras_meta.LearnedOptimizer(weights=w))
+            name, runner.make_optimizer(runner.learned_spec(w)))
             for w in FLAGS.weights}
         if FLAGS.adam_ema:
             models["adam_ema"] = build(

@@ -29,10 +29,7 @@ def learned_optimizer_factory(spec):
     """() -> a fresh LearnedOptimizer, from a spec as
     `benchmarks.lopt_suite --weights` takes ("default":
     `LearnedOptimizer()`)."""
-    name, *options = spec.split("+")
-    extra = (tuple(sorted(options)),) if options else ()
-    spec = ("learned", None if name == "default" else name) + extra
-    return functools.partial(runner.make_optimizer, spec)
+    return functools.partial(runner.make_optimizer, runner.learned_spec(spec))
 
 
 def dataset(seed, n, num_test=0):

@@ -170,9 +170,7 @@ def optimizer_groups(names, weights):
     if "learned" in names:
         groups["learned"] = ("single", add(("learned", None)))
     for w in weights:
-        name, *options = w.split("+")
-        extra = (tuple(sorted(options)),) if options else ()
-        groups[f"learned[{w}]"] = ("single", add(("learned", name) + extra))
+        groups[f"learned[{w}]"] = ("single", add(runner.learned_spec(w)))
     return groups, specs
 
 

@@ -48,6 +48,15 @@ def _rule_option(option):
     return {field: values[0] if len(values) == 1 else values}
 
 
+def learned_spec(text):
+    """The spec of a learned optimizer written "name+option+...": name a
+    shipped weights name or file, "default" for `LearnedOptimizer()`
+    (spec weights None), options as `make_optimizer` takes them."""
+    name, *options = text.split("+")
+    extra = (tuple(sorted(options)),) if options else ()
+    return ("learned", None if name == "default" else name) + extra
+
+
 def make_optimizer(spec):
     """A fresh optimizer from a spec.
 

@@ -88,11 +88,17 @@ def pretrained_for_rule(config):
         if file_cfg == config:
             return name
     for name, file_cfg in configs.items():
-        free = getattr(type(file_cfg), "UNTRAINED_FIELDS", ())
-        if type(config) is type(file_cfg) and dataclasses.replace(
-                config, **{f: getattr(file_cfg, f) for f in free}) == file_cfg:
+        if _same_trained_fields(config, file_cfg):
             return name
     return None
+
+
+def _same_trained_fields(config, file_cfg):
+    """Whether `config` is `file_cfg` but for the fields a file is not
+    trained for (the config class's `UNTRAINED_FIELDS`)."""
+    free = getattr(type(file_cfg), "UNTRAINED_FIELDS", ())
+    return type(config) is type(file_cfg) and dataclasses.replace(
+        config, **{f: getattr(file_cfg, f) for f in free}) == file_cfg
 
 
 
@@ -218,9 +224,8 @@ def _over_file_config(rule, file_cfg, path):
     merged = dict(rule_kinds.config_to_dict(file_cfg))
     merged.update(rule)
     config = rule_kinds.config_from_dict(merged)
-    free = getattr(type(file_cfg), "UNTRAINED_FIELDS", ())
-    if type(config) is not type(file_cfg) or dataclasses.replace(
-            config, **{f: getattr(file_cfg, f) for f in free}) != file_cfg:
+    if not _same_trained_fields(config, file_cfg):
+        free = getattr(type(file_cfg), "UNTRAINED_FIELDS", ())
         raise ValueError(
             f"LearnedOptimizer: rule={rule} was given but the weights file "
             f"{path!r} was trained for rule={file_cfg}; only the untrained "

@@ -113,6 +113,9 @@ def test_weights_options_and_the_ema_peer():
     opt = runner.make_optimizer(specs[key])
     assert opt.use_ema and opt._rule_config.normalize == "none"
     assert runner.make_optimizer(specs[groups["adam_1e-3_ema"][1]]).use_ema
+    assert runner.learned_spec("default") == ("learned", None)
+    assert runner.learned_spec("normalized+none+ema") == (
+        "learned", "normalized", ("ema", "none"))
     # Without "ema", LearnedOptimizer's own default: the default averages,
     # named weights do not.
     assert runner.make_optimizer(("learned", None)).use_ema
