@@ -110,6 +110,8 @@ CASES = {
     "normalized_mlp_hyper": lambda: _normalized(hyper_rate=0.1),
     "normalized_mlp_gradient_only": lambda: _normalized(
         parameter_feature=False, antisymmetric=True, normalize="none"),
+    "normalized_mlp_factored": lambda: _normalized(
+        factored_second_moment=True),
 }
 
 

@@ -91,12 +91,20 @@ class NormalizedConfig:
             (and its learned decay) in between. False: every row steps on
             the summed dense gradient, as in Keras's Adam. Dense gradients
             step every row either way.
+        factored_second_moment: keep the second moment of a tensor of rank
+            2 and up as Adafactor does (Shazeer and Stern, 2018): viewed as
+            a `[rows, cols]` matrix (`cols` the last axis), an average of
+            `g**2` per row and one per column, `rows + cols` floats in all,
+            and `v_hat[i, j] = row[i] * col[j] / mean(row)`. The state
+            then holds one float per parameter less (the momenta stay
+            whole); vectors keep `v` whole. `lazy_tables` then keeps only
+            the momenta of untouched rows (the factors are shared).
     """
 
     # Fields a trained file's config may change (`weights_io.resolve`).
     UNTRAINED_FIELDS: typing.ClassVar[tuple] = (
         "mlp_tensors", "decay_power", "decay_start", "dense_table_decay",
-        "lazy_tables")
+        "lazy_tables", "factored_second_moment")
 
     hidden_size: int = 8
     num_layers: int = 1
@@ -120,6 +128,7 @@ class NormalizedConfig:
     decay_start: float = 1000.0
     dense_table_decay: bool = True
     lazy_tables: bool = False
+    factored_second_moment: bool = False
 
     def __post_init__(self):
         for name in ("momentum_decays", "progress_timescales", "lr_range",
@@ -144,7 +153,8 @@ class NormalizedConfig:
                 "Need lr_range = (low, high) with 0 < low <= init_lr <= high; "
                 f"got lr_range={self.lr_range}, init_lr={self.init_lr}.")
         for name in ("parameter_feature", "antisymmetric",
-                     "dense_table_decay", "lazy_tables"):
+                     "dense_table_decay", "lazy_tables",
+                     "factored_second_moment"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got "
                                  f"{getattr(self, name)!r}.")

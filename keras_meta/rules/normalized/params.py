@@ -117,11 +117,30 @@ def state_keys(config=NormalizedConfig()):
     return keys + (("offset",) if config.adapts_step_size else ())
 
 
-def state_shapes(shape, config=NormalizedConfig()):
-    """`{key: shape}` of one tensor's state: the momenta and `v` shaped
-    like the tensor, the step count `t` and the `offset` scalars."""
+def factored_rows_cols(shape, config=NormalizedConfig()):
+    """`(rows, cols)` of the matrix view of a tensor whose second moment
+    is factored (`config.factored_second_moment` and rank >= 2: `cols`
+    its last axis), else None."""
     shape = tuple(shape)
-    return {key: (() if key in ("t", "offset") else shape)
+    if not (config.factored_second_moment and len(shape) >= 2):
+        return None
+    if any(d is None for d in shape):
+        raise ValueError(
+            "factored_second_moment needs a tensor of known shape, got "
+            f"{shape}.")
+    return int(np.prod(shape[:-1])), int(shape[-1])
+
+
+def state_shapes(shape, config=NormalizedConfig()):
+    """`{key: shape}` of one tensor's state: the momenta shaped like the
+    tensor, `v` too (or `(rows + cols,)` where `factored_rows_cols`
+    applies: the row averages, then the column averages), the step count
+    `t` and the `offset` scalars."""
+    shape = tuple(shape)
+    factored = factored_rows_cols(shape, config)
+    v_shape = shape if factored is None else (sum(factored),)
+    return {key: (() if key in ("t", "offset") else
+                  v_shape if key == "v" else shape)
             for key in state_keys(config)}
 
 

@@ -142,9 +142,10 @@ def _mlp(meta_params, features, tensor_feats, config):
     return _output(get, hidden)
 
 
-def _moments(g, state, shape, config):
+def _moments(g, state, shape, static_shape, config):
     """Updated momenta and `v` (into a new state dict) and the bias-corrected
-    momenta and `1 / (sqrt(v_hat) + eps)`."""
+    momenta and `1 / (sqrt(v_hat) + eps)`, for the flat gradient `g` of a
+    tensor of shape `shape` (`static_shape` its static shape)."""
     t = state["t"] + 1.0
     new_state = {"t": t}
     corrected = []
@@ -153,10 +154,29 @@ def _moments(g, state, shape, config):
         new_state[f"m{i}"] = tf.reshape(m, shape)
         corrected.append(m * _bias_correction(decay, t))
     b2 = config.beta_2
-    v = b2 * tf.reshape(state["v"], (-1,)) + (1.0 - b2) * tf.square(g)
-    new_state["v"] = tf.reshape(v, shape)
+    factored = params.factored_rows_cols(static_shape, config)
+    if factored is None:
+        v = b2 * tf.reshape(state["v"], (-1,)) + (1.0 - b2) * tf.square(g)
+        new_state["v"] = tf.reshape(v, shape)
+    else:
+        new_state["v"], v = _factored_second_moment(g, state["v"], factored,
+                                                    b2)
     inv = 1.0 / (tf.sqrt(v * _bias_correction(b2, t)) + config.epsilon)
     return new_state, corrected, inv
+
+
+def _factored_second_moment(g, old, rows_cols, b2):
+    """Adafactor's second moment: the new `[rows + cols]` state (row and
+    column averages of `g**2` over the `[rows, cols]` view of the flat
+    `g`) and the `[N]` estimate `row[i] * col[j] / mean(row)` (0 where
+    every average is 0, as Adam's `v` is)."""
+    rows, cols = rows_cols
+    square = tf.reshape(tf.square(g), (rows, cols))
+    row = b2 * old[:rows] + (1.0 - b2) * tf.reduce_mean(square, axis=1)
+    col = b2 * old[rows:] + (1.0 - b2) * tf.reduce_mean(square, axis=0)
+    scale = tf.math.divide_no_nan(1.0, tf.reduce_mean(row))
+    v = (row * scale)[:, None] * col[None, :]
+    return tf.concat([row, col], 0), tf.reshape(v, (-1,))
 
 
 # Gradients at least this large in magnitude are refused by the checked
@@ -205,7 +225,8 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0,
             for x in tf.nest.flatten(meta_params)]))
         rms_p = tf.cast(tf.sqrt(total / tf.cast(tf.size(p), tf.float32)),
                         dtype)
-    new_state, corrected, inv = _moments(g, state, shape, config)
+    new_state, corrected, inv = _moments(g, state, shape, grad.shape,
+                                         config)
     t = new_state["t"]
     direction = corrected[0] * inv
     is_vector = len(grad.shape) <= 1
@@ -273,7 +294,8 @@ class NormalizedMLPRule(UpdateRule):
     hence the update, is invariant to the scale of the loss (up to `eps`).
     Weight decay is decoupled (AdamW's meaning) and scales with the rule's
     actual step size `lr_t`. State per parameter: one float per momentum
-    decay and `v`.
+    decay and `v` (with `config.factored_second_moment`, `v` of a matrix
+    is one float per row and per column).
 
     `meta_params` is a dict of tensors (`params.meta_param_shapes(config)`);
     the state is a list of per-tensor dicts (`params.state_shapes`).
