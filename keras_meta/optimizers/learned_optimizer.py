@@ -118,8 +118,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             `None`; given with a name or a path, it is read over the
             file's config and may change only fields the file was not
             trained for (e.g. `weights="normalized",
-            rule={"dense_table_decay": False}`); with `None` it must name
-            a shipped file's config, up to such fields.
+            rule={"dense_table_decay": False}`); with `None` it names a
+            shipped file's config up to such fields, or changes those
+            fields of the default's rule (e.g.
+            `rule={"factored_second_moment": True}`).
         seed: Seed of the random phi of an untrained rule.
         use_ema: None (default): True for the default weights
             (`weights=None`, `rule` None or a variant of the default's

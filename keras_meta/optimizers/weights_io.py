@@ -240,7 +240,8 @@ def resolve(weights, rule=None, seed=0):
     Args:
         weights: None (the shipped default: `DEFAULT_PRETRAINED` with
             `DEFAULT_RULE` over its config; with `rule`, the shipped
-            weights trained for it), a key of `PRETRAINED`, a path to an
+            weights trained for it, or the default's with `rule`'s
+            fields over its own), a key of `PRETRAINED`, a path to an
             `.npz`, a dict of arrays (then `rule` is required), `"init"` (`rule`'s rule,
             by default the LSTM's, drawn with `seed`) or `"init_normalized"`
             (the untrained normalized MLP rule: Adam's direction,
@@ -251,8 +252,9 @@ def resolve(weights, rule=None, seed=0):
             change only the fields the file was not trained for (the
             config class's `UNTRAINED_FIELDS`, e.g.
             `{"dense_table_decay": False}` for `"normalized"`); given
-            with `weights=None`, it must name a shipped file's config, up
-            to those fields.
+            with `weights=None`, it names a shipped file's config up to
+            those fields, or is read over the default's rule
+            (`DEFAULT_RULE` over `DEFAULT_PRETRAINED`'s config).
         seed: seed of `"init"` weights.
 
     Returns:
@@ -260,7 +262,9 @@ def resolve(weights, rule=None, seed=0):
     """
     if weights is None:
         weights = _shipped_name(rule)
-        rule = DEFAULT_RULE if rule is None else rule
+        if weights == DEFAULT_PRETRAINED:
+            # A partial rule is the default with those fields changed.
+            rule = {**DEFAULT_RULE, **(rule or {})}
     if rule is not None and isinstance(weights, (str, os.PathLike)) \
             and weights not in (INIT, INIT_NORMALIZED):
         path = _weights_path(weights)

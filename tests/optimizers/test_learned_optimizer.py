@@ -63,6 +63,10 @@ def test_default_loads_shipped_weights():
     # Some of the default rule's untrained fields, without a rule_type.
     variant = keras_meta.LearnedOptimizer(rule={"dense_table_decay": True})
     assert variant.rule_config == cfg
+    # A partial rule changes only its fields of the default's rule.
+    lazy = keras_meta.LearnedOptimizer(rule={"lazy_tables": True})
+    assert lazy.rule_config == dataclasses.replace(
+        opt.rule_config, lazy_tables=True) and lazy.use_ema
     for o in (opt, restored, variant):
         assert o.use_ema
         for k, v in phi.items():
