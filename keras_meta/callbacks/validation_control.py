@@ -86,10 +86,12 @@ class ValidationControl(keras.callbacks.Callback):
     it; the best weights and the counters are not (a resumed run starts
     them afresh). `history` lists every check.
 
-    Example:
+    Example (the learned optimizer with the factored second moment, the
+    configuration recommended with this callback):
 
     ```python
-    model.compile(optimizer=keras_meta.LearnedOptimizer(), loss=...)
+    model.compile(optimizer=keras_meta.LearnedOptimizer(
+        rule={"factored_second_moment": True}), loss=...)
     model.fit(dataset, epochs=1, steps_per_epoch=5000, callbacks=[
         keras_meta.callbacks.ValidationControl((x_val, y_val))])
     ```
