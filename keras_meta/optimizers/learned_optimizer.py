@@ -60,7 +60,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     weights (`use_ema`), and an embedding table whose sparse gradient
     touches every row gets no learned decay (`NormalizedConfig`). Steered
     by validation loss (`keras_meta.callbacks.ValidationControl`) it holds
-    up on held-out models better than alone. phi (the rule's weights) are
+    up on held-out models better than alone, best with
+    `rule={"factored_second_moment": True}` (Adafactor's second moment, one
+    float per parameter less). phi (the rule's weights) are
     optimizer variables: they are saved in `.keras` files with the rule's
     state and are never changed by `fit`.
 

@@ -117,6 +117,20 @@ def test_factored_equals_whole_where_squared_gradients_are_rank_one():
             assert np.allclose(f_step[0], w_step[0], rtol=1e-4) == rank_one
 
 
+def test_factored_update_is_invariant_to_the_loss_scale():
+    params = _trained_like(FACTORED)
+    rng = np.random.default_rng(3)
+    grads_seq = [[rng.normal(size=s).astype("float32") for s in SHAPES]
+                 for _ in range(3)]
+    values = [tf.constant(rng.normal(size=s), "float32") for s in SHAPES]
+    base, _ = _run(FACTORED, params, grads_seq, values)
+    scaled, _ = _run(FACTORED, params,
+                     [[g * 1000.0 for g in gs] for gs in grads_seq], values)
+    for a_step, b_step in zip(base, scaled):
+        for a, b in zip(a_step, b_step):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)
+
+
 def _text_model(seed):
     keras.utils.set_random_seed(seed)
     return keras.Sequential([
