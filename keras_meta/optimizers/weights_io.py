@@ -101,8 +101,6 @@ def _same_trained_fields(config, file_cfg):
         config, **{f: getattr(file_cfg, f) for f in free}) == file_cfg
 
 
-
-
 def save_phi(path, phi, config, provenance=None):
     """Writes `phi` (dict of arrays or tensors) and `config` to `path`.
 

@@ -11,34 +11,18 @@ import tensorflow as tf
 
 import keras_meta
 from keras_meta.rules import normalized
+from tests.optimizers.test_normalized_rule import _steps
+from tests.optimizers.test_normalized_rule import _tensors
+from tests.optimizers.test_normalized_rule import _trained_like
 
 FACTORED = normalized.NormalizedConfig(factored_second_moment=True)
 SHAPES = [(3, 2, 4), (4,)]  # a kernel (a [6, 4] matrix view) and a bias
 
 
-def _tensors(arrays):
-    return {k: tf.constant(v) for k, v in arrays.items()}
-
-
-def _trained_like(config):
-    """Meta-parameters with a non-zero MLP output and schedule."""
-    params = normalized.init_meta_params(config, seed=0)
-    rng = np.random.default_rng(1)
-    for key in ("out/kernel", "out/bias", "schedule/kernel"):
-        params[key] = rng.normal(0.0, 0.5, params[key].shape).astype(
-            "float32")
-    return _tensors(params)
-
-
 def _run(config, params, grads_seq, values):
-    rule = normalized.NormalizedMLPRule(config)
-    state = rule.init(values)
-    out = []
-    for step, grads in enumerate(grads_seq):
-        updates, state = rule.update(params, grads, state, values, step)
-        values = [v + u for v, u in zip(values, updates)]
-        out.append([u.numpy() for u in updates])
-    return out, state
+    """The rule of `config` stepped over `grads_seq`: `(updates, state)`."""
+    return _steps(normalized.NormalizedMLPRule(config), params, grads_seq,
+                  values)
 
 
 def _adafactor_adam(grads_seq, lr, b1=0.9, b2=0.999, eps=1e-8):
@@ -93,7 +77,7 @@ def test_factored_equals_whole_where_squared_gradients_are_rank_one():
     # Adafactor's estimate is exact when g**2 is an outer product with a
     # fixed row factor; then the trained-like rule (MLP, schedule, decay
     # feature) steps as with the whole v. Otherwise it differs.
-    params = _trained_like(FACTORED)
+    params = _trained_like(config=FACTORED)
     rng = np.random.default_rng(2)
     a = rng.uniform(0.1, 3.0, size=(3, 2, 1))
 
@@ -118,7 +102,7 @@ def test_factored_equals_whole_where_squared_gradients_are_rank_one():
 
 
 def test_factored_update_is_invariant_to_the_loss_scale():
-    params = _trained_like(FACTORED)
+    params = _trained_like(config=FACTORED)
     rng = np.random.default_rng(3)
     grads_seq = [[rng.normal(size=s).astype("float32") for s in SHAPES]
                  for _ in range(3)]
