@@ -203,6 +203,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self._rule_no_decay = rule_kinds.make_rule(self._rule_config)
         self._phi = self._phi_variables(phi_values)
         self._fused_steps = {}
+        self._averaged_in_step = set()
         self._nonfinite_count = self.add_variable(
             shape=(), initializer="zeros", dtype="int64",
             name="nonfinite_count",
@@ -384,54 +385,60 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                             dtype)
         slots = [_tf_variable(self._slots[key][index])
                  for key in self._state_keys]
-        ok = self._step_function(rule, variable)(
+        step_function = self._step_function(rule, variable)
+        average = {}
+        if getattr(step_function, "ema_momentum", None) is not None:
+            self._averaged_in_step.add(index)
+            average["average"] = _tf_variable(
+                self._model_variables_moving_average[index])
+        ok = step_function(
             phi, gradient, _tf_variable(variable), slots, lr,
-            tf.convert_to_tensor(_tf_variable(self.iterations)), row_mask)
+            tf.convert_to_tensor(_tf_variable(self.iterations)), row_mask,
+            **average)
         if not _in_xla_context():
-            self._warn_first_skip(ok, variable)
+            variable_step.warn_first_skip(ok, self._nonfinite_count,
+                                          variable)
         self.assign_add(self._nonfinite_count,
                         ops.cast(ops.logical_not(ok), "int64"))
         self._count_nonfinite_step(ops.logical_not(ok))
 
     def _step_function(self, rule, variable):
-        """`variable_step.step_and_assign` for `rule`: compiled with XLA as
-        a whole (the rule's step, the finiteness check and the writes fused into
-        a few passes over the parameters, the writes into the variables'
-        buffers) for a rule that compiles its own step, where the variable
-        is a plain local one; else the rule's own ops."""
-        plain = functools.partial(variable_step.step_and_assign, rule,
-                                  self._state_keys, self._checked_keys)
+        """`variable_step.step_and_assign` for `rule`: compiled with XLA
+        (the rule's step, the finiteness check and the writes fused into a
+        few passes over the parameters, the writes into the variables'
+        buffers; a large variable's state written by a second computation,
+        `variable_step.compiled_step`) for a rule that compiles its own
+        step, where the variable is a plain local one; else the rule's own
+        ops."""
         if not (getattr(rule, "jit_compile", False)
                 and isinstance(variable, tf.Variable)
                 and not tf.distribute.has_strategy()):
-            return plain
-        fused = self._fused_steps.get(id(rule))
-        if fused is None:
-            fused = tf.function(plain, jit_compile=True)
-            self._fused_steps[id(rule)] = fused
-        return fused
+            return functools.partial(variable_step.step_and_assign, rule,
+                                     self._state_keys, self._checked_keys)
+        size = variable.shape.num_elements() or 0
+        split = (variable_step.can_split(rule)
+                 and size >= variable_step.SPLIT_MIN_SIZE)
+        # Keras averages every step, also those that only accumulate.
+        fuse_average = (split and self.use_ema
+                        and not self.gradient_accumulation_steps)
+        key = (id(rule), split)
+        if key not in self._fused_steps:
+            self._fused_steps[key] = variable_step.compiled_step(
+                rule, self._state_keys, self._checked_keys, split,
+                self.ema_momentum if fuse_average else None)
+        return self._fused_steps[key]
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        # Averages that a split step updated (`update_step`) are skipped.
+        done, self._averaged_in_step = self._averaged_in_step, set()
+        variable_step.update_averages(
+            trainable_variables, self._model_variables_moving_average,
+            self.ema_momentum, self.iterations, done)
 
     def _apply_weight_decay(self, variables):
         # A rule that decays by its own step size does it in update_step.
         if not self._decays_in_rule:
             super()._apply_weight_decay(variables)
-
-    def _warn_first_skip(self, ok, variable):
-        """Prints a warning at the first skipped update (outside XLA)."""
-        first = ops.logical_and(
-            ops.logical_not(ok), ops.equal(self._nonfinite_count, 0)
-        )
-        tf.cond(
-            first,
-            lambda: tf.print(
-                "WARNING: LearnedOptimizer skipped an update of variable",
-                variable.name,
-                "because its gradient or update was not finite (NaN or "
-                "inf). Skipped steps are counted in "
-                "optimizer.nonfinite_count; this message is shown once.",
-            ),
-            lambda: tf.no_op(),
-        )
 
     def _count_nonfinite_step(self, bad):
         """Tracks how many steps in a row had a skipped variable."""

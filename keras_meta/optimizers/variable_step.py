@@ -4,8 +4,14 @@ runs, apart from the optimizer's bookkeeping.
 `step_and_assign` calls the rule, checks the step and writes the variable
 and its state slots; a sparse (`tf.IndexedSlices`) gradient is summed into
 rows first (`dense_gradient`), and a rule may restrict the step to the rows
-it touched (`UpdateRule.table_step`).
+it touched (`UpdateRule.table_step`). `compiled_step` compiles it with XLA,
+for a large variable as two computations (`update_and_assign`, then
+`state_and_assign` with the variable's weight average), which XLA runs
+without copying the state. `update_averages` and `warn_first_skip` are the
+optimizer's weight average and first-skip message.
 """
+
+import functools
 
 import tensorflow as tf
 from keras import ops
@@ -42,6 +48,25 @@ def _only_rows(row_mask, new, old, table_shape):
     return tf.where(mask, new, old)
 
 
+def _state(keys, slots):
+    return {key: tf.convert_to_tensor(slot) for key, slot in zip(keys, slots)}
+
+
+def _rows_of_state(row_mask, new_state, state, table_shape):
+    """`new_state` on `row_mask`'s rows, `state` elsewhere."""
+    if row_mask is None:
+        return new_state
+    return {key: _only_rows(row_mask, new, state[key], table_shape)
+            for key, new in new_state.items()}
+
+
+def _write_state(keys, slots, ok, new_state, state):
+    """Writes `new_state` into `slots` where `ok`, else keeps `state`."""
+    kept = nonfinite.keep_if_finite(ok, new_state, state)
+    for key, slot in zip(keys, slots):
+        slot.assign(kept[key])
+
+
 def step_and_assign(rule, keys, checked_keys, phi, gradient, variable,
                     slots, lr, step, row_mask=None):
     """One rule step for one variable, applied in place unless it is not
@@ -57,7 +82,7 @@ def step_and_assign(rule, keys, checked_keys, phi, gradient, variable,
     inputs its `update_checked` accepts; those are checked instead of the
     results, so that the check needs no pass over the results and the
     writes fuse into the step's own pass (under XLA)."""
-    state = {key: tf.convert_to_tensor(slot) for key, slot in zip(keys, slots)}
+    state = _state(keys, slots)
     value = tf.convert_to_tensor(variable)
     checked = getattr(rule, "checks_inputs", False)
     if checked:
@@ -67,12 +92,11 @@ def step_and_assign(rule, keys, checked_keys, phi, gradient, variable,
     else:
         updates, new_states = rule.update(phi, [gradient], [state], [value],
                                           step)
-    update, new_state = updates[0] * lr, new_states[0]
+    update = updates[0] * lr
     if row_mask is not None:
         update = _only_rows(row_mask, update, tf.zeros_like(update),
                             value.shape)
-        new_state = {key: _only_rows(row_mask, new, state[key], value.shape)
-                     for key, new in new_state.items()}
+    new_state = _rows_of_state(row_mask, new_states[0], state, value.shape)
     if "dx" in new_state:
         # The "momentum" rule measures curvature against the step
         # actually taken.
@@ -82,7 +106,120 @@ def step_and_assign(rule, keys, checked_keys, phi, gradient, variable,
             [update] + [new_state[key] for key in checked_keys])
     variable.assign_add(nonfinite.keep_if_finite(
         ok, update, tf.zeros_like(update)))
-    kept = nonfinite.keep_if_finite(ok, new_state, state)
-    for key, slot in zip(keys, slots):
-        slot.assign(kept[key])
+    _write_state(keys, slots, ok, new_state, state)
     return ok
+
+
+def can_split(rule):
+    """Whether `update_and_assign` and `state_and_assign` can take the step
+    in two computations: the rule checks its inputs and computes its next
+    state apart (`next_state`, which reads neither the parameters nor the
+    update)."""
+    return (getattr(rule, "checks_inputs", False)
+            and hasattr(rule, "next_state"))
+
+
+def update_and_assign(rule, keys, phi, gradient, variable, slots, lr, step,
+                      row_mask=None):
+    """The variable's half of `step_and_assign` for a rule that
+    `can_split`: the checked update added to `variable` (unless the
+    inputs are refused), the state left as it was. Returns the "applied"
+    scalar for `state_and_assign`.
+
+    Two computations instead of one: where the state slots are both read
+    by the update and written in place in one XLA computation, XLA copies
+    each of them first (it fuses each output into a pass of its own, so
+    the update's pass could otherwise read a slot already written); here
+    the update's computation only reads them."""
+    state = _state(keys, slots)
+    value = tf.convert_to_tensor(variable)
+    updates, _, ok = rule.update_checked(phi, [gradient], [state], [value],
+                                         step)
+    ok = tf.logical_and(ok, tf.math.is_finite(lr))
+    update = updates[0] * lr
+    if row_mask is not None:
+        update = _only_rows(row_mask, update, tf.zeros_like(update),
+                            value.shape)
+    variable.assign_add(nonfinite.keep_if_finite(
+        ok, update, tf.zeros_like(update)))
+    return ok
+
+
+def state_and_assign(rule, keys, gradient, slots, ok, row_mask=None):
+    """The state's half of `step_and_assign` (after `update_and_assign`,
+    whose `ok` it takes): `rule.next_state` written to `slots` where `ok`,
+    on `row_mask`'s rows."""
+    state = _state(keys, slots)
+    new_state = _rows_of_state(row_mask, rule.next_state(
+        [gradient], [state])[0], state, gradient.shape)
+    _write_state(keys, slots, ok, new_state, state)
+
+
+# Variables at least this large take the step as two computations
+# (`update_and_assign`, `state_and_assign`); below it the second
+# computation's launch costs more than the copies it saves.
+SPLIT_MIN_SIZE = 1 << 16
+
+
+def warn_first_skip(ok, nonfinite_count, variable):
+    """Prints a warning at the first skipped update (outside XLA):
+    where `ok` is false and `nonfinite_count` still 0."""
+    first = ops.logical_and(ops.logical_not(ok),
+                            ops.equal(nonfinite_count, 0))
+    tf.cond(
+        first,
+        lambda: tf.print(
+            "WARNING: LearnedOptimizer skipped an update of variable",
+            variable.name,
+            "because its gradient or update was not finite (NaN or "
+            "inf). Skipped steps are counted in "
+            "optimizer.nonfinite_count; this message is shown once.",
+        ),
+        lambda: tf.no_op(),
+    )
+
+
+def update_averages(variables, averages, momentum, step, skip=()):
+    """`update_average` of each variable that has an average (Keras's
+    `_update_model_variables_moving_average`), except those whose index
+    is in `skip`."""
+    for index, (variable, average) in enumerate(zip(variables, averages)):
+        if average is not None and index not in skip:
+            update_average(average, variable, momentum, step)
+
+
+def update_average(average, value, momentum, step):
+    """Keras's weight average (`use_ema`): `average <- m * average + (1 -
+    m) * value`, with `m = momentum`, 0 at the first step (`step` 0)."""
+    m = tf.cast(tf.not_equal(step, 0), average.dtype) * momentum
+    average.assign(m * tf.convert_to_tensor(average)
+                   + (1 - m) * tf.convert_to_tensor(value))
+
+
+def compiled_step(rule, keys, checked_keys, split, ema_momentum=None):
+    """`step_and_assign` for `rule` compiled with XLA: one computation, or
+    with `split` (for a rule that `can_split`) `update_and_assign` then
+    `state_and_assign`, which give the same results. The split step also
+    updates the variable's weight average where `ema_momentum` is given
+    (`update_average`; it then takes the average's variable, `average`),
+    in the state's computation instead of a pass of its own."""
+    if not split:
+        return tf.function(functools.partial(
+            step_and_assign, rule, keys, checked_keys), jit_compile=True)
+    update = tf.function(functools.partial(update_and_assign, rule, keys),
+                         jit_compile=True)
+
+    @tf.function(jit_compile=True)
+    def write_state(gradient, slots, ok, row_mask, variable, average, step):
+        state_and_assign(rule, keys, gradient, slots, ok, row_mask)
+        if average is not None:
+            update_average(average, variable, ema_momentum, step)
+
+    def split_step(phi, gradient, variable, slots, lr, step, row_mask=None,
+                   average=None):
+        ok = update(phi, gradient, variable, slots, lr, step, row_mask)
+        write_state(gradient, slots, ok, row_mask, variable, average, step)
+        return ok
+
+    split_step.ema_momentum = ema_momentum
+    return split_step

@@ -165,6 +165,23 @@ def _moments(g, state, shape, static_shape, config):
     return new_state, corrected, inv
 
 
+def _advance(g, state, shape, static_shape, config):
+    """`_moments`, with the new state's hypergradient offset where the
+    rule adapts its step size."""
+    new_state, corrected, inv = _moments(g, state, shape, static_shape,
+                                         config)
+    if config.adapts_step_size:
+        new_state["offset"] = _hypergradient_offset(g, state, inv, config)
+    return new_state, corrected, inv
+
+
+def next_state(grad, state, config):
+    """The state `apply_one` returns for `grad`, without the update: it
+    reads only the gradient and the state."""
+    return _advance(tf.reshape(grad, (-1,)), state, tf.shape(grad),
+                    grad.shape, config)[0]
+
+
 def _factored_second_moment(g, old, rows_cols, b2):
     """Adafactor's second moment: the new `[rows + cols]` state (row and
     column averages of `g**2` over the `[rows, cols]` view of the flat
@@ -225,7 +242,7 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0,
             for x in tf.nest.flatten(meta_params)]))
         rms_p = tf.cast(tf.sqrt(total / tf.cast(tf.size(p), tf.float32)),
                         dtype)
-    new_state, corrected, inv = _moments(g, state, shape, grad.shape,
+    new_state, corrected, inv = _advance(g, state, shape, grad.shape,
                                          config)
     t = new_state["t"]
     direction = corrected[0] * inv
@@ -242,7 +259,6 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0,
         direction = tf.math.divide_no_nan(direction, _rms(direction))
     rate = step_size(meta_params, t, is_vector, config, dtype)
     if config.adapts_step_size:
-        new_state["offset"] = _hypergradient_offset(g, state, inv, config)
         rate = rate * tf.exp(new_state["offset"])
     if weight_decay:
         direction = direction + weight_decay * p
@@ -370,6 +386,14 @@ class NormalizedMLPRule(UpdateRule):
             meta_params = params.gate_parameter_feature(
                 meta_params, tf.cast(tf.reduce_any(hits == 0.0), tf.float32))
         return meta_params, (hits > 0.0 if self.config.lazy_tables else None)
+
+    def next_state(self, grads, state):
+        """The state `update` returns, computed apart from the update: it
+        reads neither the parameters nor the meta-parameters, so a caller
+        may write the parameters first (`variable_step.state_and_assign`).
+        """
+        return [next_state(tf.convert_to_tensor(g), s, self.config)
+                for g, s in zip(grads, state)]
 
     def init(self, values):
         return [params.init_state(tf.convert_to_tensor(v), self.config)
