@@ -9,7 +9,11 @@ median over `--reps` repetitions of `--steps` steps is reported.
 
 `--weights=default` measures `LearnedOptimizer()` (with its weight
 average, `use_ema=True`); `--adam_ema` adds Adam with `use_ema=True`, the
-peer of an averaged optimizer, as a row of its own.
+peer of an averaged optimizer, as a row of its own. `--models` may also
+name the suite's workloads (`benchmarks.suite.workloads`), each on its
+own batch size and a batch of its seed-0 training data:
+
+    python -m benchmarks.cost --models=embedding_text,transformer
 """
 
 import time
@@ -24,6 +28,7 @@ from keras_meta.meta import problems
 
 from benchmarks import common
 from benchmarks.suite import runner
+from benchmarks.suite import workloads
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("reps", 7, "Repetitions (median reported).")
@@ -35,6 +40,8 @@ flags.DEFINE_list("weights", ["default", "per_tensor", "coordinatewise"],
                   "benchmarks.lopt_suite --weights takes them ('default': "
                   "LearnedOptimizer()), each against Adam in the same run.")
 flags.DEFINE_bool("adam_ema", False, "Also measure Adam(use_ema=True).")
+flags.DEFINE_list("models", ["mlp_1m", "conv"],
+                  "Models: mlp_1m, conv, or names of the suite's workloads.")
 flags.DEFINE_string("out", "cost.json", "JSON file in results/.")
 
 MODELS = {
@@ -45,11 +52,28 @@ MODELS = {
 
 def build(name, opt):
     keras.utils.set_random_seed(0)
-    model = MODELS[name]()
-    model.compile(optimizer=opt, jit_compile=FLAGS.jit_compile,
-                  loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True))
+    if name in MODELS:
+        model = MODELS[name]()
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:
+        model, loss = workloads.WORKLOADS[name].build(), workloads.WORKLOADS[
+            name].loss
+    model.compile(optimizer=opt, jit_compile=FLAGS.jit_compile, loss=loss)
     return model
+
+
+def batch(name):
+    """One training batch `(x, y)` for model `name`."""
+    if name in MODELS:
+        rng = np.random.default_rng(0)
+        return (rng.normal(size=(FLAGS.batch_size, 28, 28, 1)).astype(
+            "float32"), rng.integers(0, 10, FLAGS.batch_size).astype("int32"))
+    if name not in workloads.WORKLOADS:
+        raise ValueError(f"Unknown model {name!r}: expected one of "
+                         f"{sorted(MODELS) + sorted(workloads.WORKLOADS)}.")
+    workload = workloads.WORKLOADS[name]
+    x, y = workload.data(0).train
+    return x[:workload.batch_size], y[:workload.batch_size]
 
 
 def opt_bytes(opt, model):
@@ -62,13 +86,11 @@ def opt_bytes(opt, model):
 
 def main(argv):
     del argv
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(FLAGS.batch_size, 28, 28, 1)).astype("float32")
-    y = rng.integers(0, 10, FLAGS.batch_size).astype("int32")
     results = {"batch_size": FLAGS.batch_size, "jit_compile": FLAGS.jit_compile,
                "models": {}}
     rows = []
-    for name in MODELS:
+    for name in FLAGS.models:
+        x, y = batch(name)
         models = {f"learned:{w}": build(
             name, runner.make_optimizer(runner.learned_spec(w)))
             for w in FLAGS.weights}

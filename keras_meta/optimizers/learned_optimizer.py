@@ -202,8 +202,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         # The same rule without decay, for excluded variables.
         self._rule_no_decay = rule_kinds.make_rule(self._rule_config)
         self._phi = self._phi_variables(phi_values)
-        self._fused_steps = {}
-        self._averaged_in_step = set()
+        self._fused_steps, self._averaged_in_step = {}, set()
+        self._in_step = None  # phi and results of the step being traced
         self._nonfinite_count = self.add_variable(
             shape=(), initializer="zeros", dtype="int64",
             name="nonfinite_count",
@@ -372,8 +372,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         dtype = variable.dtype
         index = self._get_variable_index(variable)
         lr = ops.cast(learning_rate, dtype)
-        phi = {k: tf.convert_to_tensor(_tf_variable(v))
-               for k, v in self._phi.items()}
+        in_step = self._in_step  # read once per step (_backend_update_step)
+        phi = in_step["phi"] if in_step else self._read_phi()
         rule = self._rule
         if self._decays_in_rule and not self._use_weight_decay(variable):
             rule = self._rule_no_decay
@@ -395,19 +395,47 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             phi, gradient, _tf_variable(variable), slots, lr,
             tf.convert_to_tensor(_tf_variable(self.iterations)), row_mask,
             **average)
+        if in_step:
+            in_step["applied"].append((ok, variable.name))
+        else:
+            self._record_skips([(ok, variable.name)])
+
+    def _read_phi(self):
+        return {k: tf.convert_to_tensor(_tf_variable(v))
+                for k, v in self._phi.items()}
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # Outside a strategy (whose replicas step apart), phi is read and
+        # skipped updates are counted once per step, not per variable.
+        if tf.distribute.has_strategy():
+            return super()._backend_update_step(grads, trainable_variables,
+                                                learning_rate)
+        self._in_step = {"phi": self._read_phi(), "applied": []}
+        try:
+            super()._backend_update_step(grads, trainable_variables,
+                                         learning_rate)
+            applied = self._in_step["applied"]
+        finally:
+            self._in_step = None
+        self._record_skips(applied)
+
+    def _record_skips(self, applied):
+        """Counts the skipped updates among `applied` (`(ok, variable
+        name)` pairs of one step) and warns at the first (outside XLA)."""
+        if not applied:
+            return
+        oks, names = zip(*applied)
         if not _in_xla_context():
-            variable_step.warn_first_skip(ok, self._nonfinite_count,
-                                          variable)
-        self.assign_add(self._nonfinite_count,
-                        ops.cast(ops.logical_not(ok), "int64"))
-        self._count_nonfinite_step(ops.logical_not(ok))
+            variable_step.warn_first_skip(oks, self._nonfinite_count, names)
+        skipped = ops.sum(ops.cast(ops.logical_not(ops.stack(oks)), "int64"))
+        self.assign_add(self._nonfinite_count, skipped)
+        variable_step.count_skipped_step(
+            skipped > 0, ops.cast(self.iterations, "int64"),
+            self._last_nonfinite_step, self._consecutive_nonfinite)
 
     def _step_function(self, rule, variable):
-        """`variable_step.step_and_assign` for `rule`: compiled with XLA
-        (the rule's step, the finiteness check and the writes fused into a
-        few passes over the parameters, the writes into the variables'
-        buffers; a large variable's state written by a second computation,
-        `variable_step.compiled_step`) for a rule that compiles its own
+        """`variable_step.step_and_assign` for `rule`, compiled with XLA
+        (`variable_step.compiled_step`) for a rule that compiles its own
         step, where the variable is a plain local one; else the rule's own
         ops."""
         if not (getattr(rule, "jit_compile", False)
@@ -419,17 +447,16 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         split = (variable_step.can_split(rule)
                  and size >= variable_step.SPLIT_MIN_SIZE)
         # Keras averages every step, also those that only accumulate.
-        fuse_average = (split and self.use_ema
-                        and not self.gradient_accumulation_steps)
+        average = self.use_ema and not self.gradient_accumulation_steps
         key = (id(rule), split)
         if key not in self._fused_steps:
             self._fused_steps[key] = variable_step.compiled_step(
                 rule, self._state_keys, self._checked_keys, split,
-                self.ema_momentum if fuse_average else None)
+                self.ema_momentum if average else None)
         return self._fused_steps[key]
 
     def _update_model_variables_moving_average(self, trainable_variables):
-        # Averages that a split step updated (`update_step`) are skipped.
+        # Averages that a compiled step updated (`update_step`) are skipped.
         done, self._averaged_in_step = self._averaged_in_step, set()
         variable_step.update_averages(
             trainable_variables, self._model_variables_moving_average,
@@ -440,20 +467,6 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         if not self._decays_in_rule:
             super()._apply_weight_decay(variables)
 
-    def _count_nonfinite_step(self, bad):
-        """Tracks how many steps in a row had a skipped variable."""
-        step = ops.cast(self.iterations, "int64")
-        last = self._last_nonfinite_step
-        counted = ops.where(
-            ops.equal(last, step),
-            self._consecutive_nonfinite,
-            ops.where(ops.equal(last, step - 1),
-                      self._consecutive_nonfinite + 1, 1),
-        )
-        self._consecutive_nonfinite.assign(
-            ops.where(bad, counted, self._consecutive_nonfinite))
-        last.assign(ops.where(bad, step, last))
-
     def get_config(self):
         config = super().get_config()
         weights = self.weights
@@ -462,24 +475,16 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         if isinstance(weights, dict):
             # The values are restored from the saved optimizer variables.
             weights = "init"
-        config.update(
-            {
-                "weights": weights,
-                "rule": rule_kinds.config_to_dict(self._rule_config),
-                "seed": self.seed,
-            }
-        )
+        config.update(weights=weights, seed=self.seed,
+                      rule=rule_kinds.config_to_dict(self._rule_config))
         return saving.stamp(config)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        if "learning_rate" in config and isinstance(
-            config["learning_rate"], dict
-        ):
+        if isinstance(config.get("learning_rate"), dict):
             config["learning_rate"] = serialization_lib.deserialize_keras_object(
-                config["learning_rate"], custom_objects=custom_objects
-            )
+                config["learning_rate"], custom_objects=custom_objects)
         return saving.build(cls, config)
 
 

@@ -7,8 +7,9 @@ rows first (`dense_gradient`), and a rule may restrict the step to the rows
 it touched (`UpdateRule.table_step`). `compiled_step` compiles it with XLA,
 for a large variable as two computations (`update_and_assign`, then
 `state_and_assign` with the variable's weight average), which XLA runs
-without copying the state. `update_averages` and `warn_first_skip` are the
-optimizer's weight average and first-skip message.
+without copying the state. `update_averages`, `warn_first_skip` and
+`count_skipped_step` are the optimizer's weight average and its
+bookkeeping of skipped steps.
 """
 
 import functools
@@ -161,22 +162,31 @@ def state_and_assign(rule, keys, gradient, slots, ok, row_mask=None):
 SPLIT_MIN_SIZE = 1 << 16
 
 
-def warn_first_skip(ok, nonfinite_count, variable):
-    """Prints a warning at the first skipped update (outside XLA):
-    where `ok` is false and `nonfinite_count` still 0."""
-    first = ops.logical_and(ops.logical_not(ok),
-                            ops.equal(nonfinite_count, 0))
-    tf.cond(
-        first,
-        lambda: tf.print(
-            "WARNING: LearnedOptimizer skipped an update of variable",
-            variable.name,
-            "because its gradient or update was not finite (NaN or "
-            "inf). Skipped steps are counted in "
-            "optimizer.nonfinite_count; this message is shown once.",
-        ),
-        lambda: tf.no_op(),
-    )
+def warn_first_skip(oks, nonfinite_count, names):
+    """Prints a warning at the first skipped update (outside XLA): where
+    some of `oks` (one per variable, named in `names`) is false and
+    `nonfinite_count` still 0; it names the first such variable."""
+    skipped = ops.logical_not(ops.stack(oks))
+    first = ops.logical_and(ops.any(skipped), ops.equal(nonfinite_count, 0))
+    name = tf.gather(tf.constant(names), ops.argmax(ops.cast(skipped,
+                                                             "int32")))
+    message = tf.strings.join([
+        "WARNING: LearnedOptimizer skipped an update of variable ", name,
+        " because its gradient or update was not finite (NaN or inf). "
+        "Skipped steps are counted in optimizer.nonfinite_count; this "
+        "message is shown once."])
+    tf.cond(first, lambda: tf.print(message), lambda: tf.no_op())
+
+
+def count_skipped_step(skipped, step, last, consecutive):
+    """Tracks how many steps in a row skipped some variable: `last` (the
+    last such step) and `consecutive` (variables) after a step `step` that
+    `skipped` (a bool scalar) or not."""
+    counted = ops.where(
+        ops.equal(last, step), consecutive,
+        ops.where(ops.equal(last, step - 1), consecutive + 1, 1))
+    consecutive.assign(ops.where(skipped, counted, consecutive))
+    last.assign(ops.where(skipped, step, last))
 
 
 def update_averages(variables, averages, momentum, step, skip=()):
@@ -199,27 +209,35 @@ def update_average(average, value, momentum, step):
 def compiled_step(rule, keys, checked_keys, split, ema_momentum=None):
     """`step_and_assign` for `rule` compiled with XLA: one computation, or
     with `split` (for a rule that `can_split`) `update_and_assign` then
-    `state_and_assign`, which give the same results. The split step also
-    updates the variable's weight average where `ema_momentum` is given
+    `state_and_assign`, which give the same results. Where `ema_momentum`
+    is given the step also updates the variable's weight average
     (`update_average`; it then takes the average's variable, `average`),
-    in the state's computation instead of a pass of its own."""
-    if not split:
-        return tf.function(functools.partial(
-            step_and_assign, rule, keys, checked_keys), jit_compile=True)
-    update = tf.function(functools.partial(update_and_assign, rule, keys),
-                         jit_compile=True)
+    in its last computation instead of a pass of its own."""
 
-    @tf.function(jit_compile=True)
-    def write_state(gradient, slots, ok, row_mask, variable, average, step):
-        state_and_assign(rule, keys, gradient, slots, ok, row_mask)
-        if average is not None:
-            update_average(average, variable, ema_momentum, step)
+    def then_average(step_function):
+        def run(args, variable, average, step):
+            ok = step_function(*args)
+            if average is not None:
+                update_average(average, variable, ema_momentum, step)
+            return ok
+        return tf.function(run, jit_compile=True)
 
-    def split_step(phi, gradient, variable, slots, lr, step, row_mask=None,
-                   average=None):
-        ok = update(phi, gradient, variable, slots, lr, step, row_mask)
-        write_state(gradient, slots, ok, row_mask, variable, average, step)
+    if split:
+        first = tf.function(functools.partial(update_and_assign, rule, keys),
+                            jit_compile=True)
+        last = then_average(functools.partial(state_and_assign, rule, keys))
+    else:
+        last = then_average(functools.partial(step_and_assign, rule, keys,
+                                              checked_keys))
+
+    def step_function(phi, gradient, variable, slots, lr, step,
+                      row_mask=None, average=None):
+        if not split:
+            return last((phi, gradient, variable, slots, lr, step, row_mask),
+                        variable, average, step)
+        ok = first(phi, gradient, variable, slots, lr, step, row_mask)
+        last((gradient, slots, ok, row_mask), variable, average, step)
         return ok
 
-    split_step.ema_momentum = ema_momentum
-    return split_step
+    step_function.ema_momentum = ema_momentum
+    return step_function

@@ -272,14 +272,31 @@ def test_nonfinite_gradient_is_skipped_and_counted(jit, name):
     assert float(opt._slots["t"][0].numpy()) == 0.0
     assert float(opt._slots["t"][1].numpy()) == 1.0
     assert int(opt.nonfinite_count.numpy()) == 1
+    assert opt.consecutive_nonfinite_steps == 1
     step(tf.fill((2, 3), np.inf), tf.constant([1.0, -np.inf, 0.0, 0.0]))
     np.testing.assert_array_equal(a.numpy(), np.ones((2, 3)))
+    # Two skipped variables, one step.
     assert int(opt.nonfinite_count.numpy()) == 3
+    assert opt.consecutive_nonfinite_steps == 2
     assert np.all(np.isfinite(b.numpy()))
     # A finite gradient afterwards updates again.
     step(tf.ones((2, 3)), good)
     assert np.all(a.numpy() < 1.0)
     assert int(opt.nonfinite_count.numpy()) == 3
+    assert opt.consecutive_nonfinite_steps == 0
+
+
+def test_first_skip_is_reported_once_with_the_variable_name(capfd):
+    a = keras.Variable(np.ones((2,), "float32"), name="first_var")
+    b = keras.Variable(np.ones((2,), "float32"), name="second_var")
+    opt = keras_meta.LearnedOptimizer()
+    opt.build([a, b])
+    step = tf.function(lambda ga, gb: opt.apply([ga, gb], [a, b]))
+    step(tf.ones((2,)), tf.constant([np.nan, 1.0]))
+    step(tf.constant([np.nan, 1.0]), tf.constant([np.nan, 1.0]))
+    err = capfd.readouterr().err
+    assert err.count("LearnedOptimizer skipped an update") == 1
+    assert "variable second_var" in err
 
 
 def test_normalized_rule_checks_its_inputs_in_one_fused_step():
