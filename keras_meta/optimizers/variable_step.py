@@ -179,9 +179,10 @@ def warn_first_skip(oks, nonfinite_count, names):
 
 
 def count_skipped_step(skipped, step, last, consecutive):
-    """Tracks how many steps in a row skipped some variable: `last` (the
-    last such step) and `consecutive` (variables) after a step `step` that
-    `skipped` (a bool scalar) or not."""
+    """Tracks how many steps in a row skipped some variable, in the
+    variables `last` (the last such step) and `consecutive` (their count),
+    after step `step`, which `skipped` (a bool scalar) says whether it
+    did."""
     counted = ops.where(
         ops.equal(last, step), consecutive,
         ops.where(ops.equal(last, step - 1), consecutive + 1, 1))
