@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import keras_meta
+from keras_meta.optimizers import variable_step
 from keras_meta.optimizers import weights_io
 from keras_meta.rules import normalized
 
@@ -245,11 +246,16 @@ def test_distribute_strategy_matches_plain_fit():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_xla_and_graph_agree():
+@pytest.mark.parametrize("split", [False, True])
+def test_xla_and_graph_agree(monkeypatch, split):
+    # With `split`, every variable takes the two-computation step
+    # (variable_step.compiled_step), inlined into the XLA train step.
+    if split:
+        monkeypatch.setattr(variable_step, "SPLIT_MIN_SIZE", 1)
     results = []
     for jit in (False, True):
         model = _model(seed=3)
-        _fit(model, _optimizer(), jit=jit)
+        _fit(model, _optimizer(use_ema=True), jit=jit)
         results.append(_weights(model) + [
             v.numpy() for v in model.optimizer.variables])
     for a, b in zip(*results):
