@@ -24,16 +24,15 @@ def _gradients(steps=4, seed=0):
     return grads
 
 
-def _run(monkeypatch, min_size, grads, kinds=("kernel", "bias"),
-         **kwargs):
+def _run(monkeypatch, min_size, grads, **kwargs):
     """Applies `grads` to fresh variables with `SPLIT_MIN_SIZE = min_size`
     in a compiled train function; returns the variables, the optimizer's
     variables by path and the optimizer."""
     monkeypatch.setattr(variable_step, "SPLIT_MIN_SIZE", min_size)
     rng = np.random.default_rng(1)
     shapes = {"kernel": (5, 4), "bias": (4,)}
-    variables = [keras.Variable(rng.normal(size=shapes[k]).astype("float32"),
-                                name=k) for k in kinds]
+    variables = [keras.Variable(rng.normal(size=shape).astype("float32"),
+                                name=name) for name, shape in shapes.items()]
     opt = keras_meta.LearnedOptimizer(**kwargs)
     opt.build(variables)
     apply = tf.function(lambda gs: opt.apply(gs, variables))
