@@ -56,8 +56,8 @@ def build(name, opt):
         model = MODELS[name]()
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     else:
-        model, loss = workloads.WORKLOADS[name].build(), workloads.WORKLOADS[
-            name].loss
+        workload = workloads.WORKLOADS[name]
+        model, loss = workload.build(), workload.loss
     model.compile(optimizer=opt, jit_compile=FLAGS.jit_compile, loss=loss)
     return model
 

@@ -61,6 +61,19 @@ def _rows_of_state(row_mask, new_state, state, table_shape):
             for key, new in new_state.items()}
 
 
+def _scaled_update(update, lr, row_mask, table_shape):
+    """`update * lr`, zero off `row_mask`'s rows."""
+    update = update * lr
+    if row_mask is None:
+        return update
+    return _only_rows(row_mask, update, tf.zeros_like(update), table_shape)
+
+
+def _add_if_ok(variable, ok, update):
+    variable.assign_add(nonfinite.keep_if_finite(
+        ok, update, tf.zeros_like(update)))
+
+
 def _write_state(keys, slots, ok, new_state, state):
     """Writes `new_state` into `slots` where `ok`, else keeps `state`."""
     kept = nonfinite.keep_if_finite(ok, new_state, state)
@@ -93,10 +106,7 @@ def step_and_assign(rule, keys, checked_keys, phi, gradient, variable,
     else:
         updates, new_states = rule.update(phi, [gradient], [state], [value],
                                           step)
-    update = updates[0] * lr
-    if row_mask is not None:
-        update = _only_rows(row_mask, update, tf.zeros_like(update),
-                            value.shape)
+    update = _scaled_update(updates[0], lr, row_mask, value.shape)
     new_state = _rows_of_state(row_mask, new_states[0], state, value.shape)
     if "dx" in new_state:
         # The "momentum" rule measures curvature against the step
@@ -105,8 +115,7 @@ def step_and_assign(rule, keys, checked_keys, phi, gradient, variable,
     if not checked:
         ok = nonfinite.all_finite(
             [update] + [new_state[key] for key in checked_keys])
-    variable.assign_add(nonfinite.keep_if_finite(
-        ok, update, tf.zeros_like(update)))
+    _add_if_ok(variable, ok, update)
     _write_state(keys, slots, ok, new_state, state)
     return ok
 
@@ -137,12 +146,8 @@ def update_and_assign(rule, keys, phi, gradient, variable, slots, lr, step,
     updates, _, ok = rule.update_checked(phi, [gradient], [state], [value],
                                          step)
     ok = tf.logical_and(ok, tf.math.is_finite(lr))
-    update = updates[0] * lr
-    if row_mask is not None:
-        update = _only_rows(row_mask, update, tf.zeros_like(update),
-                            value.shape)
-    variable.assign_add(nonfinite.keep_if_finite(
-        ok, update, tf.zeros_like(update)))
+    _add_if_ok(variable, ok, _scaled_update(updates[0], lr, row_mask,
+                                            value.shape))
     return ok
 
 
