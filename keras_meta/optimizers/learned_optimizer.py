@@ -351,8 +351,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                               else self._state_keys)
         tag = "lstm" if isinstance(self._rule, lstm.LSTMRule) else "rule"
         self._slots = {k: [] for k in self._state_keys}
+        stored = getattr(self._rule, "storage_dtypes", None)
         for var in var_list:
             shapes = self._rule.state_shapes(var.shape)
+            dtypes = stored(var.dtype) if stored else {}
             prefix = (
                 var.path.replace("/", "_") if hasattr(var, "path")
                 else str(var.name).replace("/", "_").replace(":", "_")
@@ -362,7 +364,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                     self.add_variable(
                         shape=shapes[key],
                         initializer="zeros",
-                        dtype=var.dtype,
+                        dtype=dtypes.get(key, var.dtype),
                         name=f"{prefix}_{tag}_{key}",
                     )
                 )

@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_meta import nonfinite
+from keras_meta.optimizers import stochastic_rounding
 
 
 def table_rows(gradient, variable):
@@ -49,8 +50,16 @@ def _only_rows(row_mask, new, old, table_shape):
     return tf.where(mask, new, old)
 
 
+def _read(slot):
+    """A slot's value; a bfloat16 slot (`UpdateRule.storage_dtypes`) is
+    read as float32, which the rule computes in."""
+    value = tf.convert_to_tensor(slot)
+    return tf.cast(value, tf.float32) if value.dtype == tf.bfloat16 \
+        else value
+
+
 def _state(keys, slots):
-    return {key: tf.convert_to_tensor(slot) for key, slot in zip(keys, slots)}
+    return {key: _read(slot) for key, slot in zip(keys, slots)}
 
 
 def _rows_of_state(row_mask, new_state, state, table_shape):
@@ -74,11 +83,18 @@ def _add_if_ok(variable, ok, update):
         ok, update, tf.zeros_like(update)))
 
 
-def _write_state(keys, slots, ok, new_state, state):
-    """Writes `new_state` into `slots` where `ok`, else keeps `state`."""
+def _write_state(keys, slots, ok, new_state, state, step):
+    """Writes `new_state` into `slots` where `ok`, else keeps `state`; a
+    bfloat16 slot gets its float32 value rounded stochastically, with bits
+    drawn for this `step` and slot (a kept value is bfloat16 already, so
+    it is written back unchanged)."""
     kept = nonfinite.keep_if_finite(ok, new_state, state)
-    for key, slot in zip(keys, slots):
-        slot.assign(kept[key])
+    for number, (key, slot) in enumerate(zip(keys, slots)):
+        value = kept[key]
+        if slot.dtype == tf.bfloat16 and value.dtype == tf.float32:
+            value = stochastic_rounding.to_bfloat16(
+                value, tf.cast(step, tf.int64) * len(keys) + number)
+        slot.assign(value)
 
 
 def step_and_assign(rule, keys, checked_keys, phi, gradient, variable,
@@ -116,7 +132,7 @@ def step_and_assign(rule, keys, checked_keys, phi, gradient, variable,
         ok = nonfinite.all_finite(
             [update] + [new_state[key] for key in checked_keys])
     _add_if_ok(variable, ok, update)
-    _write_state(keys, slots, ok, new_state, state)
+    _write_state(keys, slots, ok, new_state, state, step)
     return ok
 
 
@@ -151,14 +167,14 @@ def update_and_assign(rule, keys, phi, gradient, variable, slots, lr, step,
     return ok
 
 
-def state_and_assign(rule, keys, gradient, slots, ok, row_mask=None):
+def state_and_assign(rule, keys, gradient, slots, ok, step, row_mask=None):
     """The state's half of `step_and_assign` (after `update_and_assign`,
     whose `ok` it takes): `rule.next_state` written to `slots` where `ok`,
     on `row_mask`'s rows."""
     state = _state(keys, slots)
     new_state = _rows_of_state(row_mask, rule.next_state(
         [gradient], [state])[0], state, gradient.shape)
-    _write_state(keys, slots, ok, new_state, state)
+    _write_state(keys, slots, ok, new_state, state, step)
 
 
 # Variables at least this large take the step as two computations
@@ -242,7 +258,7 @@ def compiled_step(rule, keys, checked_keys, split, ema_momentum=None):
             return last((phi, gradient, variable, slots, lr, step, row_mask),
                         variable, average, step)
         ok = first(phi, gradient, variable, slots, lr, step, row_mask)
-        last((gradient, slots, ok, row_mask), variable, average, step)
+        last((gradient, slots, ok, step, row_mask), variable, average, step)
         return ok
 
     step_function.ema_momentum = ema_momentum

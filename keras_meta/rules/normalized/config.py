@@ -99,12 +99,22 @@ class NormalizedConfig:
             then holds one float per parameter less (the momenta stay
             whole); vectors keep `v` whole. `lazy_tables` then keeps only
             the momenta of untouched rows (the factors are shared).
+        bfloat16_momenta: a Keras optimizer (`LearnedOptimizer`) stores
+            the momenta whose decay is at most `BFLOAT16_MAX_DECAY` (the
+            default's 0.9 and 0.99) in bfloat16, rounded stochastically
+            (`optimizers.stochastic_rounding`), for float32 variables: half
+            a float per parameter less for each. The rule computes in
+            float32 either way; the pure rule's state (meta-training, MAML)
+            is unchanged. Slower averages stay float32: their rounding
+            error grows as `1 / sqrt(1 - decay**2)` ulps.
     """
 
     # Fields a trained file's config may change (`weights_io.resolve`).
     UNTRAINED_FIELDS: typing.ClassVar[tuple] = (
         "mlp_tensors", "decay_power", "decay_start", "dense_table_decay",
-        "lazy_tables", "factored_second_moment")
+        "lazy_tables", "factored_second_moment", "bfloat16_momenta")
+    # The slowest momentum decay `bfloat16_momenta` stores in bfloat16.
+    BFLOAT16_MAX_DECAY: typing.ClassVar[float] = 0.99
 
     hidden_size: int = 8
     num_layers: int = 1
@@ -129,6 +139,7 @@ class NormalizedConfig:
     dense_table_decay: bool = True
     lazy_tables: bool = False
     factored_second_moment: bool = False
+    bfloat16_momenta: bool = False
 
     def __post_init__(self):
         for name in ("momentum_decays", "progress_timescales", "lr_range",
@@ -154,7 +165,7 @@ class NormalizedConfig:
                 f"got lr_range={self.lr_range}, init_lr={self.init_lr}.")
         for name in ("parameter_feature", "antisymmetric",
                      "dense_table_decay", "lazy_tables",
-                     "factored_second_moment"):
+                     "factored_second_moment", "bfloat16_momenta"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got "
                                  f"{getattr(self, name)!r}.")

@@ -144,6 +144,19 @@ def state_shapes(shape, config=NormalizedConfig()):
             for key in state_keys(config)}
 
 
+def storage_dtypes(dtype, config=NormalizedConfig()):
+    """`{key: dtype}` a Keras optimizer stores one tensor's state in, for a
+    variable of `dtype`: `dtype`, or bfloat16 for the momenta that
+    `config.bfloat16_momenta` names where `dtype` is float32."""
+    dtype = tf.as_dtype(dtype)
+    compact = {f"m{i}" for i, decay in enumerate(config.momentum_decays)
+               if decay <= config.BFLOAT16_MAX_DECAY}
+    if not (config.bfloat16_momenta and dtype == tf.float32):
+        compact = set()
+    return {key: tf.bfloat16 if key in compact else dtype
+            for key in state_keys(config)}
+
+
 def init_state(value, config=NormalizedConfig()):
     """Zero state for the tensor `value` (its shape and dtype)."""
     return {key: tf.zeros(s, value.dtype)

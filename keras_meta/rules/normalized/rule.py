@@ -403,6 +403,11 @@ class NormalizedMLPRule(UpdateRule):
         """`{key: shape}` of one tensor's state (`params.state_shapes`)."""
         return params.state_shapes(shape, self.config)
 
+    def storage_dtypes(self, dtype):
+        """`{key: dtype}` a Keras optimizer stores one tensor's state in
+        (`params.storage_dtypes`); the rule reads and returns float32."""
+        return params.storage_dtypes(dtype, self.config)
+
     def update(self, meta_params, grads, state, values, step):
         del step
         grads, values = list(grads), list(values)
