@@ -62,7 +62,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     by validation loss (`keras_meta.callbacks.ValidationControl`) it holds
     up on held-out models better than alone, best with
     `rule={"factored_second_moment": True}` (Adafactor's second moment, one
-    float per parameter less). phi (the rule's weights) are
+    float per parameter less; `"bfloat16_momenta": True` saves another, the
+    fast momenta kept in bfloat16). phi (the rule's weights) are
     optimizer variables: they are saved in `.keras` files with the rule's
     state and are never changed by `fit`.
 
@@ -100,7 +101,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         weights: `None` (default) for the shipped default above; the name
             of shipped weights (`"normalized"`, `"per_tensor"`,
             `"per_tensor_one_step"`: the same LSTM with a one-step
-            hypergradient, the default until 2026-12-01;
+            hypergradient;
             `"coordinatewise"`, or `"quadratic"`: a coordinatewise LSTM
             that modulates heavy-ball momentum at a rate set by a secant
             estimate of the curvature, meta-trained on the paper's

@@ -197,3 +197,15 @@ def test_keras_save_load_continues_bitwise(tmp_path):
         m.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_with_the_factored_second_moment_three_floats_per_parameter():
+    kernel = keras.Variable(np.ones((200, 100), "float32"))
+    opt = keras_meta.LearnedOptimizer(
+        rule={**BF16, "factored_second_moment": True})
+    opt.build([kernel])
+    slots = [opt._slots[k][0] for k in opt._state_keys]
+    average = opt._model_variables_moving_average[0]
+    size = sum(v.numpy().nbytes for v in slots + [average])
+    # m0, m1: 2 bytes each; m2 and the average: 4; v: 4 * (200 + 100).
+    assert size == 12 * 200 * 100 + 4 * 300 + 4
