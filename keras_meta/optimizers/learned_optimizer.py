@@ -352,10 +352,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                               else self._state_keys)
         tag = "lstm" if isinstance(self._rule, lstm.LSTMRule) else "rule"
         self._slots = {k: [] for k in self._state_keys}
-        stored = getattr(self._rule, "storage_dtypes", None)
         for var in var_list:
             shapes = self._rule.state_shapes(var.shape)
-            dtypes = stored(var.dtype) if stored else {}
+            dtypes = self._rule.storage_dtypes(var.dtype)
             prefix = (
                 var.path.replace("/", "_") if hasattr(var, "path")
                 else str(var.name).replace("/", "_").replace(":", "_")

@@ -86,8 +86,8 @@ def _add_if_ok(variable, ok, update):
 def _write_state(keys, slots, ok, new_state, state, step):
     """Writes `new_state` into `slots` where `ok`, else keeps `state`; a
     bfloat16 slot gets its float32 value rounded stochastically, with bits
-    drawn for this `step` and slot (a kept value is bfloat16 already, so
-    it is written back unchanged)."""
+    drawn for this `step` and state key, the same for every variable (a
+    kept value is bfloat16 already, so it is written back unchanged)."""
     kept = nonfinite.keep_if_finite(ok, new_state, state)
     for number, (key, slot) in enumerate(zip(keys, slots)):
         value = kept[key]

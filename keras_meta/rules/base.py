@@ -58,6 +58,16 @@ class UpdateRule:
         del indices, rows
         return meta_params, None
 
+    def storage_dtypes(self, dtype):
+        """`{state key: dtype}` for a Keras optimizer that keeps one
+        tensor's state in variables, for a parameter of `dtype`: keys left
+        out are stored in `dtype`. `update` still reads and returns the
+        computation dtype; a bfloat16 slot is read as float32 and written
+        rounded stochastically (`optimizers.variable_step`). By default
+        `{}`."""
+        del dtype
+        return {}
+
     def update(self, meta_params, grads, state, values, step):
         """One step.
 

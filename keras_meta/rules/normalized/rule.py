@@ -404,8 +404,8 @@ class NormalizedMLPRule(UpdateRule):
         return params.state_shapes(shape, self.config)
 
     def storage_dtypes(self, dtype):
-        """`{key: dtype}` a Keras optimizer stores one tensor's state in
-        (`params.storage_dtypes`); the rule reads and returns float32."""
+        """`params.storage_dtypes`: bfloat16 for the fast momenta of a
+        float32 parameter under `config.bfloat16_momenta`."""
         return params.storage_dtypes(dtype, self.config)
 
     def update(self, meta_params, grads, state, values, step):
