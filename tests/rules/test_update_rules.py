@@ -112,6 +112,7 @@ CASES = {
         parameter_feature=False, antisymmetric=True, normalize="none"),
     "normalized_mlp_factored": lambda: _normalized(
         factored_second_moment=True),
+    "normalized_mlp_bfloat16": lambda: _normalized(bfloat16_momenta=True),
 }
 
 
@@ -138,6 +139,34 @@ def test_init_and_update_shapes_and_dtypes(name):
         assert update.shape == value.shape and update.dtype == value.dtype
     tf.nest.assert_same_structure(state, new_state)
     assert _spec(new_state) == _spec(state)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_storage_dtypes_name_state_keys(name):
+    # What a Keras optimizer may store in another dtype: keys of each
+    # tensor's state, floating dtypes; nothing for other parameter dtypes
+    # than float32 here.
+    rule, _ = CASES[name]()
+    state = rule.init(_values())
+    stored = rule.storage_dtypes("float32")
+    keys = set(state[0]) if isinstance(state, (list, tuple)) and state \
+        and isinstance(state[0], dict) else set()
+    assert set(stored) <= keys
+    assert all(tf.as_dtype(d).is_floating for d in stored.values())
+    expected = {"m0", "m1"} if name == "normalized_mlp_bfloat16" else set()
+    assert {k for k, d in stored.items() if d == tf.bfloat16} == expected
+    assert not any(d == tf.bfloat16
+                   for d in rule.storage_dtypes("float16").values())
+
+
+def test_bfloat16_momenta_leave_the_pure_rule_unchanged():
+    plain, meta_params = CASES["normalized_mlp"]()
+    compact, _ = CASES["normalized_mlp_bfloat16"]()
+    values = _values()
+    results = [rule.update(meta_params, _grads(values), rule.init(values),
+                           values, 0) for rule in (plain, compact)]
+    for a, b in zip(*[tf.nest.flatten(r) for r in results]):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
