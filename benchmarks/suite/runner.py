@@ -34,7 +34,8 @@ def _rule_option(option):
         return {"normalize": "none"}
     field, sep, text = option.partition("=")
     if not sep:
-        raise ValueError(f"Unknown option {option!r}; known: ema, none, "
+        raise ValueError(f"Unknown option {option!r}; known: ema, "
+                         "compact_ema, none, "
                          "and field=value of the rule config.")
 
     def parse(x):
@@ -65,7 +66,8 @@ def make_optimizer(spec):
     `fit`), ("adam_ema", lr, "control_default") (the callback's defaults),
     ("adamw", lr, weight_decay), ("learned", weights[, options]) where
     weights is None (the shipped default) or a name or file and options a
-    tuple of "ema" (`use_ema=True`), "none" (the rule option
+    tuple of "ema" (`use_ema=True`), "compact_ema" (`compact_ema=True`),
+    "none" (the rule option
     `normalize="none"`) and "field=value" rule options (e.g.
     "hyper_rate=0.1", "hyper_offset_range=-2.3:2.3"), which apply to
     `"init_normalized"`'s config or must match a file's.
@@ -82,10 +84,13 @@ def make_optimizer(spec):
         # Without "ema", LearnedOptimizer's own default: averaging for
         # the default weights, not for named ones.
         kwargs = {"use_ema": True} if "ema" in options else {}
+        if "compact_ema" in options:
+            kwargs["compact_ema"] = True
         ablations = {o for o in options if o.startswith(EDITS)}
         rule = {}
         controls = {o for o in options if _is_control(o)}
-        for option in sorted(options - {"ema"} - controls - ablations):
+        for option in sorted(options - {"ema", "compact_ema"} - controls
+                             - ablations):
             rule.update(_rule_option(option))
         if rule:
             kwargs["rule"] = {"rule_type": "normalized_mlp", **rule}

@@ -23,6 +23,7 @@ import tensorflow as tf
 from keras.src.utils import io_utils
 
 from keras_meta import validation
+from keras_meta.optimizers import weight_average
 
 # `every="auto"`: this many checks over a `fit` whose length it knows
 # (epochs times steps per epoch), else a check every
@@ -286,11 +287,8 @@ class ValidationControl(keras.callbacks.Callback):
         the model and the optimizer's weight averages."""
         for variable, value in zip(self.model.weights, self._best_weights):
             variable.assign(value)
-        averages = _averages(self.model.optimizer, self.model)
-        if averages:
-            for average, variable in zip(averages,
-                                         self.model.trainable_variables):
-                average.assign(variable)
+        weight_average.reset_to_weights(self.model.optimizer,
+                                        self.model.trainable_variables)
 
     def _loss(self, dataset):
         """Mean loss over `dataset`, by a function traced once per element
@@ -336,31 +334,22 @@ def _copy(variables):
     return [tf.identity(v.value) for v in variables]
 
 
-def _averages(optimizer, model):
-    """The optimizer's weight averages (`use_ema=True`), else None."""
-    averages = getattr(optimizer, "_model_variables_moving_average", None)
-    if not (getattr(optimizer, "use_ema", False) and averages) or len(
-            averages) != len(model.trainable_variables):
-        return None
-    return averages
-
-
 class _AveragedWeights:
     """Within: the model's trainable weights are the optimizer's averages
     (where it keeps them); on exit, the training weights come back."""
 
     def __init__(self, model, optimizer):
-        self.model, self.averages = model, _averages(optimizer, model)
+        self.variables = model.trainable_variables
+        self.values = weight_average.averaged_values(optimizer,
+                                                     self.variables)
 
     def __enter__(self):
-        if self.averages:
-            self.saved = _copy(self.model.trainable_variables)
-            for variable, average in zip(self.model.trainable_variables,
-                                         self.averages):
-                variable.assign(average)
+        if self.values:
+            self.saved = _copy(self.variables)
+            for variable, value in zip(self.variables, self.values):
+                variable.assign(value)
 
     def __exit__(self, *exc):
-        if self.averages:
-            for variable, value in zip(self.model.trainable_variables,
-                                       self.saved):
+        if self.values:
+            for variable, value in zip(self.variables, self.saved):
                 variable.assign(value)

@@ -21,25 +21,37 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 from keras.src.saving import serialization_lib
-from tensorflow.python.ops import control_flow_util
 
 from keras_meta import saving
 from keras_meta.optimizers import rule_kinds
 from keras_meta.optimizers import variable_step
+from keras_meta.optimizers import weight_average
 from keras_meta.optimizers import weights_io
 from keras_meta.rules import lstm
 from keras_meta.rules import normalized
-
-
-def _in_xla_context():
-    graph = tf.compat.v1.get_default_graph()
-    return control_flow_util.GraphOrParentsInXlaContext(graph)
 
 
 def _tf_variable(variable):
     """The `tf.Variable` behind a Keras variable (itself otherwise)."""
     return variable.value if isinstance(variable, keras.Variable) \
         else variable
+
+
+def _prefix(variable):
+    """A model variable's path as a prefix of its optimizer variables'
+    names."""
+    if hasattr(variable, "path"):
+        return variable.path.replace("/", "_")
+    return str(variable.name).replace("/", "_").replace(":", "_")
+
+
+def _check_multiplier(learning_rate):
+    if isinstance(learning_rate, (int, float)) and (
+            isinstance(learning_rate, bool)
+            or not (math.isfinite(learning_rate) and learning_rate >= 0)):
+        raise ValueError(
+            "LearnedOptimizer `learning_rate` (a multiplier of the learned "
+            f"update) must be a finite float >= 0; got {learning_rate!r}.")
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")
@@ -130,6 +142,13 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             (`weights=None`, `rule` None or a variant of the default's
             rule), else False, Keras's default; a bool as in any Keras
             optimizer.
+        compact_ema: keep the weight average (`use_ema`) as its offset
+            from the weights in bfloat16 (`optimizers.weight_average`):
+            half a float per parameter instead of one. Training takes the
+            same steps; the averaged weights differ by the offset's
+            rounding, a fraction of the weights' recent drift. The weights
+            and the average move together where the weights are set
+            outside a step (e.g. `set_weights`).
         {{base_optimizer_keyword_args}}
 
     Example:
@@ -164,16 +183,11 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         ema_overwrite_frequency=None,
         loss_scale_factor=None,
         gradient_accumulation_steps=None,
+        compact_ema=False,
         name=None,
         **kwargs,
     ):
-        if isinstance(learning_rate, (int, float)) and (
-                isinstance(learning_rate, bool)
-                or not (math.isfinite(learning_rate) and learning_rate >= 0)):
-            raise ValueError(
-                "LearnedOptimizer `learning_rate` (a multiplier of the "
-                "learned update) must be a finite float >= 0; got "
-                f"{learning_rate!r}.")
+        _check_multiplier(learning_rate)
         phi_values, rule_config = weights_io.resolve(weights, rule, seed)
         if use_ema is None:
             use_ema = weights is None and weights_io.is_default_rule(
@@ -197,6 +211,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self.seed = seed
         self._rule_config = rule_config
         self._decays_in_rule = rule_kinds.decays_in_rule(self._rule_config)
+        self.compact_ema = weight_average.check_compact(
+            compact_ema, self._decays_in_rule or not weight_decay)
         self._rule = rule_kinds.make_rule(
             self._rule_config,
             (weight_decay or 0.0) if self._decays_in_rule else 0.0)
@@ -297,50 +313,35 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             ValueError: for a coordinatewise rule (its step sizes are per
                 coordinate), or if the optimizer is not built yet.
         """
-        if self._decays_in_rule and self.built:
-            return self._rule_step_sizes()
-        if getattr(self._rule_config, "granularity", None) != "tensor":
-            raise ValueError(
-                "step_sizes() needs a per-tensor rule (the default, "
-                "weights='normalized' or weights='per_tensor'); this "
-                "optimizer's rule is "
-                f"granularity={self._rule_config.granularity!r}, whose step "
-                "sizes are per coordinate.")
-        if not self.built:
-            raise ValueError("step_sizes(): the optimizer is not built yet; "
-                             "call it after the first training step.")
-        base = float(np.exp(self._phi["log_lr"].numpy())) * float(
-            ops.convert_to_numpy(self.learning_rate))
-        return {
-            var.path: base * float(np.exp(offset.numpy()))
-            for var, offset in zip(self._trainable_variables,
-                                   self._slots["log_lr"])
-        }
-
-    def _rule_step_sizes(self):
-        phi = {k: ops.convert_to_tensor(v) for k, v in self._phi.items()}
-        states = [{key: ops.convert_to_tensor(self._slots[key][i])
-                   for key in self._state_keys}
-                  for i in range(len(self._trainable_variables))]
-        sizes = self._rule.step_sizes(phi, states, self._trainable_variables)
         multiplier = float(ops.convert_to_numpy(self.learning_rate))
+        if self._decays_in_rule and self.built:
+            phi = {k: ops.convert_to_tensor(v) for k, v in self._phi.items()}
+            states = [{key: ops.convert_to_tensor(self._slots[key][i])
+                       for key in self._state_keys}
+                      for i in range(len(self._trainable_variables))]
+            sizes = self._rule.step_sizes(phi, states,
+                                          self._trainable_variables)
+        else:
+            rule_kinds.check_per_tensor(self._rule_config, self.built)
+            sizes = [np.exp(self._phi["log_lr"].numpy() + offset.numpy())
+                     for offset in self._slots["log_lr"]]
         return {var.path: multiplier * float(size)
                 for var, size in zip(self._trainable_variables, sizes)}
 
     def build(self, var_list):
-        """Creates the per-variable state slots.
-
-        For a variable of shape `S`, the rule's `state_shapes(S)`; e.g. a
-        coordinatewise LSTM's hidden and cell states of shape
-        `S + (num_layers * hidden_size,)`, first and second moments of shape
-        `S`, and a scalar step count.
-
-        Args:
-            var_list: list of model variables to build state slots for.
-        """
+        """Creates the per-variable state slots (for a variable of shape
+        `S`, the rule's `state_shapes(S)`) and weight averages."""
         if self.built:
             return
-        super().build(var_list)
+        compact, self.use_ema = self.use_ema and self.compact_ema, \
+            self.use_ema and not self.compact_ema
+        super().build(var_list)  # Keras's averages unless compact
+        self.use_ema = self.use_ema or compact
+        if compact:
+            self._model_variables_moving_average = [self.add_variable(
+                var.shape, initializer="zeros",
+                dtype=weight_average.offset_dtype(var.dtype),
+                name=f"{_prefix(var)}_average_offset") for var in var_list]
         self._last_nonfinite_step = saving.unsaved_counter(
             -2, tf.int64, "last_nonfinite_step")
         self._consecutive_nonfinite = saving.unsaved_counter(
@@ -355,10 +356,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         for var in var_list:
             shapes = self._rule.state_shapes(var.shape)
             dtypes = self._rule.storage_dtypes(var.dtype)
-            prefix = (
-                var.path.replace("/", "_") if hasattr(var, "path")
-                else str(var.name).replace("/", "_").replace(":", "_")
-            )
+            prefix = _prefix(var)
             for key in self._state_keys:
                 self._slots[key].append(
                     self.add_variable(
@@ -389,8 +387,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                  for key in self._state_keys]
         step_function = self._step_function(rule, variable)
         average = {}
-        if getattr(step_function, "ema_momentum", None) is not None:
-            self._averaged_in_step.add(index)
+        fused = step_function.ema_momentum is not None
+        if self.use_ema and (fused or step_function.compact):
+            if fused:
+                self._averaged_in_step.add(index)
             average["average"] = _tf_variable(
                 self._model_variables_moving_average[index])
         ok = step_function(
@@ -421,30 +421,23 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             self._in_step = None
         self._record_skips(applied)
 
-    def _record_skips(self, applied):
-        """Counts the skipped updates among `applied` (`(ok, variable
-        name)` pairs of one step) and warns at the first (outside XLA)."""
-        if not applied:
-            return
-        oks, names = zip(*applied)
-        if not _in_xla_context():
-            variable_step.warn_first_skip(oks, self._nonfinite_count, names)
-        skipped = ops.sum(ops.cast(ops.logical_not(ops.stack(oks)), "int64"))
-        self.assign_add(self._nonfinite_count, skipped)
-        variable_step.count_skipped_step(
-            skipped > 0, ops.cast(self.iterations, "int64"),
-            self._last_nonfinite_step, self._consecutive_nonfinite)
+    def _record_skips(self, applied):  # (ok, variable name) pairs
+        if applied:
+            variable_step.record_skips(
+                applied, self._nonfinite_count, self.iterations,
+                self._last_nonfinite_step, self._consecutive_nonfinite)
 
     def _step_function(self, rule, variable):
         """`variable_step.step_and_assign` for `rule`, compiled with XLA
         (`variable_step.compiled_step`) for a rule that compiles its own
         step, where the variable is a plain local one; else the rule's own
         ops."""
+        compact = self.use_ema and self.compact_ema
         if not (getattr(rule, "jit_compile", False)
                 and isinstance(variable, tf.Variable)
                 and not tf.distribute.has_strategy()):
-            return functools.partial(variable_step.step_and_assign, rule,
-                                     self._state_keys, self._checked_keys)
+            return variable_step.plain_step(
+                rule, self._state_keys, self._checked_keys, compact)
         size = variable.shape.num_elements() or 0
         split = (variable_step.can_split(rule)
                  and size >= variable_step.SPLIT_MIN_SIZE)
@@ -454,15 +447,21 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         if key not in self._fused_steps:
             self._fused_steps[key] = variable_step.compiled_step(
                 rule, self._state_keys, self._checked_keys, split,
-                self.ema_momentum if average else None)
+                self.ema_momentum if average else None, compact)
         return self._fused_steps[key]
 
     def _update_model_variables_moving_average(self, trainable_variables):
         # Averages that a compiled step updated (`update_step`) are skipped.
         done, self._averaged_in_step = self._averaged_in_step, set()
-        variable_step.update_averages(
+        weight_average.update_averages(
             trainable_variables, self._model_variables_moving_average,
-            self.ema_momentum, self.iterations, done)
+            self.ema_momentum, self.iterations, done, self.compact_ema)
+
+    def _overwrite_model_variables_with_average_value(self, variables):
+        if not self.compact_ema:
+            return super()._overwrite_model_variables_with_average_value(
+                variables)
+        weight_average.overwrite_with_average(self, variables)
 
     def _apply_weight_decay(self, variables):
         # A rule that decays by its own step size does it in update_step.
@@ -478,7 +477,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             # The values are restored from the saved optimizer variables.
             weights = "init"
         config.update(weights=weights, seed=self.seed,
-                      rule=rule_kinds.config_to_dict(self._rule_config))
+                      rule=rule_kinds.config_to_dict(self._rule_config),
+                      compact_ema=self.compact_ema)
         return saving.stamp(config)
 
     @classmethod

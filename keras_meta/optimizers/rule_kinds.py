@@ -87,3 +87,17 @@ def decays_in_rule(config):
     """Whether `config`'s rule applies weight decay itself, scaled by its
     own step size (AdamW's meaning), instead of Keras's generic decay."""
     return kind_of(config) != LSTM
+
+
+def check_per_tensor(config, built):
+    """Raises where an LSTM rule's `step_sizes()` cannot be read: a
+    coordinatewise rule (step sizes per coordinate), or before `build`."""
+    if getattr(config, "granularity", None) != "tensor":
+        raise ValueError(
+            "step_sizes() needs a per-tensor rule (the default, "
+            "weights='normalized' or weights='per_tensor'); this "
+            f"optimizer's rule is granularity={config.granularity!r}, "
+            "whose step sizes are per coordinate.")
+    if not built:
+        raise ValueError("step_sizes(): the optimizer is not built yet; "
+                         "call it after the first training step.")

@@ -7,18 +7,20 @@ rows first (`dense_gradient`), and a rule may restrict the step to the rows
 it touched (`UpdateRule.table_step`). `compiled_step` compiles it with XLA,
 for a large variable as two computations (`update_and_assign`, then
 `state_and_assign` with the variable's weight average), which XLA runs
-without copying the state. `update_averages`, `warn_first_skip` and
-`count_skipped_step` are the optimizer's weight average and its
-bookkeeping of skipped steps.
+without copying the state; `plain_step` runs it without XLA.
+`warn_first_skip` and `count_skipped_step` are the optimizer's bookkeeping
+of skipped steps.
 """
 
 import functools
 
 import tensorflow as tf
 from keras import ops
+from tensorflow.python.ops import control_flow_util
 
 from keras_meta import nonfinite
 from keras_meta.optimizers import stochastic_rounding
+from keras_meta.optimizers import weight_average
 
 
 def table_rows(gradient, variable):
@@ -78,9 +80,21 @@ def _scaled_update(update, lr, row_mask, table_shape):
     return _only_rows(row_mask, update, tf.zeros_like(update), table_shape)
 
 
-def _add_if_ok(variable, ok, update):
-    variable.assign_add(nonfinite.keep_if_finite(
-        ok, update, tf.zeros_like(update)))
+def _add_if_ok(variable, ok, update, offset=None, ema_momentum=None,
+               step=None):
+    """Adds `update` to `variable` where `ok`; a compact weight average's
+    `offset` follows (`weight_average.reanchor`, with `ema_momentum` also
+    averaging)."""
+    before = tf.convert_to_tensor(variable) if offset is not None else None
+    variable.assign_add(nonfinite.keep_if_finite(ok, update,
+                                                 tf.zeros_like(update)))
+    if offset is not None:
+        # The change read back from the variable, not the update: a second
+        # use of the update would let XLA fuse (and round) it otherwise,
+        # and training would no longer take the default's steps bitwise.
+        weight_average.reanchor(
+            offset, tf.convert_to_tensor(variable) - before, step,
+            ema_momentum)
 
 
 def _write_state(keys, slots, ok, new_state, state, step):
@@ -98,7 +112,8 @@ def _write_state(keys, slots, ok, new_state, state, step):
 
 
 def step_and_assign(rule, keys, checked_keys, phi, gradient, variable,
-                    slots, lr, step, row_mask=None):
+                    slots, lr, step, row_mask=None, offset=None,
+                    ema_momentum=None):
     """One rule step for one variable, applied in place unless it is not
     finite: the update (scaled by `lr`) is added to `variable` and the new
     state written to `slots` (a list of variables in the order of `keys`).
@@ -131,7 +146,7 @@ def step_and_assign(rule, keys, checked_keys, phi, gradient, variable,
     if not checked:
         ok = nonfinite.all_finite(
             [update] + [new_state[key] for key in checked_keys])
-    _add_if_ok(variable, ok, update)
+    _add_if_ok(variable, ok, update, offset, ema_momentum, step)
     _write_state(keys, slots, ok, new_state, state, step)
     return ok
 
@@ -146,11 +161,12 @@ def can_split(rule):
 
 
 def update_and_assign(rule, keys, phi, gradient, variable, slots, lr, step,
-                      row_mask=None):
+                      row_mask=None, offset=None, ema_momentum=None):
     """The variable's half of `step_and_assign` for a rule that
     `can_split`: the checked update added to `variable` (unless the
     inputs are refused), the state left as it was. Returns the "applied"
-    scalar for `state_and_assign`.
+    scalar for `state_and_assign`. A compact average's `offset` follows
+    the update, as in `step_and_assign`.
 
     Two computations instead of one: where the state slots are both read
     by the update and written in place in one XLA computation, XLA copies
@@ -163,7 +179,8 @@ def update_and_assign(rule, keys, phi, gradient, variable, slots, lr, step,
                                          step)
     ok = tf.logical_and(ok, tf.math.is_finite(lr))
     _add_if_ok(variable, ok, _scaled_update(updates[0], lr, row_mask,
-                                            value.shape))
+                                            value.shape),
+               offset, ema_momentum, step)
     return ok
 
 
@@ -181,6 +198,20 @@ def state_and_assign(rule, keys, gradient, slots, ok, step, row_mask=None):
 # (`update_and_assign`, `state_and_assign`); below it the second
 # computation's launch costs more than the copies it saves.
 SPLIT_MIN_SIZE = 1 << 16
+
+
+def record_skips(applied, count, step, last, consecutive):
+    """Counts the skipped updates among `applied` (`(ok, variable name)`
+    pairs of one step) into `count`, tracks skipped steps in a row
+    (`count_skipped_step`) and, outside XLA, warns at the first."""
+    oks, names = zip(*applied)
+    graph = tf.compat.v1.get_default_graph()
+    if not control_flow_util.GraphOrParentsInXlaContext(graph):
+        warn_first_skip(oks, count, names)
+    skipped = ops.sum(ops.cast(ops.logical_not(ops.stack(oks)), "int64"))
+    count.assign_add(skipped)
+    count_skipped_step(skipped > 0, ops.cast(step, "int64"), last,
+                       consecutive)
 
 
 def warn_first_skip(oks, nonfinite_count, names):
@@ -211,55 +242,64 @@ def count_skipped_step(skipped, step, last, consecutive):
     last.assign(ops.where(skipped, step, last))
 
 
-def update_averages(variables, averages, momentum, step, skip=()):
-    """`update_average` of each variable that has an average (Keras's
-    `_update_model_variables_moving_average`), except those whose index
-    is in `skip`."""
-    for index, (variable, average) in enumerate(zip(variables, averages)):
-        if average is not None and index not in skip:
-            update_average(average, variable, momentum, step)
+def plain_step(rule, keys, checked_keys, compact=False):
+    """`step_and_assign` for `rule` with the rule's own ops (no XLA), with
+    `compiled_step`'s signature: a compact average (`compact`) given as
+    `average` is re-anchored; the optimizer averages it afterwards."""
+
+    def step_function(phi, gradient, variable, slots, lr, step,
+                      row_mask=None, average=None):
+        return step_and_assign(rule, keys, checked_keys, phi, gradient,
+                               variable, slots, lr, step, row_mask,
+                               offset=average if compact else None)
+
+    step_function.ema_momentum, step_function.compact = None, compact
+    return step_function
 
 
-def update_average(average, value, momentum, step):
-    """Keras's weight average (`use_ema`): `average <- m * average + (1 -
-    m) * value`, with `m = momentum`, 0 at the first step (`step` 0)."""
-    m = tf.cast(tf.not_equal(step, 0), average.dtype) * momentum
-    average.assign(m * tf.convert_to_tensor(average)
-                   + (1 - m) * tf.convert_to_tensor(value))
-
-
-def compiled_step(rule, keys, checked_keys, split, ema_momentum=None):
+def compiled_step(rule, keys, checked_keys, split, ema_momentum=None,
+                  compact=False):
     """`step_and_assign` for `rule` compiled with XLA: one computation, or
     with `split` (for a rule that `can_split`) `update_and_assign` then
-    `state_and_assign`, which give the same results. Where `ema_momentum`
-    is given the step also updates the variable's weight average
-    (`update_average`; it then takes the average's variable, `average`),
-    in its last computation instead of a pass of its own."""
+    `state_and_assign`, which give the same results.
+
+    The step takes the variable's weight average as `average`. Keras's
+    (`weight_average.update_average`, given `ema_momentum`) is updated in
+    the last computation instead of a pass of its own; a compact one
+    (`compact`) is re-anchored where the update is applied, and with
+    `ema_momentum` also averaged there."""
+    momentum = ema_momentum if compact else None
 
     def then_average(step_function):
         def run(args, variable, average, step):
             ok = step_function(*args)
-            if average is not None:
-                update_average(average, variable, ema_momentum, step)
+            if average is not None and not compact:
+                weight_average.update_average(average, variable,
+                                              ema_momentum, step)
             return ok
         return tf.function(run, jit_compile=True)
 
     if split:
-        first = tf.function(functools.partial(update_and_assign, rule, keys),
-                            jit_compile=True)
+        first = tf.function(functools.partial(
+            update_and_assign, rule, keys, ema_momentum=momentum),
+            jit_compile=True)
         last = then_average(functools.partial(state_and_assign, rule, keys))
     else:
-        last = then_average(functools.partial(step_and_assign, rule, keys,
-                                              checked_keys))
+        last = then_average(functools.partial(
+            step_and_assign, rule, keys, checked_keys,
+            ema_momentum=momentum))
 
     def step_function(phi, gradient, variable, slots, lr, step,
                       row_mask=None, average=None):
+        offset = average if compact else None
         if not split:
-            return last((phi, gradient, variable, slots, lr, step, row_mask),
-                        variable, average, step)
-        ok = first(phi, gradient, variable, slots, lr, step, row_mask)
-        last((gradient, slots, ok, step, row_mask), variable, average, step)
+            return last((phi, gradient, variable, slots, lr, step, row_mask,
+                         offset), variable, None if compact else average,
+                        step)
+        ok = first(phi, gradient, variable, slots, lr, step, row_mask, offset)
+        last((gradient, slots, ok, step, row_mask), variable,
+             None if compact else average, step)
         return ok
 
-    step_function.ema_momentum = ema_momentum
+    step_function.ema_momentum, step_function.compact = ema_momentum, compact
     return step_function

@@ -49,7 +49,10 @@ def _by_path(opt):
 @pytest.mark.parametrize("kwargs", [{}, {"gradient_accumulation_steps": 2},
                                     {"rule": {"factored_second_moment":
                                               True}},
-                                    {"rule": {"bfloat16_momenta": True}}])
+                                    {"rule": {"bfloat16_momenta": True}},
+                                    {"compact_ema": True},
+                                    {"compact_ema": True,
+                                     "gradient_accumulation_steps": 2}])
 def test_split_step_equals_the_one_computation_step(monkeypatch, kwargs):
     grads = _gradients()
     values, state, opt = _run(monkeypatch, 1, grads, **kwargs)
@@ -59,7 +62,8 @@ def test_split_step_equals_the_one_computation_step(monkeypatch, kwargs):
     assert int(opt.nonfinite_count.numpy()) == 1
     for got, want in zip(values, ref_values):
         np.testing.assert_array_equal(got, want)
-    averaged = [p for p in state if p.endswith("_average")]
+    averaged = [p for p in state
+                if p.endswith(("_average", "_average_offset"))]
     assert len(averaged) == 2
     for path, want in ref_state.items():
         if path in averaged or "factored_second_moment" in kwargs.get(
