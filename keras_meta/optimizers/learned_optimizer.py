@@ -67,9 +67,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     schedule. It was meta-trained by persistent evolution strategies for
     the validation loss of small tasks, so it needs no tuning, and
     `LearnedOptimizer()` is
-    `LearnedOptimizer(weights="normalized", use_ema=True,
+    `LearnedOptimizer(weights="normalized", use_ema=True, compact_ema=True,
     rule={"dense_table_decay": False})`: `fit` ends on the average of the
-    weights (`use_ema`), and an embedding table whose sparse gradient
+    weights (`use_ema`, kept in half a float per parameter), and an
+    embedding table whose sparse gradient
     touches every row gets no learned decay (`NormalizedConfig`). Steered
     by validation loss (`keras_meta.callbacks.ValidationControl`) it holds
     up on held-out models better than alone, best with
@@ -142,13 +143,12 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             (`weights=None`, `rule` None or a variant of the default's
             rule), else False, Keras's default; a bool as in any Keras
             optimizer.
-        compact_ema: keep the weight average (`use_ema`) as its offset
-            from the weights in bfloat16 (`optimizers.weight_average`):
-            half a float per parameter instead of one. Training takes the
-            same steps; the averaged weights differ by the offset's
-            rounding, a fraction of the weights' recent drift. The weights
-            and the average move together where the weights are set
-            outside a step (e.g. `set_weights`).
+        compact_ema: keep the weight average as its bfloat16 offset from
+            the weights (`optimizers.weight_average`): half a float per
+            parameter instead of one, the same training steps, the average
+            within a fraction of its recent drift. None (default): True
+            where `use_ema` is None and made True by the default weights;
+            False in files saved before the option.
         {{base_optimizer_keyword_args}}
 
     Example:
@@ -183,7 +183,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         ema_overwrite_frequency=None,
         loss_scale_factor=None,
         gradient_accumulation_steps=None,
-        compact_ema=False,
+        compact_ema=None,
         name=None,
         **kwargs,
     ):
@@ -192,6 +192,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         if use_ema is None:
             use_ema = weights is None and weights_io.is_default_rule(
                 rule_config)
+            if compact_ema is None:  # the default's average is compact
+                compact_ema = use_ema
         super().__init__(
             learning_rate=learning_rate,
             name=name,
@@ -484,6 +486,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
+        config.setdefault("compact_ema", False)  # saved before the option
         if isinstance(config.get("learning_rate"), dict):
             config["learning_rate"] = serialization_lib.deserialize_keras_object(
                 config["learning_rate"], custom_objects=custom_objects)

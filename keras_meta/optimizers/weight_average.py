@@ -155,9 +155,11 @@ def overwrite_with_average(optimizer, variables):
 
 
 def check_compact(compact_ema, steps_change_weights_alone):
-    """`compact_ema` as a bool, checked: its offset follows the weights
-    through the rule's steps, so Keras's generic weight decay (outside the
-    step, the LSTM rules') cannot change them."""
+    """`compact_ema` as a bool (None: False), checked: its offset follows
+    the weights through the rule's steps, so Keras's generic weight decay
+    (outside the step, the LSTM rules') cannot change them."""
+    if compact_ema is None:
+        return False
     if not isinstance(compact_ema, (bool, np.bool_)):
         raise ValueError("LearnedOptimizer `compact_ema` must be a bool; got "
                          f"{compact_ema!r}.")

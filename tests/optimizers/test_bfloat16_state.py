@@ -110,14 +110,14 @@ def test_the_fast_momenta_are_stored_in_bfloat16():
     assert dtypes == {"m0": {"bfloat16"}, "m1": {"bfloat16"},
                       "m2": {"float32"}, "v": {"float32"},
                       "t": {"float32"}}
-    # Per parameter: 2 bytes for each of m0 and m1, 4 for m2, v and the
-    # weight average: four floats (five in float32).
+    # Per parameter: 2 bytes for each of m0 and m1, 4 for m2 and v, 2 for
+    # the default's compact weight average: 3.5 floats (five in float32).
     per_tensor = opt._slots["t"]
     state = [s for k in opt._state_keys for s in opt._slots[k]
              if not any(s is t for t in per_tensor)]
     state += [a for a in opt._model_variables_moving_average]
     size = sum(v.numpy().nbytes for v in state)
-    assert size == 16 * model.count_params()
+    assert size == 14 * model.count_params()
     reference = _model()
     ref_losses = _fit(reference, None)
     assert losses[-1] < 0.8 * losses[0]
@@ -207,5 +207,6 @@ def test_with_the_factored_second_moment_three_floats_per_parameter():
     slots = [opt._slots[k][0] for k in opt._state_keys]
     average = opt._model_variables_moving_average[0]
     size = sum(v.numpy().nbytes for v in slots + [average])
-    # m0, m1: 2 bytes each; m2 and the average: 4; v: 4 * (200 + 100).
-    assert size == 12 * 200 * 100 + 4 * 300 + 4
+    # m0, m1 and the compact average: 2 bytes each; m2: 4; v: 4 * (200 +
+    # 100).
+    assert size == 10 * 200 * 100 + 4 * 300 + 4

@@ -185,13 +185,27 @@ def test_keras_save_load_continues_bitwise(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_the_default_average_is_compact_and_named_weights_keep_kerass():
+    assert keras_meta.LearnedOptimizer().compact_ema
+    assert keras_meta.LearnedOptimizer(
+        rule={"lazy_tables": True}).compact_ema
+    assert not keras_meta.LearnedOptimizer(compact_ema=False).compact_ema
+    assert keras_meta.LearnedOptimizer(compact_ema=False).use_ema
+    assert not keras_meta.LearnedOptimizer(use_ema=True).compact_ema
+    named = keras_meta.LearnedOptimizer(weights="normalized")
+    assert not (named.use_ema or named.compact_ema)
+
+
 def test_config_round_trip_and_old_configs():
-    opt = keras_meta.LearnedOptimizer(compact_ema=True)
+    opt = keras_meta.LearnedOptimizer()
     config = opt.get_config()
     assert config["compact_ema"] is True
     assert keras_meta.LearnedOptimizer.from_config(config).compact_ema
-    del config["compact_ema"]  # a config saved before the option
-    assert not keras_meta.LearnedOptimizer.from_config(config).compact_ema
+    # A config saved before the option: Keras's average, whose saved
+    # values are averages, not offsets.
+    del config["compact_ema"]
+    old = keras_meta.LearnedOptimizer.from_config(config)
+    assert old.use_ema and not old.compact_ema
 
 
 def test_bad_values_are_refused():
