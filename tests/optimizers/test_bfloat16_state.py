@@ -210,3 +210,23 @@ def test_with_the_factored_second_moment_three_floats_per_parameter():
     # m0, m1 and the compact average: 2 bytes each; m2: 4; v: 4 * (200 +
     # 100).
     assert size == 10 * 200 * 100 + 4 * 300 + 4
+
+
+def test_bfloat16_max_decay_picks_the_momenta_four_floats_per_parameter():
+    kernel = keras.Variable(np.ones((30, 20), "float32"))
+    opt = keras_meta.LearnedOptimizer(
+        rule={**BF16, "bfloat16_max_decay": 0.9})
+    opt.build([kernel])
+    dtypes = {k: str(opt._slots[k][0].dtype) for k in opt._state_keys}
+    assert dtypes == {"m0": "bfloat16", "m1": "float32", "m2": "float32",
+                      "v": "float32", "t": "float32"}
+    # m0 and the default's compact average: 2 bytes each; m1, m2, v: 4.
+    state = [opt._slots[k][0] for k in ("m0", "m1", "m2", "v")]
+    state.append(opt._model_variables_moving_average[0])
+    assert sum(v.numpy().nbytes for v in state) == 16 * 30 * 20
+    opt.apply([tf.fill((30, 20), 0.3)], [kernel])
+    assert np.all(np.isfinite(kernel.numpy()))
+    for bad in (0.999, -0.1, "0.9", True):
+        with pytest.raises(ValueError, match="bfloat16_max_decay"):
+            keras_meta.LearnedOptimizer(rule={**BF16,
+                                              "bfloat16_max_decay": bad})

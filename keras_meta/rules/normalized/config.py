@@ -100,20 +100,25 @@ class NormalizedConfig:
             whole); vectors keep `v` whole. `lazy_tables` then keeps only
             the momenta of untouched rows (the factors are shared).
         bfloat16_momenta: a Keras optimizer (`LearnedOptimizer`) stores
-            the momenta whose decay is at most `BFLOAT16_MAX_DECAY` (the
-            default's 0.9 and 0.99) in bfloat16, rounded stochastically
+            the momenta whose decay is at most `bfloat16_max_decay` (by
+            default the default's 0.9 and 0.99) in bfloat16, rounded
+            stochastically
             (`optimizers.stochastic_rounding`), for float32 variables: half
             a float per parameter less for each. The rule computes in
             float32 either way; the pure rule's state (meta-training, MAML)
             is unchanged. Slower averages stay float32: their rounding
             error grows as `1 / sqrt(1 - decay**2)` ulps.
+        bfloat16_max_decay: the slowest momentum decay `bfloat16_momenta`
+            stores in bfloat16, at most `BFLOAT16_MAX_DECAY` (0.99); 0.9
+            stores only the fastest.
     """
 
     # Fields a trained file's config may change (`weights_io.resolve`).
     UNTRAINED_FIELDS: typing.ClassVar[tuple] = (
         "mlp_tensors", "decay_power", "decay_start", "dense_table_decay",
-        "lazy_tables", "factored_second_moment", "bfloat16_momenta")
-    # The slowest momentum decay `bfloat16_momenta` stores in bfloat16.
+        "lazy_tables", "factored_second_moment", "bfloat16_momenta",
+        "bfloat16_max_decay")
+    # The slowest momentum decay `bfloat16_momenta` may store in bfloat16.
     BFLOAT16_MAX_DECAY: typing.ClassVar[float] = 0.99
 
     hidden_size: int = 8
@@ -140,6 +145,7 @@ class NormalizedConfig:
     lazy_tables: bool = False
     factored_second_moment: bool = False
     bfloat16_momenta: bool = False
+    bfloat16_max_decay: float = 0.99
 
     def __post_init__(self):
         for name in ("momentum_decays", "progress_timescales", "lr_range",
@@ -199,7 +205,7 @@ class NormalizedConfig:
         if self.mlp_tensors not in ("all", "matrices"):
             raise ValueError("mlp_tensors must be 'all' or 'matrices', got "
                              f"{self.mlp_tensors!r}.")
-        for name in ("decay_power", "decay_start"):
+        for name in ("decay_power", "decay_start", "bfloat16_max_decay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name} must be a number, got {value!r}.")
@@ -209,6 +215,11 @@ class NormalizedConfig:
                 "Need decay_power >= 0 and decay_start > 0; got "
                 f"decay_power={self.decay_power!r}, "
                 f"decay_start={self.decay_start!r}.")
+        if not 0.0 <= self.bfloat16_max_decay <= self.BFLOAT16_MAX_DECAY:
+            raise ValueError(
+                "bfloat16_max_decay must be in [0, "
+                f"{self.BFLOAT16_MAX_DECAY}] (slower averages stay float32); "
+                f"got {self.bfloat16_max_decay!r}.")
 
     @property
     def adapts_step_size(self):

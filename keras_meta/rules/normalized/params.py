@@ -150,7 +150,7 @@ def storage_dtypes(dtype, config=NormalizedConfig()):
     `config.bfloat16_momenta` names where `dtype` is float32."""
     dtype = tf.as_dtype(dtype)
     compact = {f"m{i}" for i, decay in enumerate(config.momentum_decays)
-               if decay <= config.BFLOAT16_MAX_DECAY
+               if decay <= config.bfloat16_max_decay
                and config.bfloat16_momenta and dtype == tf.float32}
     return {key: tf.bfloat16 if key in compact else dtype
             for key in state_keys(config)}
