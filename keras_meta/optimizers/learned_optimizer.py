@@ -12,7 +12,6 @@ and a rule that `checks_inputs` is checked on its inputs instead of its
 results (`variable_step.step_and_assign`).
 """
 
-import functools
 import math
 import os
 
@@ -335,15 +334,13 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         `S`, the rule's `state_shapes(S)`) and weight averages."""
         if self.built:
             return
-        compact, self.use_ema = self.use_ema and self.compact_ema, \
-            self.use_ema and not self.compact_ema
+        compact = self.use_ema and self.compact_ema
+        self.use_ema = self.use_ema and not compact
         super().build(var_list)  # Keras's averages unless compact
         self.use_ema = self.use_ema or compact
         if compact:
-            self._model_variables_moving_average = [self.add_variable(
-                var.shape, initializer="zeros",
-                dtype=weight_average.offset_dtype(var.dtype),
-                name=f"{_prefix(var)}_average_offset") for var in var_list]
+            self._model_variables_moving_average = weight_average.add_offsets(
+                self, var_list, [_prefix(var) for var in var_list])
         self._last_nonfinite_step = saving.unsaved_counter(
             -2, tf.int64, "last_nonfinite_step")
         self._consecutive_nonfinite = saving.unsaved_counter(

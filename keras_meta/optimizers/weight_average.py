@@ -41,6 +41,19 @@ def offset_dtype(dtype):
         dtype)
 
 
+def add_offsets(optimizer, variables, prefixes):
+    """A compact average's offsets: zero optimizer variables named
+    `<prefix>_average_offset`, in `offset_dtype`; None, as Keras keeps no
+    average there, for a variable set from its gradient
+    (`overwrite_with_gradient`)."""
+    return [None if getattr(variable, "overwrite_with_gradient", False)
+            else optimizer.add_variable(
+                variable.shape, initializer="zeros",
+                dtype=offset_dtype(variable.dtype),
+                name=f"{prefix}_average_offset")
+            for variable, prefix in zip(variables, prefixes)]
+
+
 def _momentum(momentum, step, dtype):
     return tf.cast(tf.not_equal(step, 0), dtype) * momentum
 
@@ -58,8 +71,9 @@ def _read(offset, dtype):
 
 def reanchor(offset, applied, step, momentum=None):
     """After a step that changed the weights by `applied` (their new value
-    minus their old; zero where the step was refused): `d <- d - applied`, and with `momentum` also this step's
-    averaging, `d <- m * (d - applied)` (`m` 0 at step 0)."""
+    minus their old; zero where the step was refused): `d <- d -
+    applied`, and with `momentum` also this step's averaging, `d <- m * (d
+    - applied)` (`m` 0 at step 0)."""
     value = _read(offset, applied.dtype) - applied
     if momentum is not None:
         value = _momentum(momentum, step, value.dtype) * value
