@@ -5,11 +5,10 @@ runs, apart from the optimizer's bookkeeping.
 and its state slots; a sparse (`tf.IndexedSlices`) gradient is summed into
 rows first (`dense_gradient`), and a rule may restrict the step to the rows
 it touched (`UpdateRule.table_step`). `compiled_step` compiles it with XLA,
-for a large variable as two computations (`update_and_assign`, then
-`state_and_assign` with the variable's weight average), which XLA runs
-without copying the state; `plain_step` runs it without XLA.
-`warn_first_skip` and `count_skipped_step` are the optimizer's bookkeeping
-of skipped steps.
+for a large variable as two computations (`update_and_assign`, with a
+compact weight average, then `state_and_assign`, with Keras's), which XLA
+runs without copying the state; `plain_step` runs it without XLA.
+`record_skips` is the optimizer's bookkeeping of skipped steps.
 """
 
 import functools

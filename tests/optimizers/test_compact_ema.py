@@ -12,19 +12,8 @@ import tensorflow as tf
 
 import keras_meta
 from keras_meta.optimizers import weight_average
-
-
-def _model(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((6,)),
-                             keras.layers.Dense(16, activation="tanh"),
-                             keras.layers.Dense(1)])
-
-
-def _data(n=128, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 6)).astype("float32")
-    return x, np.sin(x @ rng.normal(size=(6, 1))).astype("float32")
+from tests.optimizers.test_bfloat16_state import _data
+from tests.optimizers.test_bfloat16_state import _model
 
 
 def _train(compact, steps=40, seed=0, **kwargs):
