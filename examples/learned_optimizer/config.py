@@ -89,6 +89,10 @@ class Config:
     parameter_feature: bool = option(
         True, "--rule_kind=normalized: NormalizedConfig.parameter_feature "
         "(the MLP sees p / rms(p); off: only the gradient's history).")
+    momentum_decays: tuple[float, ...] = option(
+        (0.9, 0.99, 0.999), "--rule_kind=normalized: "
+        "NormalizedConfig.momentum_decays (the first-moment averages the "
+        "MLP reads; one float of optimizer state per parameter each).")
     estimator: str = option(
         "tbptt", "Meta-gradient estimator: truncated backpropagation, or "
         "persistent evolution strategies (antithetic forward-only pairs, "

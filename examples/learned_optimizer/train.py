@@ -169,7 +169,8 @@ def rule_config(rule, init_weights):
 
 
 # The NormalizedConfig fields that --rule_kind=normalized sets from flags.
-NORMALIZED_FLAGS = ("normalize", "antisymmetric", "parameter_feature")
+NORMALIZED_FLAGS = ("normalize", "antisymmetric", "parameter_feature",
+                    "momentum_decays")
 
 
 def build_rule(config):

@@ -64,6 +64,9 @@ RUNS["pes_mix"] = RUNS["pes_anti"] + (
 # ... and noisy regression tasks.
 RUNS["pes_mix_reg"] = RUNS["pes_anti"] + (
     "--task_kinds=mlp,conv,autoencoder,tokens,teacher,regression",)
+# pes_anti with two momenta (0.9, 0.99): a float of state per parameter
+# less.
+RUNS["pes_anti_2m"] = RUNS["pes_anti"] + ("--momentum_decays=0.9,0.99",)
 # ... with rank-2 teachers, whose held-out loss falls towards 0.
 RUNS["pes_mix_easy"] = RUNS["pes_anti"] + (
     "--task_kinds=mlp,conv,autoencoder,tokens,easy_teacher,regression",)

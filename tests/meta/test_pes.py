@@ -291,11 +291,12 @@ def test_example_meta_trains_the_normalized_rule_with_pes(tmp_path):
         problems=("quadratic",), unroll=5, horizon=10, meta_steps=3,
         model_dir=str(tmp_path), eval_every=1000, verbose=0,
         rule_kind="normalized", normalize="none", antisymmetric=True,
-        estimator="pes",
+        momentum_decays=(0.9, 0.99), estimator="pes",
         num_particles=2, eval_steps=5))
     phi, cfg = weights_io.load_phi(summary["paths"]["last"])
     assert isinstance(cfg, normalized.NormalizedConfig)
     assert cfg.normalize == "none" and cfg.antisymmetric
+    assert cfg.momentum_decays == (0.9, 0.99)
     assert summary["rule_kind"] == "normalized"
     assert np.isfinite(summary["final_eval_score"])
     init = normalized.init_meta_params(cfg)
