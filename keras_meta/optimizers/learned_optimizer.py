@@ -145,9 +145,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         compact_ema: keep the weight average as its bfloat16 offset from
             the weights (`optimizers.weight_average`): half a float per
             parameter instead of one, the same training steps, the average
-            within a fraction of its recent drift. None (default): True
-            where `use_ema` is None and made True by the default weights;
-            False in files saved before the option.
+            within a fraction of its recent drift (False without
+            `use_ema`). None (default): True where `use_ema` is None and
+            made True by the default weights; False in files saved before
+            the option.
         {{base_optimizer_keyword_args}}
 
     Example:
@@ -212,8 +213,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self.seed = seed
         self._rule_config = rule_config
         self._decays_in_rule = rule_kinds.decays_in_rule(self._rule_config)
-        self.compact_ema = weight_average.check_compact(
-            compact_ema, self._decays_in_rule or not weight_decay)
+        self.compact_ema = weight_average.check_compact(  # needs use_ema
+            compact_ema, self._decays_in_rule or not weight_decay) and bool(
+                use_ema)
         self._rule = rule_kinds.make_rule(
             self._rule_config,
             (weight_decay or 0.0) if self._decays_in_rule else 0.0)
@@ -334,11 +336,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         `S`, the rule's `state_shapes(S)`) and weight averages."""
         if self.built:
             return
-        compact = self.use_ema and self.compact_ema
-        self.use_ema = self.use_ema and not compact
+        self.use_ema = self.use_ema and not self.compact_ema
         super().build(var_list)  # Keras's averages unless compact
-        self.use_ema = self.use_ema or compact
-        if compact:
+        self.use_ema = self.use_ema or self.compact_ema
+        if self.compact_ema:
             self._model_variables_moving_average = weight_average.add_offsets(
                 self, var_list, [_prefix(var) for var in var_list])
         self._last_nonfinite_step = saving.unsaved_counter(
@@ -387,7 +388,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         step_function = self._step_function(rule, variable)
         average = {}
         fused = step_function.ema_momentum is not None
-        if self.use_ema and (fused or step_function.compact):
+        if fused or step_function.compact:
             if fused:
                 self._averaged_in_step.add(index)
             average["average"] = _tf_variable(
@@ -431,12 +432,11 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         (`variable_step.compiled_step`) for a rule that compiles its own
         step, where the variable is a plain local one; else the rule's own
         ops."""
-        compact = self.use_ema and self.compact_ema
         if not (getattr(rule, "jit_compile", False)
                 and isinstance(variable, tf.Variable)
                 and not tf.distribute.has_strategy()):
             return variable_step.plain_step(
-                rule, self._state_keys, self._checked_keys, compact)
+                rule, self._state_keys, self._checked_keys, self.compact_ema)
         size = variable.shape.num_elements() or 0
         split = (variable_step.can_split(rule)
                  and size >= variable_step.SPLIT_MIN_SIZE)
@@ -446,7 +446,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         if key not in self._fused_steps:
             self._fused_steps[key] = variable_step.compiled_step(
                 rule, self._state_keys, self._checked_keys, split,
-                self.ema_momentum if average else None, compact)
+                self.ema_momentum if average else None, self.compact_ema)
         return self._fused_steps[key]
 
     def _update_model_variables_moving_average(self, trainable_variables):
