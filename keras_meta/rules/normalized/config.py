@@ -111,13 +111,20 @@ class NormalizedConfig:
         bfloat16_max_decay: the slowest momentum decay `bfloat16_momenta`
             stores in bfloat16, at most `BFLOAT16_MAX_DECAY` (0.99); 0.9
             stores only the fastest.
+        kept_momenta: how many of `momentum_decays`' averages (the first
+            ones) the rule keeps; None keeps them all. The others are
+            neither stored nor fed to the MLP: their features are 0, as if
+            their rows of the MLP's first kernel were zeroed, and each
+            saves one float per parameter. At least 1 (Adam's direction
+            uses the first), and more than `hyper_momentum` where the rule
+            adapts its step size.
     """
 
     # Fields a trained file's config may change (`weights_io.resolve`).
     UNTRAINED_FIELDS: typing.ClassVar[tuple] = (
         "mlp_tensors", "decay_power", "decay_start", "dense_table_decay",
         "lazy_tables", "factored_second_moment", "bfloat16_momenta",
-        "bfloat16_max_decay")
+        "bfloat16_max_decay", "kept_momenta")
     # The slowest momentum decay `bfloat16_momenta` may store in bfloat16.
     BFLOAT16_MAX_DECAY: typing.ClassVar[float] = 0.99
 
@@ -146,6 +153,7 @@ class NormalizedConfig:
     factored_second_moment: bool = False
     bfloat16_momenta: bool = False
     bfloat16_max_decay: float = 0.99
+    kept_momenta: typing.Optional[int] = None
 
     def __post_init__(self):
         for name in ("momentum_decays", "progress_timescales", "lr_range",
@@ -215,6 +223,17 @@ class NormalizedConfig:
                 "Need decay_power >= 0 and decay_start > 0; got "
                 f"decay_power={self.decay_power!r}, "
                 f"decay_start={self.decay_start!r}.")
+        kept = self.kept_momenta
+        if kept is not None and (
+                isinstance(kept, bool) or not isinstance(kept, int)
+                or not 1 <= kept <= len(self.momentum_decays)
+                or (self.adapts_step_size and kept <= self.hyper_momentum)):
+            raise ValueError(
+                "kept_momenta must be None or an int in [1, "
+                f"{len(self.momentum_decays)}] (the number of "
+                "momentum_decays), above hyper_momentum="
+                f"{self.hyper_momentum} where hyper_rate > 0; got "
+                f"{kept!r}.")
         if not 0.0 <= self.bfloat16_max_decay <= self.BFLOAT16_MAX_DECAY:
             raise ValueError(
                 "bfloat16_max_decay must be in [0, "
@@ -225,6 +244,14 @@ class NormalizedConfig:
     def adapts_step_size(self):
         """Whether each tensor keeps a hypergradient step-size offset."""
         return self.hyper_rate > 0.0
+
+    @property
+    def num_kept_momenta(self):
+        """The momenta the rule stores: the first `kept_momenta` of
+        `momentum_decays` (all where None)."""
+        if self.kept_momenta is None:
+            return len(self.momentum_decays)
+        return self.kept_momenta
 
     @property
     def num_parameter_features(self):

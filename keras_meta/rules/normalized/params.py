@@ -110,9 +110,10 @@ def drop_parameter_feature(meta_params, config):
 
 def state_keys(config=NormalizedConfig()):
     """The keys of one tensor's state, in a fixed order: `m0`, `m1`, ...
-    (one per momentum decay), `v`, `t`, then `offset` (the hypergradient's
-    log step-size offset) where `config.adapts_step_size`."""
-    keys = tuple(f"m{i}" for i in range(len(config.momentum_decays))) + (
+    (one per kept momentum, `config.num_kept_momenta`), `v`, `t`, then
+    `offset` (the hypergradient's log step-size offset) where
+    `config.adapts_step_size`."""
+    keys = tuple(f"m{i}" for i in range(config.num_kept_momenta)) + (
         "v", "t")
     return keys + (("offset",) if config.adapts_step_size else ())
 

@@ -131,6 +131,19 @@ def _odd_one_layer_mlp(meta_params, features, tensor_feats):
     return 0.5 * (_output(get, plus) - _output(get, minus))
 
 
+def _without_dropped_momenta(meta_params, config):
+    """`meta_params` with the first kernel's rows of the momenta the rule
+    does not keep (`config.kept_momenta`) removed: their features are 0,
+    so the MLP's output is the same without them."""
+    kept, known = config.num_kept_momenta, len(config.momentum_decays)
+    if kept == known:
+        return meta_params
+    rows = list(range(kept + 1)) + list(
+        range(known + 1, config.num_parameter_features))
+    return {**meta_params, "mlp0/kernel": tf.gather(
+        tf.convert_to_tensor(meta_params["mlp0/kernel"]), rows)}
+
+
 def _mlp(meta_params, features, tensor_feats, config):
     """The plain MLP of `mlp_output`."""
     get = _getter(meta_params, features[0].dtype)
@@ -149,7 +162,8 @@ def _moments(g, state, shape, static_shape, config):
     t = state["t"] + 1.0
     new_state = {"t": t}
     corrected = []
-    for i, decay in enumerate(config.momentum_decays):
+    for i, decay in enumerate(
+            config.momentum_decays[:config.num_kept_momenta]):
         m = decay * tf.reshape(state[f"m{i}"], (-1,)) + (1.0 - decay) * g
         new_state[f"m{i}"] = tf.reshape(m, shape)
         corrected.append(m * _bias_correction(decay, t))
@@ -254,7 +268,8 @@ def apply_one(meta_params, grad, state, value, config, weight_decay=0.0,
                 p, _rms(p) if rms_p is None else rms_p))
         tensor_feats = tensor_features(t, is_vector, config, dtype)
         direction = direction + config.output_scale * mlp_output(
-            meta_params, features, tensor_feats, config)
+            _without_dropped_momenta(meta_params, config), features,
+            tensor_feats, config)
     if config.normalize == "tensor":
         direction = tf.math.divide_no_nan(direction, _rms(direction))
     rate = step_size(meta_params, t, is_vector, config, dtype)
