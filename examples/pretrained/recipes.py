@@ -67,6 +67,8 @@ RUNS["pes_mix_reg"] = RUNS["pes_anti"] + (
 # pes_anti with two momenta (0.9, 0.99): a float of state per parameter
 # less.
 RUNS["pes_anti_2m"] = RUNS["pes_anti"] + ("--momentum_decays=0.9,0.99",)
+# ... and with one (Adam's 0.9): two floats less.
+RUNS["pes_anti_1m"] = RUNS["pes_anti"] + ("--momentum_decays=0.9",)
 # ... with rank-2 teachers, whose held-out loss falls towards 0.
 RUNS["pes_mix_easy"] = RUNS["pes_anti"] + (
     "--task_kinds=mlp,conv,autoencoder,tokens,easy_teacher,regression",)
