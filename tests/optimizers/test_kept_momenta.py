@@ -88,3 +88,12 @@ def test_kept_momenta_sets_over_a_file_and_refuses_bad_values():
     with pytest.raises(ValueError, match="above hyper_momentum=1"):
         normalized.NormalizedConfig(hyper_rate=0.1, kept_momenta=1)
     normalized.NormalizedConfig(hyper_rate=0.1, kept_momenta=2)
+
+
+def test_a_rule_with_one_momentum_needs_no_hypergradient_index():
+    config = normalized.NormalizedConfig(momentum_decays=(0.9,))
+    assert config.hyper_momentum == 1 and config.num_parameter_features == 3
+    with pytest.raises(ValueError, match="hyper_momentum"):
+        normalized.NormalizedConfig(momentum_decays=(0.9,), hyper_rate=0.1)
+    normalized.NormalizedConfig(momentum_decays=(0.9,), hyper_rate=0.1,
+                                hyper_momentum=0)

@@ -317,7 +317,8 @@ def test_config_round_trip_and_errors():
     with pytest.raises(ValueError, match="normalize must be"):
         normalized.NormalizedConfig(normalize="layer")
     for bad in ({"hyper_rate": -0.1}, {"hyper_momentum": 1.0},
-                {"hyper_momentum": 3}, {"hyper_down_fraction": -1.0}):
+                {"hyper_momentum": 3, "hyper_rate": 0.1},
+                {"hyper_down_fraction": -1.0}):
         with pytest.raises(ValueError, match="hyper_momentum"):
             normalized.NormalizedConfig(**bad)
     with pytest.raises(ValueError, match="hyper_offset_range"):

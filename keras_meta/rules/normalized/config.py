@@ -186,13 +186,18 @@ class NormalizedConfig:
         if self.normalize not in ("tensor", "none"):
             raise ValueError("normalize must be 'tensor' or 'none', got "
                              f"{self.normalize!r}.")
+        # hyper_momentum is read only where the rule adapts its step size,
+        # so a rule with one momentum keeps the default index.
         if not (self.hyper_rate >= 0.0 and 0.0 <= self.hyper_down_fraction
                 and isinstance(self.hyper_momentum, int)
                 and not isinstance(self.hyper_momentum, bool)
-                and 0 <= self.hyper_momentum < len(self.momentum_decays)):
+                and 0 <= self.hyper_momentum
+                and (self.hyper_rate == 0.0
+                     or self.hyper_momentum < len(self.momentum_decays))):
             raise ValueError(
                 "Need hyper_rate >= 0, hyper_down_fraction >= 0 and "
-                "0 <= hyper_momentum < len(momentum_decays); got "
+                "0 <= hyper_momentum (< len(momentum_decays) where "
+                "hyper_rate > 0); got "
                 f"hyper_rate={self.hyper_rate!r}, hyper_down_fraction="
                 f"{self.hyper_down_fraction!r}, hyper_momentum="
                 f"{self.hyper_momentum!r} with momentum_decays="
