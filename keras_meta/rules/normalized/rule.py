@@ -324,9 +324,10 @@ class NormalizedMLPRule(UpdateRule):
     RMS-normalized per tensor, at step size `exp(log_lr)`. Every feature,
     hence the update, is invariant to the scale of the loss (up to `eps`).
     Weight decay is decoupled (AdamW's meaning) and scales with the rule's
-    actual step size `lr_t`. State per parameter: one float per momentum
-    decay and `v` (with `config.factored_second_moment`, `v` of a matrix
-    is one float per row and per column).
+    actual step size `lr_t`. State per parameter: one float per kept
+    momentum (`config.kept_momenta`) and `v` (with
+    `config.factored_second_moment`, `v` of a matrix is one float per row
+    and per column).
 
     `meta_params` is a dict of tensors (`params.meta_param_shapes(config)`);
     the state is a list of per-tensor dicts (`params.state_shapes`).
