@@ -151,6 +151,14 @@ def test_maml_refuses_a_non_finite_meta_learning_rate(rate):
         compiled(regressor(), optimizer=keras.optimizers.Adam(rate))
 
 
+def test_maml_refuses_a_schedule_that_starts_negative():
+    # The check reads the schedule's value at the optimizer's current
+    # step, as Keras's `learning_rate` gives it.
+    schedule = keras.optimizers.schedules.ExponentialDecay(-1e-3, 100, 0.5)
+    with pytest.raises(ValueError, match="got -0.001"):
+        compiled(regressor(), optimizer=keras.optimizers.Adam(schedule))
+
+
 @pytest.mark.parametrize("rate", [float("inf"), float("nan")])
 def test_meta_trainer_refuses_a_non_finite_meta_learning_rate(rate):
     problem = problems_lib.make_problem("quadratic")

@@ -154,11 +154,12 @@ def zero_layers(model, zeroed, adapted, adapted_layers):
 
 
 def check_learning_rate(optimizer):
-    """Raises if the meta-optimizer's constant learning rate is < 0, NaN
-    or inf (an infinite rate turns the weights into inf and NaN in one
-    step, even from finite gradients)."""
+    """Raises if the meta-optimizer's learning rate is < 0, NaN or inf
+    (an infinite rate turns the weights into inf and NaN in one step, even
+    from finite gradients). A schedule is checked at the optimizer's
+    current step (Keras's `learning_rate` evaluates it there)."""
     rate = getattr(optimizer, "learning_rate", None)
-    if rate is None or callable(rate):  # a schedule: checked as it runs
+    if rate is None or callable(rate):  # no value to read before a step
         return
     value = float(keras.ops.convert_to_numpy(rate))
     if not (math.isfinite(value) and value >= 0):
