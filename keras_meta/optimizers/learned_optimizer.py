@@ -101,8 +101,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
 
     A gradient or update that is not finite never reaches the weights: the
     step is skipped for that variable (its state is left unchanged too),
-    `nonfinite_count` is incremented, and, outside XLA, a message is printed
-    the first time it happens.
+    `nonfinite_count` is incremented, and a warning is printed at the first
+    skip (outside XLA) and at the end of each `fit` that skipped any.
 
     Args:
         learning_rate: A float, a
@@ -346,6 +346,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             -2, tf.int64, "last_nonfinite_step")
         self._consecutive_nonfinite = saving.unsaved_counter(
             0, tf.int64, "consecutive_nonfinite")
+        self._reported_skips = 0  # by finalize_variable_values
         self._state_keys = tuple(self._rule.state_shapes(()))
         # What the non-finite check reads besides the update.
         self._checked_keys = (("m", "v") if isinstance(self._rule,
@@ -358,14 +359,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             dtypes = self._rule.storage_dtypes(var.dtype)
             prefix = _prefix(var)
             for key in self._state_keys:
-                self._slots[key].append(
-                    self.add_variable(
-                        shape=shapes[key],
-                        initializer="zeros",
-                        dtype=dtypes.get(key, var.dtype),
-                        name=f"{prefix}_{tag}_{key}",
-                    )
-                )
+                self._slots[key].append(self.add_variable(
+                    shape=shapes[key], initializer="zeros",
+                    dtype=dtypes.get(key, var.dtype),
+                    name=f"{prefix}_{tag}_{key}"))
 
     def update_step(self, gradient, variable, learning_rate):
         """Update step given gradient and the associated model variable."""
@@ -461,6 +458,12 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             return super()._overwrite_model_variables_with_average_value(
                 variables)
         weight_average.overwrite_with_average(self, variables)
+
+    def finalize_variable_values(self, var_list):
+        # The end of `fit`: report the skips a compiled step could not.
+        super().finalize_variable_values(var_list)
+        self._reported_skips = variable_step.report_skips(
+            self._nonfinite_count, self._reported_skips)
 
     def _apply_weight_decay(self, variables):
         # A rule that decays by its own step size does it in update_step.

@@ -8,10 +8,12 @@ it touched (`UpdateRule.table_step`). `compiled_step` compiles it with XLA,
 for a large variable as two computations (`update_and_assign`, with a
 compact weight average, then `state_and_assign`, with Keras's), which XLA
 runs without copying the state; `plain_step` runs it without XLA.
-`record_skips` is the optimizer's bookkeeping of skipped steps.
+`record_skips` is the optimizer's bookkeeping of skipped steps,
+`report_skips` its warning at the end of `fit`.
 """
 
 import functools
+import warnings
 
 import tensorflow as tf
 from keras import ops
@@ -227,6 +229,23 @@ def warn_first_skip(oks, nonfinite_count, names):
         "Skipped steps are counted in optimizer.nonfinite_count; this "
         "message is shown once."])
     tf.cond(first, lambda: tf.print(message), lambda: tf.no_op())
+
+
+def report_skips(nonfinite_count, reported):
+    """Warns (`RuntimeWarning`) if `nonfinite_count` has grown past
+    `reported`, the count at the last report; XLA steps cannot print, so
+    `LearnedOptimizer` reports at the end of each `fit`. Returns the count
+    now reported."""
+    count = int(nonfinite_count.numpy())
+    if count > reported:
+        warnings.warn(
+            f"LearnedOptimizer skipped {count - reported} variable updates "
+            "since the last report because a gradient, parameter or update "
+            f"was not finite (NaN or inf); {count} in all "
+            "(optimizer.nonfinite_count). Those variables kept their values "
+            "for those steps; keras_meta.callbacks.NonFiniteGuard stops "
+            "training when skips continue.", RuntimeWarning, stacklevel=3)
+    return count
 
 
 def count_skipped_step(skipped, step, last, consecutive):

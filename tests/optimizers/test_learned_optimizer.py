@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -335,6 +336,23 @@ def test_nan_loss_model_keeps_finite_weights():
     model.fit(x, y, batch_size=32, epochs=2, verbose=0)
     assert all(np.all(np.isfinite(v.numpy())) for v in model.trainable_variables)
     assert int(model.optimizer.nonfinite_count.numpy()) > 0
+
+
+def test_fit_under_xla_warns_of_its_skipped_updates_at_the_end():
+    # A compiled step cannot print; the end of fit reports the skips made
+    # since the last report, once.
+    x, y = _data(32)
+    x[0, 0, 0, 0] = np.nan
+    model = _compile(_model(), jit=True)
+    with pytest.warns(RuntimeWarning, match=r"skipped (\d+) variable "
+                      r"updates since the last report") as record:
+        model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    count = int(model.optimizer.nonfinite_count.numpy())
+    assert count > 0 and f"{count} in all" in str(record[-1].message)
+    clean, _ = _data(32, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        model.fit(clean, y, batch_size=32, epochs=1, verbose=0)
 
 
 def _write(path, content):
