@@ -58,8 +58,8 @@ def learned_spec(text):
     return ("learned", None if name == "default" else name) + extra
 
 
-def make_optimizer(spec):
-    """A fresh optimizer from a spec.
+def make_optimizer(spec, steps=None):
+    """A fresh optimizer from a spec (for a run of `steps` steps).
 
     Specs: ("adam", lr), ("adam_ema", lr) (with `use_ema=True`),
     ("adam_ema", lr, "control") (the same under `ValidationControl`, see
@@ -70,7 +70,8 @@ def make_optimizer(spec):
     "none" (the rule option
     `normalize="none"`) and "field=value" rule options (e.g.
     "hyper_rate=0.1", "hyper_offset_range=-2.3:2.3"), which apply to
-    `"init_normalized"`'s config or must match a file's.
+    `"init_normalized"`'s config or must match a file's;
+    "total_steps=run" gives the rule the run's length `steps`.
     """
     kind = spec[0]
     if kind == "adam":
@@ -81,6 +82,11 @@ def make_optimizer(spec):
         return keras.optimizers.AdamW(spec[1], weight_decay=spec[2])
     if kind == "learned":
         options = set(spec[2]) if len(spec) > 2 else set()
+        if "total_steps=run" in options:
+            if steps is None:
+                raise ValueError("total_steps=run needs the run's steps.")
+            options = options - {"total_steps=run"} | {
+                f"total_steps={steps}"}
         # Without "ema", LearnedOptimizer's own default: averaging for
         # the default weights, not for named ones.
         kwargs = {"use_ema": True} if "ema" in options else {}
@@ -211,7 +217,7 @@ def fit(workload, splits, spec, seed, steps):
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     model = workload.build()
-    model.compile(optimizer=make_optimizer(spec), loss=workload.loss,
+    model.compile(optimizer=make_optimizer(spec, steps), loss=workload.loss,
                   metrics=[workload.metric],
                   steps_per_execution=min(STEPS_PER_EXECUTION, steps))
     x, y = splits.train

@@ -72,6 +72,16 @@ class NormalizedConfig:
             total step count: after `decay_start` steps the step size is
             multiplied by `(decay_start / t) ** decay_power`; 0 keeps it.
         decay_start: the step at which that decay begins.
+        total_steps: the number of steps training will take, where known
+            (`fit`'s `epochs * steps_per_epoch`); None (unknown) keeps the
+            step size as the rule learned it. Given, the last
+            `cooldown_fraction` of them decay the step size linearly to 0
+            (warmup-stable-decay's cooldown, Hagele et al., 2024): step
+            `t` is multiplied by `min(1, (total_steps - t + 1) /
+            (cooldown_fraction * total_steps))`, and by 0 past
+            `total_steps`, as Keras's `CosineDecay` ends.
+        cooldown_fraction: the fraction of `total_steps` that decays, in
+            (0, 1].
         dense_table_decay: keep the learned decay (the MLP's parameter
             feature) on an embedding table whose sparse gradient touches
             every row in a step; False removes it there for that step (the
@@ -124,7 +134,8 @@ class NormalizedConfig:
     UNTRAINED_FIELDS: typing.ClassVar[tuple] = (
         "mlp_tensors", "decay_power", "decay_start", "dense_table_decay",
         "lazy_tables", "factored_second_moment", "bfloat16_momenta",
-        "bfloat16_max_decay", "kept_momenta")
+        "bfloat16_max_decay", "kept_momenta", "total_steps",
+        "cooldown_fraction")
     # The slowest momentum decay `bfloat16_momenta` may store in bfloat16.
     BFLOAT16_MAX_DECAY: typing.ClassVar[float] = 0.99
 
@@ -154,6 +165,8 @@ class NormalizedConfig:
     bfloat16_momenta: bool = False
     bfloat16_max_decay: float = 0.99
     kept_momenta: typing.Optional[int] = None
+    total_steps: typing.Optional[int] = None
+    cooldown_fraction: float = 0.2
 
     def __post_init__(self):
         for name in ("momentum_decays", "progress_timescales", "lr_range",
@@ -239,6 +252,17 @@ class NormalizedConfig:
                 "momentum_decays), above hyper_momentum="
                 f"{self.hyper_momentum} where hyper_rate > 0; got "
                 f"{kept!r}.")
+        total = self.total_steps
+        if total is not None and (isinstance(total, bool)
+                                  or not isinstance(total, numbers.Integral)
+                                  or total < 1):
+            raise ValueError("total_steps must be None or a positive int, "
+                             f"got {total!r}.")
+        fraction = self.cooldown_fraction
+        if (isinstance(fraction, bool) or not isinstance(fraction, numbers.Real)
+                or not 0.0 < fraction <= 1.0):
+            raise ValueError("cooldown_fraction must be a number in (0, 1], "
+                             f"got {fraction!r}.")
         if not 0.0 <= self.bfloat16_max_decay <= self.BFLOAT16_MAX_DECAY:
             raise ValueError(
                 "bfloat16_max_decay must be in [0, "

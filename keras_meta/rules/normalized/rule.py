@@ -34,7 +34,9 @@ def step_size(meta_params, t, is_vector, config, dtype="float32"):
     """The step size of a tensor's `t`-th step (1-based):
     `exp(clip(log_lr) + B tanh(schedule(features) / B))`, within `lr_range`
     and `B = max_schedule_offset` of it, times the anytime decay
-    `(decay_start / max(t, decay_start)) ** decay_power`."""
+    `(decay_start / max(t, decay_start)) ** decay_power` and, where
+    `total_steps` is known, the cooldown `clip((total_steps - t + 1) /
+    (cooldown_fraction * total_steps), 0, 1)`."""
     feats = tensor_features(t, is_vector, config, dtype)
     low, high = (math.log(x) for x in config.lr_range)
     base = tf.clip_by_value(tf.cast(meta_params["log_lr"], dtype), low, high)
@@ -46,6 +48,11 @@ def step_size(meta_params, t, is_vector, config, dtype="float32"):
         start = tf.constant(config.decay_start, dtype)
         t = tf.cast(t, dtype)
         size = size * tf.pow(start / tf.maximum(t, start), config.decay_power)
+    if config.total_steps is not None:
+        total = float(config.total_steps)
+        left = (total + 1.0 - tf.cast(t, dtype)) / (
+            config.cooldown_fraction * total)
+        size = size * tf.clip_by_value(left, 0.0, 1.0)
     return size
 
 
