@@ -71,3 +71,24 @@ def test_total_steps_sets_over_a_file_and_refuses_bad_values():
     for bad in (0.0, 1.5, -0.2, True, "0.2"):
         with pytest.raises(ValueError, match="cooldown_fraction must be"):
             normalized.NormalizedConfig(cooldown_fraction=bad)
+
+
+def test_linear_decay_from_the_start_equals_a_keras_schedule():
+    # `cooldown_fraction=1` is Keras's `PolynomialDecay` to 0 as the
+    # multiplier `learning_rate` (Keras counts steps from 0, the rule
+    # from 1).
+    x, y = _data()
+    weights = []
+    for kwargs in (
+            {"rule": {"total_steps": 64, "cooldown_fraction": 1.0}},
+            {"learning_rate": keras.optimizers.schedules.PolynomialDecay(
+                1.0, decay_steps=64, end_learning_rate=0.0)}):
+        model = _model(seed=4)
+        model.compile(optimizer=keras_meta.LearnedOptimizer(
+            use_ema=False, **kwargs), loss="mse")
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        weights.append([w.numpy() for w in model.trainable_weights])
+    start = [w.numpy() for w in _model(seed=4).trainable_weights]
+    for a, b, s in zip(*weights, start):
+        assert np.abs(a - s).max() > 1e-4
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
