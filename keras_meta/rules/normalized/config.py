@@ -73,7 +73,9 @@ class NormalizedConfig:
             multiplied by `(decay_start / t) ** decay_power`; 0 keeps it.
         decay_start: the step at which that decay begins.
         total_steps: the number of steps training will take, where known
-            (`fit`'s `epochs * steps_per_epoch`); None (unknown) keeps the
+            (`fit`'s `epochs * steps_per_epoch`, over
+            `gradient_accumulation_steps` where set: the rule counts the
+            steps it takes, not batches); None (unknown) keeps the
             step size as the rule learned it. Given, the last
             `cooldown_fraction` of them decay the step size linearly to 0
             (warmup-stable-decay's cooldown, Hagele et al., 2024): step
