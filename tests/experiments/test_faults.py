@@ -54,10 +54,25 @@ def weights(path):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """`uninterrupted()`: the weights of the uninterrupted run. The run
+    starts here and trains while the first test's run is interrupted and
+    resumed (separate processes and directories); its weights are read
+    when a test first compares with them."""
     model_dir = str(tmp_path_factory.mktemp("whole"))
-    code, out = finish(start(model_dir))
-    assert code == 0, out[-3000:]
-    return weights(os.path.join(model_dir, "model.keras"))
+    process = start(model_dir)
+    result = []
+
+    def get():
+        if not result:
+            code, out = finish(process)
+            assert code == 0, out[-3000:]
+            result.append(weights(os.path.join(model_dir, "model.keras")))
+        return result[0]
+
+    yield get
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
 
 
 def assert_same(expected, model_dir, note):
@@ -89,7 +104,7 @@ def test_sigkill_at_a_random_step_then_resume(tmp_path, uninterrupted):
     code, out = finish(start(model_dir, "--resume"))
     assert code == 0, (note, out[-3000:])
     assert "Resuming from" in out
-    assert_same(uninterrupted, model_dir, note)
+    assert_same(uninterrupted(), model_dir, note)
 
 
 def test_sigterm_checkpoints_mid_epoch_and_exits(tmp_path, uninterrupted):
@@ -106,4 +121,4 @@ def test_sigterm_checkpoints_mid_epoch_and_exits(tmp_path, uninterrupted):
     code, out = finish(start(model_dir, "--resume"))
     assert code == 0, (note, out[-3000:])
     assert f"at step {step}." in out
-    assert_same(uninterrupted, model_dir, note)
+    assert_same(uninterrupted(), model_dir, note)

@@ -243,8 +243,11 @@ def test_short_sinusoid_run_learns(rule, sinusoid_mlp):
     net = sinusoid_mlp(20)
     maml = keras_meta.MAML(net, inner_learning_rate=0.01, inner_steps=1,
                            inner_optimizer=rule)
+    # One meta-step per call: XLA's fused multi-step program (compiled
+    # once per call size, tests/models/test_maml.py's fused test) costs
+    # more to build than these 300 steps take; same steps, same numbers.
     maml.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse",
-                 steps_per_execution=100)
+                 steps_per_execution=1)
     held_out = next(iter(keras_meta.data.sinusoid(
         shots=10, meta_batch_size=100, seed=123)))
     before = maml.task_losses(held_out, steps=1).numpy().mean(axis=0)

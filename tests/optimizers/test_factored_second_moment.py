@@ -133,23 +133,39 @@ def _fit(model, epochs=1):
                      verbose=0).history["loss"]
 
 
+def _trained(kwargs):
+    """The text model trained 3 epochs with `LearnedOptimizer(**kwargs)`:
+    `(model, losses, optimizer state size in floats)`."""
+    model = _text_model(seed=4)
+    model.compile(keras_meta.LearnedOptimizer(**kwargs),
+                  keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+    losses = _fit(model, epochs=3)
+    size = sum(int(np.prod(v.shape)) for v in model.optimizer.variables)
+    return model, losses, size
+
+
+@pytest.fixture(scope="module")
+def whole():
+    """The default rule's run, the reference of both `lazy_tables` cases
+    (it does not depend on them): trained once per module."""
+    return _trained({})
+
+
 @pytest.mark.parametrize("lazy_tables", [False, True])
-def test_keras_factored_rule_memory_training_and_save_load(tmp_path,
+def test_keras_factored_rule_memory_training_and_save_load(tmp_path, whole,
                                                            lazy_tables):
     rule = {"dense_table_decay": False, "factored_second_moment": True,
             "lazy_tables": lazy_tables}
     sizes = {}
-    for name, kwargs in (("whole", {}), ("factored", {"rule": rule})):
-        model = _text_model(seed=4)
-        model.compile(keras_meta.LearnedOptimizer(**kwargs),
-                      keras.losses.SparseCategoricalCrossentropy(
-                          from_logits=True))
-        losses = _fit(model, epochs=3)
+    factored = _trained({"rule": rule})
+    for name, (model, losses, size) in (("whole", whole),
+                                        ("factored", factored)):
         assert losses[-1] < losses[0], losses
         opt = model.optimizer
         assert opt.use_ema and opt.rule_config.factored_second_moment == (
             name == "factored")
-        sizes[name] = sum(int(np.prod(v.shape)) for v in opt.variables)
+        sizes[name] = size
     # One float per parameter less, plus a row and a column average per
     # matrix (the Embedding's [50, 8] and the two Dense kernels).
     matrices = [(50, 8), (8, 16), (16, 3)]
