@@ -1,6 +1,7 @@
 """Argument checks shared by the package: one message per kind of mistake."""
 
 import dataclasses
+import math
 
 
 def check_positive_int(name, value, allow_none=False):
@@ -17,6 +18,15 @@ def check_non_negative_int(name, value):
     the argument and the value given."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"`{name}` must be an int >= 0; got {value!r}.")
+
+
+def check_non_negative_float(name, value):
+    """Raises `ValueError` unless `value` is a finite real number >= 0 (not
+    a bool); the message names the argument and the value given."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not (math.isfinite(value) and value >= 0)):
+        raise ValueError(
+            f"`{name}` must be a finite float >= 0; got {value!r}.")
 
 
 def dataclass_from_dict(cls, fields):

@@ -71,7 +71,8 @@ def make_optimizer(spec, steps=None):
     `normalize="none"`) and "field=value" rule options (e.g.
     "hyper_rate=0.1", "hyper_offset_range=-2.3:2.3"), which apply to
     `"init_normalized"`'s config or must match a file's;
-    "total_steps=run" gives the rule the run's length `steps`.
+    "total_steps=run" gives the rule the run's length `steps`;
+    "ema_window_fraction=F" is `LearnedOptimizer`'s argument.
     """
     kind = spec[0]
     if kind == "adam":
@@ -92,11 +93,14 @@ def make_optimizer(spec, steps=None):
         kwargs = {"use_ema": True} if "ema" in options else {}
         if "compact_ema" in options:
             kwargs["compact_ema"] = True
+        windows = {o for o in options if o.startswith("ema_window_fraction=")}
+        for option in windows:
+            kwargs.update(_rule_option(option))
         ablations = {o for o in options if o.startswith(EDITS)}
         rule = {}
         controls = {o for o in options if _is_control(o)}
         for option in sorted(options - {"ema", "compact_ema"} - controls
-                             - ablations):
+                             - ablations - windows):
             rule.update(_rule_option(option))
         if rule:
             kwargs["rule"] = {"rule_type": "normalized_mlp", **rule}

@@ -52,13 +52,8 @@ def check_arguments(inner_learning_rate, inner_steps, eval_inner_steps,
                     task_parallelism, choices):
     """Raises on a bad numeric argument of `MAML` or an unknown
     `task_parallelism` (one of `choices`)."""
-    if (isinstance(inner_learning_rate, bool)
-            or not isinstance(inner_learning_rate, (int, float))
-            or not (math.isfinite(inner_learning_rate)
-                    and inner_learning_rate >= 0)):
-        raise ValueError(
-            "`inner_learning_rate` must be a finite float >= 0; got "
-            f"{inner_learning_rate!r}.")
+    validation.check_non_negative_float("inner_learning_rate",
+                                        inner_learning_rate)
     validation.check_positive_int("inner_steps", inner_steps)
     validation.check_positive_int("eval_inner_steps", eval_inner_steps, True)
     validation.check_positive_int("multi_step_loss_anneal_steps",

@@ -12,7 +12,6 @@ and a rule that `checks_inputs` is checked on its inputs instead of its
 results (`variable_step.step_and_assign`).
 """
 
-import math
 import os
 
 import keras
@@ -22,6 +21,7 @@ from keras import ops
 from keras.src.saving import serialization_lib
 
 from keras_meta import saving
+from keras_meta import validation
 from keras_meta.optimizers import rule_kinds
 from keras_meta.optimizers import variable_step
 from keras_meta.optimizers import weight_average
@@ -42,15 +42,6 @@ def _prefix(variable):
     if hasattr(variable, "path"):
         return variable.path.replace("/", "_")
     return str(variable.name).replace("/", "_").replace(":", "_")
-
-
-def _check_multiplier(learning_rate):
-    if isinstance(learning_rate, (int, float)) and (
-            isinstance(learning_rate, bool)
-            or not (math.isfinite(learning_rate) and learning_rate >= 0)):
-        raise ValueError(
-            "LearnedOptimizer `learning_rate` (a multiplier of the learned "
-            f"update) must be a finite float >= 0; got {learning_rate!r}.")
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")
@@ -149,6 +140,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             `use_ema`). None (default): True where `use_ema` is None and
             made True by the default weights; False in files saved before
             the option.
+        ema_window_fraction: None (default), or a fraction: the weight
+            average's window, `1 / (1 - ema_momentum)` steps, grows to that
+            fraction of the steps taken (`weight_average.GrowingMomentum`).
         {{base_optimizer_keyword_args}}
 
     Example:
@@ -184,10 +178,12 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         loss_scale_factor=None,
         gradient_accumulation_steps=None,
         compact_ema=None,
+        ema_window_fraction=None,
         name=None,
         **kwargs,
     ):
-        _check_multiplier(learning_rate)
+        if isinstance(learning_rate, (int, float)):  # else a schedule
+            validation.check_non_negative_float("learning_rate", learning_rate)
         phi_values, rule_config = weights_io.resolve(weights, rule, seed)
         if use_ema is None:
             use_ema = weights is None and weights_io.is_default_rule(
@@ -208,26 +204,24 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             gradient_accumulation_steps=gradient_accumulation_steps,
             **kwargs,
         )
-        self.weights = weights
+        self.weights, self.seed = weights, seed
         self.rule = dict(rule) if rule is not None else None
-        self.seed = seed
         self._rule_config = rule_config
         self._decays_in_rule = rule_kinds.decays_in_rule(self._rule_config)
         self.compact_ema = weight_average.check_compact(  # needs use_ema
             compact_ema, self._decays_in_rule or not weight_decay) and bool(
                 use_ema)
-        self._rule = rule_kinds.make_rule(
-            self._rule_config,
-            (weight_decay or 0.0) if self._decays_in_rule else 0.0)
+        self.ema_window_fraction = weight_average.check_window_fraction(
+            ema_window_fraction, use_ema)
+        decay = (weight_decay or 0.0) if self._decays_in_rule else 0.0
+        self._rule = rule_kinds.make_rule(self._rule_config, decay)
         # The same rule without decay, for excluded variables.
         self._rule_no_decay = rule_kinds.make_rule(self._rule_config)
         self._phi = self._phi_variables(phi_values)
         self._fused_steps, self._averaged_in_step = {}, set()
         self._in_step = None  # phi and results of the step being traced
         self._nonfinite_count = self.add_variable(
-            shape=(), initializer="zeros", dtype="int64",
-            name="nonfinite_count",
-        )
+            shape=(), initializer="zeros", dtype="int64", name="nonfinite_count")
 
     def _phi_variables(self, phi_values):
         """phi as optimizer variables, in sorted order of their names."""
@@ -443,15 +437,14 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         if key not in self._fused_steps:
             self._fused_steps[key] = variable_step.compiled_step(
                 rule, self._state_keys, self._checked_keys, split,
-                self.ema_momentum if average else None, self.compact_ema)
+                weight_average.momentum_of(self) if average else None,
+                self.compact_ema)
         return self._fused_steps[key]
 
     def _update_model_variables_moving_average(self, trainable_variables):
         # Averages that a compiled step updated (`update_step`) are skipped.
         done, self._averaged_in_step = self._averaged_in_step, set()
-        weight_average.update_averages(
-            trainable_variables, self._model_variables_moving_average,
-            self.ema_momentum, self.iterations, done, self.compact_ema)
+        weight_average.update_averages(self, trainable_variables, done)
 
     def _overwrite_model_variables_with_average_value(self, variables):
         if not self.compact_ema:
@@ -480,7 +473,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             weights = "init"
         config.update(weights=weights, seed=self.seed,
                       rule=rule_kinds.config_to_dict(self._rule_config),
-                      compact_ema=self.compact_ema)
+                      compact_ema=self.compact_ema,
+                      ema_window_fraction=self.ema_window_fraction)
         return saving.stamp(config)
 
     @classmethod

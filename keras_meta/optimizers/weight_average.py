@@ -20,8 +20,12 @@ A step that applies its update can do both in one write (`reanchor` with
 steps with either form; only the averaged weights (`averaged_values`, and
 the weights `finalize_variable_values` leaves) differ, by the rounding.
 Anything that sets the weights outside a step keeps the offset, so the
-average moves with the weights: `reset_to_weights` restarts it.
+average moves with the weights: `reset_to_weights` restarts it. The
+momentum `m` is the optimizer's `ema_momentum`, or with its
+`ema_window_fraction` a `GrowingMomentum` of the step (`momentum_of`).
 """
+
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
@@ -54,7 +58,50 @@ def add_offsets(optimizer, variables, prefixes):
             for variable, prefix in zip(variables, prefixes)]
 
 
+@dataclasses.dataclass(frozen=True)
+class GrowingMomentum:
+    """The momentum of an average whose window grows with the run:
+    `max(base, 1 - 1 / (window_fraction * step))`. Its window is `1 / (1 -
+    base)` steps until `step = 1 / (window_fraction * (1 - base))` (1,000
+    for 0.99 and 0.1), then `window_fraction` of the steps taken: a tail
+    average that needs no length."""
+
+    base: float
+    window_fraction: float
+
+
+def check_window_fraction(fraction, use_ema):
+    """`ema_window_fraction` checked: None, or a number in (0, 1] given
+    with `use_ema`."""
+    if fraction is None:
+        return None
+    if (isinstance(fraction, (bool, np.bool_))
+            or not isinstance(fraction, (int, float, np.floating))
+            or not 0 < fraction <= 1):
+        raise ValueError("LearnedOptimizer `ema_window_fraction` must be "
+                         f"None or a number in (0, 1]; got {fraction!r}.")
+    if not use_ema:
+        raise ValueError("ema_window_fraction sets the weight average's "
+                         "window; it needs use_ema=True (or the default "
+                         "weights, whose average is on).")
+    return float(fraction)
+
+
+def momentum_of(optimizer):
+    """The `momentum` argument of this module's functions for an optimizer:
+    its `ema_momentum`, or with its `ema_window_fraction` a
+    `GrowingMomentum`."""
+    fraction = getattr(optimizer, "ema_window_fraction", None)
+    if fraction is None:
+        return optimizer.ema_momentum
+    return GrowingMomentum(float(optimizer.ema_momentum), fraction)
+
+
 def _momentum(momentum, step, dtype):
+    if isinstance(momentum, GrowingMomentum):
+        t = tf.maximum(tf.cast(step, tf.float32), 1.0)
+        momentum = tf.cast(tf.maximum(
+            momentum.base, 1.0 - 1.0 / (momentum.window_fraction * t)), dtype)
     return tf.cast(tf.not_equal(step, 0), dtype) * momentum
 
 
@@ -96,13 +143,15 @@ def update_average(average, value, momentum, step):
                    + (1 - m) * tf.convert_to_tensor(value))
 
 
-def update_averages(variables, averages, momentum, step, skip=(),
-                    compact=False):
-    """One step's averaging of each variable that has an average (Keras's
-    `_update_model_variables_moving_average`), except those whose index is
-    in `skip` (a step that averaged them already): `update_average`, or
-    with `compact` `shrink`."""
-    for index, (variable, average) in enumerate(zip(variables, averages)):
+def update_averages(optimizer, variables, skip=()):
+    """One step's averaging of each of `variables` that has an average in
+    `optimizer` (Keras's `_update_model_variables_moving_average`), except
+    those whose index is in `skip` (a step that averaged them already):
+    `update_average`, or for a compact average `shrink`."""
+    momentum, step = momentum_of(optimizer), optimizer.iterations
+    compact = is_compact(optimizer)
+    for index, (variable, average) in enumerate(
+            zip(variables, optimizer._model_variables_moving_average)):
         if average is None or index in skip:
             continue
         if compact:
