@@ -140,9 +140,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             `use_ema`). None (default): True where `use_ema` is None and
             made True by the default weights; False in files saved before
             the option.
-        ema_window_fraction: None (default), or a fraction: the weight
-            average's window, `1 / (1 - ema_momentum)` steps, grows to that
-            fraction of the steps taken (`weight_average.GrowingMomentum`).
+        ema_window_fraction: None (default): the weight average keeps its
+            window of `1 / (1 - ema_momentum)` steps. A fraction in (0, 1]
+            (with `use_ema`): the window grows to that fraction of the
+            steps taken once it is smaller (`weight_average.GrowingMomentum`).
         {{base_optimizer_keyword_args}}
 
     Example:
