@@ -209,9 +209,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self.rule = dict(rule) if rule is not None else None
         self._rule_config = rule_config
         self._decays_in_rule = rule_kinds.decays_in_rule(self._rule_config)
-        self.compact_ema = weight_average.check_compact(  # needs use_ema
-            compact_ema, self._decays_in_rule or not weight_decay) and bool(
-                use_ema)
+        self.compact_ema = weight_average.check_compact(
+            compact_ema, self._decays_in_rule or not weight_decay, use_ema)
         self.ema_window_fraction = weight_average.check_window_fraction(
             ema_window_fraction, use_ema)
         decay = (weight_decay or 0.0) if self._decays_in_rule else 0.0
@@ -222,7 +221,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self._fused_steps, self._averaged_in_step = {}, set()
         self._in_step = None  # phi and results of the step being traced
         self._nonfinite_count = self.add_variable(
-            shape=(), initializer="zeros", dtype="int64", name="nonfinite_count")
+            shape=(), initializer="zeros", dtype="int64",
+            name="nonfinite_count")
 
     def _phi_variables(self, phi_values):
         """phi as optimizer variables, in sorted order of their names."""

@@ -217,10 +217,11 @@ def overwrite_with_average(optimizer, variables):
     reset_to_weights(optimizer, variables)
 
 
-def check_compact(compact_ema, steps_change_weights_alone):
-    """`compact_ema` as a bool (None: False), checked: its offset follows
-    the weights through the rule's steps, so Keras's generic weight decay
-    (outside the step, the LSTM rules') cannot change them."""
+def check_compact(compact_ema, steps_change_weights_alone, use_ema):
+    """`compact_ema` as a bool (None, or without `use_ema`: False),
+    checked: its offset follows the weights through the rule's steps, so
+    Keras's generic weight decay (outside the step, the LSTM rules') cannot
+    change them."""
     if compact_ema is None:
         return False
     if not isinstance(compact_ema, (bool, np.bool_)):
@@ -232,4 +233,4 @@ def check_compact(compact_ema, steps_change_weights_alone):
             "own step (a normalized rule); this LSTM rule's weight decay is "
             "Keras's, applied outside the step. Use compact_ema=False or "
             "weight_decay=None.")
-    return bool(compact_ema)
+    return bool(compact_ema) and bool(use_ema)
