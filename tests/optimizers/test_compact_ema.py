@@ -3,6 +3,7 @@ offset from the weights in bfloat16 (`optimizers.weight_average`). Training
 must take the same steps as with Keras's average, and the averaged weights
 must be Keras's up to the offset's rounding."""
 
+import functools
 import os
 
 import keras
@@ -28,17 +29,12 @@ def _train(compact, steps=40, seed=0, **kwargs):
     return model
 
 
-_REFERENCES = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _reference(steps=40, **kwargs):
     """`_train(False, steps, **kwargs)`, Keras's own average, trained once
     per module for each setting: several tests compare with the same
     reference run, which reads neither the compact path nor its patches."""
-    key = (steps, tuple(sorted(kwargs.items())))
-    if key not in _REFERENCES:
-        _REFERENCES[key] = _train(False, steps, **kwargs)
-    return _REFERENCES[key]
+    return _train(False, steps, **kwargs)
 
 
 def _averaged(model):
