@@ -1,4 +1,5 @@
-"""State kept in bfloat16 (`NormalizedConfig.bfloat16_momenta`): stochastic
+"""State kept in bfloat16 (`NormalizedConfig.bfloat16_momenta`,
+`bfloat16_second_moment`): stochastic
 rounding (`optimizers.stochastic_rounding`) and the `LearnedOptimizer`
 slots that use it."""
 
@@ -131,11 +132,41 @@ def test_the_fast_momenta_are_stored_in_bfloat16():
                 atol=0.05 * np.abs(want).max())
 
 
+def test_the_second_moment_is_stored_in_bfloat16():
+    model = _model()
+    losses = _fit(model, {"bfloat16_second_moment": True})
+    opt = model.optimizer
+    dtypes = {key: {str(s.dtype) for s in opt._slots[key]}
+              for key in opt._state_keys}
+    assert dtypes == {"m0": {"float32"}, "m1": {"float32"},
+                      "m2": {"float32"}, "v": {"bfloat16"},
+                      "t": {"float32"}}
+    # Per parameter: 4 bytes for each momentum, 2 for v and 2 for the
+    # default's compact weight average: 4 floats.
+    per_tensor = opt._slots["t"]
+    state = [s for k in opt._state_keys for s in opt._slots[k]
+             if not any(s is t for t in per_tensor)]
+    state += [a for a in opt._model_variables_moving_average]
+    assert sum(v.numpy().nbytes for v in state) == 16 * model.count_params()
+    reference = _model()
+    ref_losses = _fit(reference, None)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-3)
+    for got, want in zip(opt._slots["v"], reference.optimizer._slots["v"]):
+        want = want.numpy()
+        np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), want,
+                                   rtol=0.1, atol=1e-3 * want.max())
+    assert any(np.any(tf.cast(got, tf.float32).numpy() != want.numpy())
+               for got, want in zip(opt._slots["v"],
+                                    reference.optimizer._slots["v"]))
+
+
 def test_float16_variables_keep_their_dtype():
     variable = keras.Variable(np.ones((3, 2), "float16"), dtype="float16")
-    opt = keras_meta.LearnedOptimizer(rule=BF16)
+    opt = keras_meta.LearnedOptimizer(
+        rule={**BF16, "bfloat16_second_moment": True})
     opt.build([variable])
-    assert {str(opt._slots[k][0].dtype) for k in ("m0", "m1")} == {"float16"}
+    assert {str(opt._slots[k][0].dtype)
+            for k in ("m0", "m1", "v")} == {"float16"}
 
 
 def test_plain_ops_round_as_the_compiled_step():
@@ -182,13 +213,15 @@ def test_lazy_tables_keep_untouched_rows_bitwise():
     assert np.any(after[10:20] != before[10:20])
 
 
-def test_keras_save_load_continues_bitwise(tmp_path):
+@pytest.mark.parametrize("rule", [BF16, {"bfloat16_second_moment": True}])
+def test_keras_save_load_continues_bitwise(tmp_path, rule):
     model = _model(seed=2)
-    _fit(model, BF16, epochs=1)
+    _fit(model, rule, epochs=1)
     path = os.path.join(tmp_path, "m.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    assert loaded.optimizer.rule_config.bfloat16_momenta
+    for name in rule:
+        assert getattr(loaded.optimizer.rule_config, name)
     for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -230,3 +263,8 @@ def test_bfloat16_max_decay_picks_the_momenta_four_floats_per_parameter():
         with pytest.raises(ValueError, match="bfloat16_max_decay"):
             keras_meta.LearnedOptimizer(rule={**BF16,
                                               "bfloat16_max_decay": bad})
+
+
+def test_a_non_bool_second_moment_option_is_refused():
+    with pytest.raises(ValueError, match="bfloat16_second_moment.*'yes'"):
+        keras_meta.LearnedOptimizer(rule={"bfloat16_second_moment": "yes"})

@@ -123,6 +123,14 @@ class NormalizedConfig:
         bfloat16_max_decay: the slowest momentum decay `bfloat16_momenta`
             stores in bfloat16, at most `BFLOAT16_MAX_DECAY` (0.99); 0.9
             stores only the fastest.
+        bfloat16_second_moment: a Keras optimizer stores `v` (whole or
+            factored) of float32 variables in bfloat16, rounded
+            stochastically: half a float per parameter less. `v` is
+            positive and enters the step through its square root, so its
+            rounding noise (about 4% of `v` at `beta_2=0.999`, varying
+            over hundreds of steps) jitters each coordinate's step by
+            about 2%. The rule and the pure rule's state are as for
+            `bfloat16_momenta`.
         kept_momenta: how many of `momentum_decays`' averages (the first
             ones) the rule keeps; None keeps them all. The others are
             neither stored nor fed to the MLP: their features are 0, as if
@@ -136,8 +144,8 @@ class NormalizedConfig:
     UNTRAINED_FIELDS: typing.ClassVar[tuple] = (
         "mlp_tensors", "decay_power", "decay_start", "dense_table_decay",
         "lazy_tables", "factored_second_moment", "bfloat16_momenta",
-        "bfloat16_max_decay", "kept_momenta", "total_steps",
-        "cooldown_fraction")
+        "bfloat16_max_decay", "bfloat16_second_moment", "kept_momenta",
+        "total_steps", "cooldown_fraction")
     # The slowest momentum decay `bfloat16_momenta` may store in bfloat16.
     BFLOAT16_MAX_DECAY: typing.ClassVar[float] = 0.99
 
@@ -166,6 +174,7 @@ class NormalizedConfig:
     factored_second_moment: bool = False
     bfloat16_momenta: bool = False
     bfloat16_max_decay: float = 0.99
+    bfloat16_second_moment: bool = False
     kept_momenta: typing.Optional[int] = None
     total_steps: typing.Optional[int] = None
     cooldown_fraction: float = 0.2
@@ -194,7 +203,8 @@ class NormalizedConfig:
                 f"got lr_range={self.lr_range}, init_lr={self.init_lr}.")
         for name in ("parameter_feature", "antisymmetric",
                      "dense_table_decay", "lazy_tables",
-                     "factored_second_moment", "bfloat16_momenta"):
+                     "factored_second_moment", "bfloat16_momenta",
+                     "bfloat16_second_moment"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got "
                                  f"{getattr(self, name)!r}.")

@@ -148,11 +148,16 @@ def state_shapes(shape, config=NormalizedConfig()):
 def storage_dtypes(dtype, config=NormalizedConfig()):
     """`{key: dtype}` a Keras optimizer stores one tensor's state in, for a
     variable of `dtype`: `dtype`, or bfloat16 for the momenta that
-    `config.bfloat16_momenta` names where `dtype` is float32."""
+    `config.bfloat16_momenta` names and for `v` under
+    `config.bfloat16_second_moment`, where `dtype` is float32."""
     dtype = tf.as_dtype(dtype)
-    compact = {f"m{i}" for i, decay in enumerate(config.momentum_decays)
-               if decay <= config.bfloat16_max_decay
-               and config.bfloat16_momenta and dtype == tf.float32}
+    compact = set()
+    if dtype == tf.float32:
+        compact = {f"m{i}" for i, decay in enumerate(config.momentum_decays)
+                   if decay <= config.bfloat16_max_decay
+                   and config.bfloat16_momenta}
+        if config.bfloat16_second_moment:
+            compact.add("v")
     return {key: tf.bfloat16 if key in compact else dtype
             for key in state_keys(config)}
 

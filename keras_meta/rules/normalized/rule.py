@@ -428,7 +428,8 @@ class NormalizedMLPRule(UpdateRule):
 
     def storage_dtypes(self, dtype):
         """`params.storage_dtypes`: bfloat16 for the fast momenta of a
-        float32 parameter under `config.bfloat16_momenta`."""
+        float32 parameter under `config.bfloat16_momenta`, and for its `v`
+        under `config.bfloat16_second_moment`."""
         return params.storage_dtypes(dtype, self.config)
 
     def update(self, meta_params, grads, state, values, step):
