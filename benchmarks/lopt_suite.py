@@ -74,7 +74,13 @@ goal counts of issue 22.
 `--reuse=a.json,b.json` copies every run (workload, steps, seed,
 optimizer spec) found in earlier results instead of training it again:
 try a new candidate against an Adam grid trained once, or join a run
-made in parts.
+made in parts. It copies only runs of the same `--workload_set`.
+
+`--workload_set=dev` trains the development workloads
+(`suite/dev_workloads.py`), where candidates are chosen;
+`--workload_set=report` the report workloads
+(`suite/report_workloads.py`), a third set never used to choose
+anything, whose numbers are reported as they come.
 
 Cost: 11 fits per workload, step count and seed with the default
 optimizers (5 Adam + 5 AdamW rates + the learned default); a 1,000-step
@@ -96,13 +102,16 @@ from benchmarks import common
 from benchmarks.suite import data as suite_data
 from benchmarks.suite import dev_workloads
 from benchmarks.suite import report
+from benchmarks.suite import report_workloads
 from benchmarks.suite import runner
 from benchmarks.suite import workloads
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("workload_set", "held_out", ["held_out", "dev"],
+flags.DEFINE_enum("workload_set", "held_out", ["held_out", "dev", "report"],
                   "held_out: the suite (report on it); dev: "
-                  "suite/dev_workloads.py (choose candidates on it).")
+                  "suite/dev_workloads.py (choose candidates on it); "
+                  "report: suite/report_workloads.py, never used to choose "
+                  "candidates (its numbers are reported as they come).")
 flags.DEFINE_list("workloads", [], "Workloads of the set (default all).")
 flags.DEFINE_list("steps", ["1000", "5000"], "Training steps (each).")
 flags.DEFINE_integer("seeds", 3, "Seeds 0..seeds-1 per workload.")
@@ -128,7 +137,8 @@ OPTIMIZER_NAMES = ("adam_best", "adamw_best", "adam_1e-3", "adam_1e-3_ema",
                    "adam_1e-3_ema_control", "adam_1e-3_ema_control_default",
                    "adam_fixed", "learned")
 WORKLOAD_SETS = {"held_out": workloads.WORKLOADS,
-                 "dev": dev_workloads.DEV_WORKLOADS}
+                 "dev": dev_workloads.DEV_WORKLOADS,
+                 "report": report_workloads.REPORT_WORKLOADS}
 
 
 def spec_key(spec):
@@ -179,10 +189,11 @@ def reusable_runs(paths, workload_set):
     found = {}
     for path in paths:
         previous = common.read_json(path)
-        if previous.get("workload_set", "held_out") != workload_set:
-            raise ValueError(
-                f"--reuse={path} holds the {previous.get('workload_set')!r} "
-                f"workload set, not {workload_set!r}.")
+        # Records older than --workload_set are of the held-out suite.
+        held = previous.get("workload_set", "held_out")
+        if held != workload_set:
+            raise ValueError(f"--reuse={path} holds the {held!r} workload "
+                             f"set, not {workload_set!r}.")
         for name, by_steps in previous["cells"].items():
             for steps, cell in by_steps.items():
                 for key, runs in cell["runs"].items():

@@ -249,6 +249,16 @@ def test_reuse_copies_earlier_runs_and_trains_only_the_rest(tmp_path,
     assert reuse[("keywords", 1000, "adam 0.001", 1)] == {"test_loss": 2.5}
     with pytest.raises(ValueError, match="'dev' workload set, not 'held_out'"):
         lopt_suite.reusable_runs([str(path)], "held_out")
+    # Nor is any other set's run copied into the report set; a record
+    # without a set is of the held-out suite.
+    with pytest.raises(ValueError, match="'dev' workload set, not 'report'"):
+        lopt_suite.reusable_runs([str(path)], "report")
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps({"cells": earlier["cells"]}))
+    with pytest.raises(ValueError,
+                       match="'held_out' workload set, not 'report'"):
+        lopt_suite.reusable_runs([str(older)], "report")
+    assert lopt_suite.reusable_runs([str(older)], "held_out")
 
     trained = []
     monkeypatch.setattr(runner, "fit", lambda workload, splits, spec, seed,
