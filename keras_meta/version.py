@@ -1,3 +1,3 @@
 """The package version, importable without importing the package."""
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
