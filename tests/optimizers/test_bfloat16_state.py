@@ -102,62 +102,42 @@ def _fit(model, rule, epochs=6, **kwargs):
                      verbose=0).history["loss"]
 
 
-def test_the_fast_momenta_are_stored_in_bfloat16():
-    model = _model()
-    losses = _fit(model, BF16)
-    opt = model.optimizer
-    dtypes = {key: {str(s.dtype) for s in opt._slots[key]}
-              for key in opt._state_keys}
-    assert dtypes == {"m0": {"bfloat16"}, "m1": {"bfloat16"},
-                      "m2": {"float32"}, "v": {"float32"},
-                      "t": {"float32"}}
-    # Per parameter: 2 bytes for each of m0 and m1, 4 for m2 and v, 2 for
-    # the default's compact weight average: 3.5 floats (five in float32).
+def _state_bytes(opt):
+    """Bytes of the per-parameter state: the rule's slots but the step
+    counts `t`, and the weight average."""
     per_tensor = opt._slots["t"]
     state = [s for k in opt._state_keys for s in opt._slots[k]
              if not any(s is t for t in per_tensor)]
-    state += [a for a in opt._model_variables_moving_average]
-    size = sum(v.numpy().nbytes for v in state)
-    assert size == 14 * model.count_params()
+    state += list(opt._model_variables_moving_average)
+    return sum(v.numpy().nbytes for v in state)
+
+
+# Per parameter, with the default's compact weight average (2 bytes):
+# 2 bytes for each bfloat16 slot, 4 for each float32 one.
+@pytest.mark.parametrize("rule, compact, size", [
+    (BF16, ("m0", "m1"), 14),
+    ({"bfloat16_second_moment": True}, ("v",), 16)])
+def test_the_chosen_state_is_stored_in_bfloat16(rule, compact, size):
+    model = _model()
+    losses = _fit(model, rule)
+    opt = model.optimizer
+    dtypes = {key: {str(s.dtype) for s in opt._slots[key]}
+              for key in opt._state_keys}
+    assert dtypes == {key: {"bfloat16" if key in compact else "float32"}
+                      for key in ("m0", "m1", "m2", "v", "t")}
+    assert _state_bytes(opt) == size * model.count_params()
     reference = _model()
     ref_losses = _fit(reference, None)
     assert losses[-1] < 0.8 * losses[0]
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-3)
-    ref = reference.optimizer
-    for key in ("m0", "m1"):
-        for got, want in zip(opt._slots[key], ref._slots[key]):
-            want = want.numpy()
-            np.testing.assert_allclose(
-                tf.cast(got, tf.float32).numpy(), want,
-                atol=0.05 * np.abs(want).max())
-
-
-def test_the_second_moment_is_stored_in_bfloat16():
-    model = _model()
-    losses = _fit(model, {"bfloat16_second_moment": True})
-    opt = model.optimizer
-    dtypes = {key: {str(s.dtype) for s in opt._slots[key]}
-              for key in opt._state_keys}
-    assert dtypes == {"m0": {"float32"}, "m1": {"float32"},
-                      "m2": {"float32"}, "v": {"bfloat16"},
-                      "t": {"float32"}}
-    # Per parameter: 4 bytes for each momentum, 2 for v and 2 for the
-    # default's compact weight average: 4 floats.
-    per_tensor = opt._slots["t"]
-    state = [s for k in opt._state_keys for s in opt._slots[k]
-             if not any(s is t for t in per_tensor)]
-    state += [a for a in opt._model_variables_moving_average]
-    assert sum(v.numpy().nbytes for v in state) == 16 * model.count_params()
-    reference = _model()
-    ref_losses = _fit(reference, None)
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-3)
-    for got, want in zip(opt._slots["v"], reference.optimizer._slots["v"]):
-        want = want.numpy()
-        np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), want,
-                                   rtol=0.1, atol=1e-3 * want.max())
-    assert any(np.any(tf.cast(got, tf.float32).numpy() != want.numpy())
-               for got, want in zip(opt._slots["v"],
-                                    reference.optimizer._slots["v"]))
+    for key in compact:
+        pairs = [(tf.cast(got, tf.float32).numpy(), want.numpy())
+                 for got, want in zip(opt._slots[key],
+                                      reference.optimizer._slots[key])]
+        for got, want in pairs:
+            np.testing.assert_allclose(got, want,
+                                       atol=0.05 * np.abs(want).max())
+        assert any(np.any(got != want) for got, want in pairs)
 
 
 def test_float16_variables_keep_their_dtype():
