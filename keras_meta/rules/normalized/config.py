@@ -125,11 +125,10 @@ class NormalizedConfig:
             stores only the fastest.
         bfloat16_second_moment: a Keras optimizer stores `v` (whole or
             factored) of float32 variables in bfloat16, rounded
-            stochastically: half a float per parameter less. `v` is
-            positive and enters the step through its square root, so its
-            rounding noise (about 4% of `v` at `beta_2=0.999`, varying
-            over hundreds of steps) jitters each coordinate's step by
-            about 2%. The rule and the pure rule's state are as for
+            stochastically: half a float per parameter less. Its rounding
+            error grows as `1 / sqrt(1 - beta_2**2)` ulps, as a slow
+            momentum's does, and enters the step through `sqrt(v)`, which
+            halves it. The rule and the pure rule's state are as for
             `bfloat16_momenta`.
         kept_momenta: how many of `momentum_decays`' averages (the first
             ones) the rule keeps; None keeps them all. The others are
